@@ -1,0 +1,1 @@
+"""driftwarden daemon: Kafka wiring, state, scheduler, HTTP and the CLI."""

@@ -1,0 +1,237 @@
+"""Columnar micro-batches: the one input shape every detector's ``update`` takes.
+
+The daemon decodes events one by one (that is unavoidable: they arrive as JSON bytes) and
+assembles them into a :class:`Batch` of numpy columns, so detectors never loop over events in
+Python. A batch is built from plain record dicts with :meth:`Batch.from_records`, which tests
+and the retrain pipeline use as well.
+
+Feature columns keep four views of one feature, so a detector can tell apart "null",
+"absent", "wrong type" and a real value without looking at Python objects again:
+
+* ``numeric``  float64, the value where it is a number (bools excluded), NaN otherwise;
+* ``text``     object array, the value where it is a string or a bool (bools as
+  ``"true"``/``"false"``), ``None`` otherwise;
+* ``null``     bool, the key was present with the value ``null``;
+* ``absent``   bool, the key was missing from the event.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Batch", "FeatureColumn"]
+
+
+@dataclass(frozen=True)
+class FeatureColumn:
+    """One feature's values in a batch (see the module docstring for the four views)."""
+
+    numeric: np.ndarray
+    text: np.ndarray
+    null: np.ndarray
+    absent: np.ndarray
+
+    @property
+    def present_number(self) -> np.ndarray:
+        """Mask of rows holding a finite number."""
+        return ~np.isnan(self.numeric)
+
+    @property
+    def present_text(self) -> np.ndarray:
+        """Mask of rows holding a string (or bool)."""
+        return np.not_equal(self.text, None)
+
+    @classmethod
+    def from_values(cls, values: Sequence[Any], absent: Sequence[bool] | None = None) -> FeatureColumn:
+        """Build a column from raw values (``_ABSENT`` marks a missing key)."""
+        n = len(values)
+        numeric = np.full(n, np.nan, dtype=np.float64)
+        text = np.empty(n, dtype=object)
+        null = np.zeros(n, dtype=bool)
+        absent_arr = np.zeros(n, dtype=bool) if absent is None else np.asarray(absent, dtype=bool)
+        for i, v in enumerate(values):
+            if v is _ABSENT:
+                absent_arr[i] = True
+            elif v is None:
+                null[i] = True
+            elif isinstance(v, bool):
+                text[i] = "true" if v else "false"
+            elif isinstance(v, (int, float)):
+                fv = float(v)
+                if math.isfinite(fv):
+                    numeric[i] = fv
+            elif isinstance(v, str):
+                text[i] = v
+        return cls(numeric=numeric, text=text, null=null, absent=absent_arr)
+
+
+class _Absent:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<absent>"
+
+
+_ABSENT = _Absent()
+
+
+def _column(records: Sequence[Mapping[str, Any]], key: str) -> list[Any]:
+    return [r.get(key, _ABSENT) for r in records]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A micro-batch of events for one model, as numpy columns.
+
+    ``features`` and ``segments`` map names to columns; ``score`` / ``value`` are float64 (NaN
+    where the event has none); ``predicted`` and ``label`` are object arrays (``None`` where
+    absent) because class labels may be ints, strings or bools. ``timestamp`` is event time in
+    epoch seconds. For a batch of predictions ``label`` is all ``None``; for a labeled batch
+    (predictions joined with their labels) it is filled.
+    """
+
+    features: Mapping[str, FeatureColumn]
+    segments: Mapping[str, np.ndarray]
+    score: np.ndarray
+    value: np.ndarray
+    predicted: np.ndarray
+    label: np.ndarray
+    timestamp: np.ndarray
+    model_version: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=object))
+
+    @property
+    def n(self) -> int:
+        """Number of events in the batch."""
+        return int(self.timestamp.shape[0])
+
+    def __len__(self) -> int:
+        return self.n
+
+    @classmethod
+    def from_records(cls, records: Sequence[Mapping[str, Any]]) -> Batch:
+        """Build a batch from record dicts.
+
+        A record has ``features`` (dict), and optionally ``segment`` (dict), ``prediction``
+        (dict with ``score``/``label``/``value``), ``label``, ``timestamp`` (epoch seconds)
+        and ``model_version``. Every feature name seen in any record gets a column.
+
+        >>> b = Batch.from_records([{"features": {"x": 1.5, "plan": "pro"}},
+        ...                         {"features": {"x": None}}])
+        >>> b.n, b.features["x"].null.tolist(), b.features["plan"].absent.tolist()
+        (2, [False, True], [False, True])
+        """
+        n = len(records)
+        feats: list[Mapping[str, Any]] = [r.get("features") or {} for r in records]
+        names: dict[str, None] = {}
+        for f in feats:
+            for k in f:
+                names.setdefault(k, None)
+        features = {k: FeatureColumn.from_values(_column(feats, k)) for k in names}
+
+        segs: list[Mapping[str, Any]] = [r.get("segment") or {} for r in records]
+        seg_names: dict[str, None] = {}
+        for s in segs:
+            for k in s:
+                seg_names.setdefault(k, None)
+        segments = {
+            k: np.array([None if s.get(k) is None else str(s.get(k)) for s in segs], dtype=object)
+            for k in seg_names
+        }
+
+        preds: list[Mapping[str, Any]] = [r.get("prediction") or {} for r in records]
+        score = np.array([_num(p.get("score")) for p in preds], dtype=np.float64).reshape(n)
+        value = np.array([_num(p.get("value")) for p in preds], dtype=np.float64).reshape(n)
+        predicted = _objects([p.get("label") for p in preds])
+        label = _objects([r.get("label") for r in records])
+        timestamp = np.array(
+            [_num(r.get("timestamp", 0.0)) for r in records], dtype=np.float64
+        ).reshape(n)
+        model_version = _objects([r.get("model_version") for r in records])
+        return cls(features, segments, score, value, predicted, label, timestamp, model_version)
+
+    @classmethod
+    def concat(cls, batches: Iterable[Batch]) -> Batch:
+        """Concatenate batches (columns missing from a part are filled as absent/None)."""
+        parts = [b for b in batches if b.n]
+        if not parts:
+            return cls.from_records([])
+        names = list(dict.fromkeys(k for b in parts for k in b.features))
+        seg_names = list(dict.fromkeys(k for b in parts for k in b.segments))
+
+        def feat(b: Batch, k: str) -> FeatureColumn:
+            c = b.features.get(k)
+            if c is not None:
+                return c
+            return FeatureColumn(
+                numeric=np.full(b.n, np.nan),
+                text=np.full(b.n, None, dtype=object),
+                null=np.zeros(b.n, dtype=bool),
+                absent=np.ones(b.n, dtype=bool),
+            )
+
+        features = {}
+        for k in names:
+            cols = [feat(b, k) for b in parts]
+            features[k] = FeatureColumn(
+                numeric=np.concatenate([c.numeric for c in cols]),
+                text=np.concatenate([c.text for c in cols]),
+                null=np.concatenate([c.null for c in cols]),
+                absent=np.concatenate([c.absent for c in cols]),
+            )
+        segments = {
+            k: np.concatenate(
+                [b.segments.get(k, np.full(b.n, None, dtype=object)) for b in parts]
+            )
+            for k in seg_names
+        }
+        return cls(
+            features=features,
+            segments=segments,
+            score=np.concatenate([b.score for b in parts]),
+            value=np.concatenate([b.value for b in parts]),
+            predicted=np.concatenate([b.predicted for b in parts]),
+            label=np.concatenate([b.label for b in parts]),
+            timestamp=np.concatenate([b.timestamp for b in parts]),
+            model_version=np.concatenate(
+                [
+                    b.model_version if b.model_version.shape[0] == b.n
+                    else np.full(b.n, None, dtype=object)
+                    for b in parts
+                ]
+            ),
+        )
+
+    def select(self, mask: np.ndarray) -> Batch:
+        """The rows where ``mask`` is true (used for slices)."""
+        return Batch(
+            features={
+                k: FeatureColumn(c.numeric[mask], c.text[mask], c.null[mask], c.absent[mask])
+                for k, c in self.features.items()
+            },
+            segments={k: v[mask] for k, v in self.segments.items()},
+            score=self.score[mask],
+            value=self.value[mask],
+            predicted=self.predicted[mask],
+            label=self.label[mask],
+            timestamp=self.timestamp[mask],
+            model_version=self.model_version[mask]
+            if self.model_version.shape[0] == self.n
+            else self.model_version,
+        )
+
+
+def _num(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return math.nan
+    return float(v)
+
+
+def _objects(values: list[Any]) -> np.ndarray:
+    arr = np.empty(len(values), dtype=object)
+    arr[:] = values
+    return arr

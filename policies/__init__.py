@@ -1,0 +1,1 @@
+"""Policies: strict policy YAML, rule evaluation, decisions and alert receivers."""

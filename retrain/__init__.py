@@ -1,0 +1,1 @@
+"""Gated retraining into the MLflow registry."""
