@@ -1,0 +1,708 @@
+#!/usr/bin/env python3
+"""A real single-node Apache Kafka broker (KRaft) for tests and development, without Docker.
+
+Kafka is a Java program: ``scripts/kafka/pom.xml`` pulls the broker and its runtime jars from
+Maven Central into ``scripts/kafka/lib`` and ``java -cp 'lib/*' kafka.Kafka`` runs it. This
+module is stdlib-only so it can be run by any Python 3.11+ and imported by file path from the
+test fixtures.
+
+Command line::
+
+    python scripts/kafka_broker.py fetch                         # jars into scripts/kafka/lib
+    python scripts/kafka_broker.py start --dir DIR [--port P]    # prints host:port
+    python scripts/kafka_broker.py status --dir DIR
+    python scripts/kafka_broker.py stop --dir DIR
+
+Python::
+
+    with running_broker() as bootstrap:          # throw-away broker in a temporary dir
+        ...
+    broker = Broker(workdir)                     # stop/kill/start keep the port and data
+    broker.start(); broker.kill(); broker.start(); broker.stop()
+
+``DIR`` holds ``server.properties``, ``broker.json`` (ports), ``data/`` (the KRaft log dirs),
+``kafka.out`` (broker stdout/stderr, appended across restarts), ``bootstrap`` and ``pid``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import ctypes
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+__all__ = [
+    "KAFKA_DIR",
+    "Broker",
+    "BrokerError",
+    "ensure_jars",
+    "new_cluster_id",
+    "probe_metadata",
+    "running_broker",
+    "start",
+    "stop",
+]
+
+KAFKA_DIR = Path(__file__).resolve().parent / "kafka"
+HOST = "127.0.0.1"
+# Logged by KafkaRaftServer once broker and controller are both up (Kafka 3.x and 4.x).
+READY_MESSAGE = "Kafka Server started"
+# Written into lib/ after a complete Maven copy; holds the pom's hash so a version bump refetches.
+_FETCH_MARKER = ".fetched"
+_LOG_TAIL_CHARS = 4000
+
+
+class BrokerError(RuntimeError):
+    """The broker could not be fetched, formatted, started or stopped; the message says why."""
+
+
+# --------------------------------------------------------------------------- jars
+
+
+def _pom_digest(kafka_dir: Path) -> str:
+    return hashlib.sha256((kafka_dir / "pom.xml").read_bytes()).hexdigest()
+
+
+def jars_present(kafka_dir: Path = KAFKA_DIR) -> bool:
+    """Tell whether ``kafka_dir/lib`` holds a complete copy of the jars for the current pom."""
+    lib = kafka_dir / "lib"
+    marker = lib / _FETCH_MARKER
+    if marker.is_file():
+        return marker.read_text().strip() == _pom_digest(kafka_dir)
+    # A lib/ filled before the marker existed (or by hand): accept it when the broker and the
+    # log4j SLF4J binding are both there, and record that so later checks are one file read.
+    if any(lib.glob("kafka_2.13-*.jar")) and any(lib.glob("log4j-slf4j*-impl-*.jar")):
+        marker.write_text(_pom_digest(kafka_dir) + "\n")
+        return True
+    return False
+
+
+def ensure_jars(kafka_dir: Path = KAFKA_DIR) -> Path:
+    """Fetch the broker's jars with Maven unless they are already there; return the lib dir.
+
+    Idempotent: with a complete ``lib/`` nothing runs (Maven is not even looked up). When the pom
+    changed since the last fetch, old jars are removed first so two Kafka versions never share
+    one classpath.
+    """
+    lib = kafka_dir / "lib"
+    if lib.is_dir() and jars_present(kafka_dir):
+        return lib
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise BrokerError(
+            f"Maven (mvn) is not on PATH, so the Kafka jars for {lib} cannot be fetched."
+        )
+    lib.mkdir(parents=True, exist_ok=True)
+    for stale in lib.glob("*.jar"):
+        stale.unlink()
+    cmd = [mvn, "-B", "-q", "-f", str(kafka_dir / "pom.xml"), "dependency:copy-dependencies"]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0 or not any(lib.glob("kafka_2.13-*.jar")):
+        raise BrokerError(
+            f"Maven could not fetch the Kafka jars into {lib} (exit {done.returncode}):\n"
+            + (done.stdout + done.stderr)[-_LOG_TAIL_CHARS:]
+        )
+    (lib / _FETCH_MARKER).write_text(_pom_digest(kafka_dir) + "\n")
+    return lib
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+def new_cluster_id() -> str:
+    """Return a KRaft cluster id in the form of ``org.apache.kafka.common.Uuid.toString()``.
+
+    That is URL-safe base64 of 16 random bytes without padding; like ``Uuid.randomUuid()`` we
+    never return an id starting with '-', which the storage tool would parse as an option.
+    """
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode("ascii")
+        if not cid.startswith("-"):
+            return cid
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # Same option the JVM sets on its listeners, so TIME_WAIT leftovers do not count as busy.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((HOST, port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port(exclude: tuple[int, ...] = ()) -> int:
+    """Return a free TCP port on 127.0.0.1 that lies *below* the kernel's ephemeral range.
+
+    A port from the ephemeral range could be handed to some client socket while the broker is
+    stopped for a restart test; below the range only explicit binds can take it.
+    """
+    low, _ = _ephemeral_range()
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(max(1025, low - 12000), low)
+        if port not in exclude and _port_is_free(port):
+            return port
+    raise BrokerError(f"No free TCP port found on {HOST} below {low}.")
+
+
+def _read_from(path: Path, start: int = 0) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(start)
+            return fh.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def _log_tail(path: Path, start: int = 0) -> str:
+    text = _read_from(path, start)
+    return text[-_LOG_TAIL_CHARS:] if text else f"(nothing in the broker log {path})"
+
+
+def _java() -> str:
+    home = os.environ.get("JAVA_HOME")
+    if home and (Path(home) / "bin" / "java").is_file():
+        return str(Path(home) / "bin" / "java")
+    found = shutil.which("java")
+    if found is None:
+        raise BrokerError("No java found (set JAVA_HOME or put java 17+ on PATH).")
+    return found
+
+
+def _parent_death_signal() -> Callable[[], None] | None:
+    """Return a pre-exec hook that makes Linux SIGTERM the child when the parent thread dies.
+
+    ``prctl`` is looked up here, in the parent, so the forked child only makes the call.
+    """
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None  # not Linux/glibc: the broker simply outlives a crashed parent
+
+    def hook() -> None:
+        prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+    return hook
+
+
+# --------------------------------------------------------------------------- protocol probe
+
+
+def _request(api_key: int, api_version: int, correlation_id: int, body: bytes) -> bytes:
+    client_id = b"driftwarden-probe"
+    # Request header v1: api_key, api_version, correlation_id, client_id (int16-length string).
+    header = struct.pack(">hhih", api_key, api_version, correlation_id, len(client_id)) + client_id
+    payload = header + body
+    return struct.pack(">i", len(payload)) + payload
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    chunks = bytearray()
+    while len(chunks) < n:
+        chunk = sock.recv(n - len(chunks))
+        if not chunk:
+            raise ConnectionError("The broker closed the connection in the middle of a response.")
+        chunks += chunk
+    return bytes(chunks)
+
+
+def _response(sock: socket.socket, correlation_id: int) -> bytes:
+    (size,) = struct.unpack(">i", _recv_exact(sock, 4))
+    data = _recv_exact(sock, size)
+    (got,) = struct.unpack_from(">i", data, 0)
+    if got != correlation_id:
+        raise ConnectionError(f"The broker answered correlation id {got}, not {correlation_id}.")
+    return data[4:]  # response header v0 is only the correlation id
+
+
+class _Reader:
+    def __init__(self, data: bytes) -> None:
+        self.data, self.pos = data, 0
+
+    def _unpack(self, fmt: str) -> int:
+        (value,) = struct.unpack_from(fmt, self.data, self.pos)
+        self.pos += struct.calcsize(fmt)
+        return int(value)
+
+    def int16(self) -> int:
+        return self._unpack(">h")
+
+    def int32(self) -> int:
+        return self._unpack(">i")
+
+    def string(self) -> str | None:
+        n = self.int16()
+        if n < 0:
+            return None
+        text = self.data[self.pos : self.pos + n].decode("utf-8")
+        self.pos += n
+        return text
+
+
+def parse_api_versions(body: bytes) -> dict[int, tuple[int, int]]:
+    """Parse an ApiVersions v0 response body into ``{api_key: (min_version, max_version)}``."""
+    r = _Reader(body)
+    error = r.int16()
+    if error != 0:
+        raise ConnectionError(f"The broker answered ApiVersions with error code {error}.")
+    return {r.int16(): (r.int16(), r.int16()) for _ in range(r.int32())}
+
+
+def parse_metadata_brokers(body: bytes, version: int) -> list[tuple[int, str, int]]:
+    """Parse the broker list ``[(node_id, host, port)]`` from a Metadata v1-v8 response body."""
+    r = _Reader(body)
+    if version >= 3:
+        r.int32()  # throttle_time_ms
+    brokers = []
+    for _ in range(r.int32()):
+        node_id, host, port = r.int32(), r.string(), r.int32()
+        r.string()  # rack
+        brokers.append((node_id, host or "", port))
+    return brokers
+
+
+def probe_metadata(host: str, port: int, timeout: float = 5.0) -> list[tuple[int, str, int]]:
+    """Connect, ask ApiVersions then Metadata (no topics), return the brokers the cluster lists.
+
+    Plain sockets on purpose: the readiness check must not need kafka-python. Only the classic
+    (non-flexible) encodings are used: ApiVersions v0 is answered by every broker, and Metadata
+    v1-v8 share the fields read here. Raises ``OSError`` while the broker is not serving.
+    """
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(_request(18, 0, 1, b""))
+        versions = parse_api_versions(_response(sock, 1))
+        low, high = versions.get(3, (0, -1))
+        version = min(high, 8)
+        if version < max(low, 1):
+            raise ConnectionError(f"The broker at {host}:{port} offers no Metadata v1-v8.")
+        body = struct.pack(">i", -1)  # null topic list: brokers only, all topics
+        if version >= 4:
+            body += b"\x00"  # allow_auto_topic_creation = false
+        if version >= 8:
+            body += b"\x00\x00"  # include cluster/topic authorized operations = false
+        sock.sendall(_request(3, version, 2, body))
+        return parse_metadata_brokers(_response(sock, 2), version)
+
+
+# --------------------------------------------------------------------------- the broker
+
+
+def render_properties(template: str, *, port: int, controller_port: int, log_dir: Path) -> str:
+    """Fill ``server.properties.template`` (``{port}``, ``{controller_port}``, ``{log_dir}``)."""
+    return (
+        template.replace("{port}", str(port))
+        .replace("{controller_port}", str(controller_port))
+        .replace("{log_dir}", str(log_dir))
+    )
+
+
+class Broker:
+    """One single-node KRaft broker bound to a work directory; restartable on the same port.
+
+    The port, controller port and data survive ``stop()``/``kill()`` followed by ``start()``, so
+    "broker restarted mid-stream" is a real restart with recovery of the same log dirs.
+
+    Parameters
+    ----------
+    workdir
+        Directory for config, data, log and pid; created if missing. An existing directory from an
+        earlier run is reused (its ports are read from ``broker.json``).
+    port
+        Client port; a free one below the ephemeral range when omitted.
+    kafka_dir
+        Folder with ``pom.xml``, ``log4j2.properties``, ``server.properties.template`` and ``lib/``.
+    heap
+        JVM ``-Xmx`` value.
+    die_with_parent
+        Ask Linux to SIGTERM the broker when the starting thread dies (fixtures: no stray JVM
+        after a crashed test run). The command line turns this off to detach the broker.
+    """
+
+    def __init__(
+        self,
+        workdir: str | os.PathLike[str],
+        port: int | None = None,
+        *,
+        kafka_dir: Path = KAFKA_DIR,
+        heap: str = "512m",
+        die_with_parent: bool = True,
+    ) -> None:
+        self.workdir = Path(workdir).resolve()
+        self.kafka_dir = Path(kafka_dir).resolve()
+        self.heap = heap
+        self.die_with_parent = die_with_parent
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        saved = self._load_ports()
+        if saved is not None:
+            if port is not None and port != saved[0]:
+                raise BrokerError(
+                    f"{self.workdir} already holds a broker on port {saved[0]}, not {port}."
+                )
+            self.port, self.controller_port = saved
+        else:
+            self.port = port if port is not None else free_port()
+            self.controller_port = free_port(exclude=(self.port,))
+            (self.workdir / "broker.json").write_text(
+                json.dumps({"port": self.port, "controller_port": self.controller_port}) + "\n"
+            )
+
+    # -- paths and state
+
+    @property
+    def bootstrap(self) -> str:
+        """The ``host:port`` clients connect to."""
+        return f"{HOST}:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        """The broker's stdout/stderr (appended across restarts)."""
+        return self.workdir / "kafka.out"
+
+    @property
+    def pid(self) -> int | None:
+        """The broker's process id while it runs (from our child or from ``DIR/pid``)."""
+        if self._proc is not None:
+            return self._proc.pid if self._proc.poll() is None else None
+        pid = _read_pid(self.workdir)
+        return pid if pid is not None and _is_our_broker(pid, self.workdir) else None
+
+    def is_running(self) -> bool:
+        """Tell whether the broker process is alive."""
+        return self.pid is not None
+
+    def rss_kib(self) -> int | None:
+        """Resident memory of the broker JVM in KiB (Linux), or None when it is not running."""
+        pid = self.pid
+        if pid is None:
+            return None
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return None
+
+    def log_tail(self) -> str:
+        """The last few thousand characters of the broker log."""
+        return _log_tail(self.log_path)
+
+    def _load_ports(self) -> tuple[int, int] | None:
+        path = self.workdir / "broker.json"
+        if not path.is_file():
+            return None
+        saved = json.loads(path.read_text())
+        return int(saved["port"]), int(saved["controller_port"])
+
+    def _java_cmd(self) -> list[str]:
+        return [
+            _java(),
+            f"-Xmx{self.heap}",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-XX:+ExitOnOutOfMemoryError",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={self.kafka_dir / 'log4j2.properties'}",
+            "-cp",
+            str(self.kafka_dir / "lib" / "*"),  # the JVM expands the '*'; no shell involved
+        ]
+
+    # -- lifecycle
+
+    def _write_config(self) -> Path:
+        props = self.workdir / "server.properties"
+        template = (self.kafka_dir / "server.properties.template").read_text()
+        props.write_text(
+            render_properties(
+                template,
+                port=self.port,
+                controller_port=self.controller_port,
+                log_dir=self.workdir / "data",
+            )
+        )
+        return props
+
+    def _format(self, props: Path) -> None:
+        if (self.workdir / "data" / "meta.properties").is_file():
+            return  # formatted by an earlier start: keep the data (restart)
+        cmd = self._java_cmd() + [
+            "kafka.tools.StorageTool",
+            "format",
+            "--cluster-id",
+            new_cluster_id(),
+            "--config",
+            str(props),
+        ]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False)
+        if done.returncode != 0:
+            raise BrokerError(
+                f"Formatting the Kafka storage in {self.workdir / 'data'} failed "
+                f"(exit {done.returncode}):\n{(done.stdout + done.stderr)[-_LOG_TAIL_CHARS:]}"
+            )
+
+    def start(self, timeout: float = 120.0) -> str:
+        """Start (or restart) the broker, wait until it serves metadata, return the bootstrap.
+
+        Raises ``BrokerError`` with the tail of the broker log when it exits or is not ready
+        within ``timeout`` seconds; a broker that did not become ready is killed.
+        """
+        if self.is_running():
+            raise BrokerError(f"The broker in {self.workdir} is already running (pid {self.pid}).")
+        for p, what in ((self.port, "client"), (self.controller_port, "controller")):
+            if not _port_is_free(p):
+                raise BrokerError(f"The Kafka {what} port {HOST}:{p} is already in use.")
+        ensure_jars(self.kafka_dir)
+        props = self._write_config()
+        self._format(props)
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        with open(self.log_path, "ab") as out:
+            self._proc = subprocess.Popen(
+                [*self._java_cmd(), "kafka.Kafka", str(props)],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                start_new_session=True,  # own session: no terminal signals; detachable
+                preexec_fn=_parent_death_signal() if self.die_with_parent else None,
+            )
+        (self.workdir / "pid").write_text(f"{self._proc.pid}\n")
+        try:
+            self._wait_ready(offset, time.monotonic() + timeout)
+        except BaseException:
+            self.kill()
+            raise
+        (self.workdir / "bootstrap").write_text(self.bootstrap + "\n")
+        return self.bootstrap
+
+    def _wait_ready(self, log_offset: int, deadline: float) -> None:
+        assert self._proc is not None
+        logged = False
+        while True:
+            if self._proc.poll() is not None:
+                raise BrokerError(
+                    f"The Kafka broker in {self.workdir} exited with code {self._proc.returncode} "
+                    f"while starting; end of {self.log_path}:\n{_log_tail(self.log_path, log_offset)}"
+                )
+            if not logged:
+                logged = READY_MESSAGE in _read_from(self.log_path, log_offset)
+            if logged:
+                with contextlib.suppress(OSError):
+                    if any(p == self.port for _, _, p in probe_metadata(HOST, self.port, 2.0)):
+                        return
+            if time.monotonic() > deadline:
+                raise BrokerError(
+                    f"The Kafka broker in {self.workdir} was not ready in time; "
+                    f"end of {self.log_path}:\n{_log_tail(self.log_path, log_offset)}"
+                )
+            time.sleep(0.2)
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Shut down cleanly (SIGTERM runs Kafka's shutdown hook); SIGKILL after ``timeout``."""
+        self._signal_and_wait(signal.SIGTERM, timeout)
+
+    def kill(self) -> None:
+        """Kill the broker with SIGKILL, as a crash would; the next start recovers the logs."""
+        self._signal_and_wait(signal.SIGKILL, 30.0)
+
+    def restart(self, timeout: float = 120.0) -> str:
+        """Stop cleanly and start again on the same port and data; return the bootstrap."""
+        self.stop()
+        return self.start(timeout)
+
+    def _signal_and_wait(self, sig: signal.Signals, timeout: float) -> None:
+        if self._proc is not None:
+            proc, self._proc = self._proc, None
+            if proc.poll() is None:
+                proc.send_signal(sig)
+                try:
+                    proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        else:
+            pid = self.pid
+            if pid is not None:
+                _signal_foreign(pid, self.workdir, sig, timeout)
+        with contextlib.suppress(FileNotFoundError):
+            (self.workdir / "pid").unlink()
+
+
+def _read_pid(workdir: Path) -> int | None:
+    try:
+        return int((workdir / "pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _is_our_broker(pid: int, workdir: Path) -> bool:
+    """Guard against a recycled pid: the process must be kafka.Kafka with this dir's config."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"kafka.Kafka" in argv and str(workdir / "server.properties").encode() in argv
+
+
+def _signal_foreign(pid: int, workdir: Path, sig: signal.Signals, timeout: float) -> None:
+    """Signal a broker that is not our child (started by another process) and wait for it.
+
+    We cannot ``wait()`` for a process we did not start, so we poll ``/proc`` until it is gone
+    (or a zombie waiting for its own parent); SIGKILL follows when ``timeout`` passes.
+    """
+
+    def alive() -> bool:
+        if not _is_our_broker(pid, workdir):
+            return False
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return False
+        return state != "Z"
+
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+    deadline = time.monotonic() + timeout
+    while alive():
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 30.0
+        time.sleep(0.1)
+
+
+# --------------------------------------------------------------------------- module API
+
+
+def start(
+    workdir: str | os.PathLike[str],
+    port: int | None = None,
+    *,
+    timeout: float = 120.0,
+    die_with_parent: bool = True,
+) -> Broker:
+    """Create a ``Broker`` in ``workdir``, start it and return it (see ``Broker.start``)."""
+    broker = Broker(workdir, port, die_with_parent=die_with_parent)
+    broker.start(timeout)
+    return broker
+
+
+def stop(workdir: str | os.PathLike[str], timeout: float = 60.0) -> bool:
+    """Stop the broker recorded in ``workdir/pid``; return False when none was running."""
+    path = Path(workdir).resolve()
+    pid = _read_pid(path)
+    if pid is None or not _is_our_broker(pid, path):
+        with contextlib.suppress(FileNotFoundError):
+            (path / "pid").unlink()
+        return False
+    _signal_foreign(pid, path, signal.SIGTERM, timeout)
+    with contextlib.suppress(FileNotFoundError):
+        (path / "pid").unlink()
+    return True
+
+
+@contextlib.contextmanager
+def running_broker(
+    workdir: str | os.PathLike[str] | None = None, port: int | None = None
+) -> Iterator[str]:
+    """Run a broker for the ``with`` block and yield its bootstrap string.
+
+    Without ``workdir`` a temporary directory is used and removed afterwards; a given
+    ``workdir`` is kept (its data and log stay for inspection or a later restart).
+    """
+    temp = workdir is None
+    root = Path(tempfile.mkdtemp(prefix="kafka-")) if workdir is None else Path(workdir)
+    broker = Broker(root, port)
+    try:
+        yield broker.start()
+    finally:
+        broker.stop()
+        if temp:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _cmd_fetch(args: argparse.Namespace) -> int:
+    began = time.monotonic()
+    lib = ensure_jars(Path(args.kafka_dir))
+    print(f"{lib} ({len(list(lib.glob('*.jar')))} jars, {time.monotonic() - began:.1f} s)")
+    return 0
+
+
+def _cmd_start(args: argparse.Namespace) -> int:
+    broker = Broker(args.dir, args.port, kafka_dir=Path(args.kafka_dir), die_with_parent=False)
+    print(broker.start(args.timeout))
+    return 0
+
+
+def _cmd_stop(args: argparse.Namespace) -> int:
+    if not stop(args.dir, args.timeout):
+        print(f"no broker running in {args.dir}", file=sys.stderr)
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    broker = Broker(args.dir, kafka_dir=Path(args.kafka_dir))
+    if not broker.is_running():
+        print(f"stopped ({broker.workdir})")
+        return 1
+    print(f"running pid={broker.pid} bootstrap={broker.bootstrap} rss_kib={broker.rss_kib()}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python scripts/kafka_broker.py``."""
+    parser = argparse.ArgumentParser(prog="kafka_broker.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--kafka-dir", default=str(KAFKA_DIR), help=argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("fetch", help="fetch the broker jars with Maven (no-op when present)")
+    p = sub.add_parser("start", help="start a detached broker and print host:port")
+    p.add_argument("--dir", required=True, type=Path)
+    p.add_argument("--port", type=int)
+    p.add_argument("--timeout", type=float, default=120.0)
+    p = sub.add_parser("stop", help="stop the broker of --dir (SIGTERM, then SIGKILL)")
+    p.add_argument("--dir", required=True, type=Path)
+    p.add_argument("--timeout", type=float, default=60.0)
+    p = sub.add_parser("status", help="tell whether the broker of --dir runs")
+    p.add_argument("--dir", required=True, type=Path)
+    args = parser.parse_args(argv)
+    commands: dict[str, Callable[[argparse.Namespace], int]] = {
+        "fetch": _cmd_fetch,
+        "start": _cmd_start,
+        "stop": _cmd_stop,
+        "status": _cmd_status,
+    }
+    try:
+        return commands[args.command](args)
+    except BrokerError as err:
+        print(f"kafka_broker.py {args.command}: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
