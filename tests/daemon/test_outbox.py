@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,10 @@ class Scripted:
 
 
 @pytest.fixture
-def box(tmp_path: Path) -> Outbox:
-    """A fresh outbox in a temporary state directory."""
-    return Outbox(tmp_path / "state" / "outbox.sqlite")
+def box(tmp_path: Path) -> Iterator[Outbox]:
+    """A fresh outbox in a temporary state directory (closed after the test)."""
+    with Outbox(tmp_path / "state" / "outbox.sqlite") as b:
+        yield b
 
 
 def test_enqueue_is_idempotent_by_key(box: Outbox) -> None:

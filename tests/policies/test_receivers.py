@@ -16,6 +16,7 @@ from driftwarden.policies.alerts import Alert, AlertBook, alert_from_decision, p
 from driftwarden.policies.model import ReceiverSpec
 from driftwarden.policies.receivers import (
     AlertmanagerReceiver,
+    Delivery,
     KafkaTopicReceiver,
     LogReceiver,
     WebhookReceiver,
@@ -283,3 +284,29 @@ def test_alert_handler_delivers_jobs_and_refuses_unknown_receivers(webhook_serve
     assert webhook_server.deliveries_per_key() == {"job-1": 1}
     d = handle(alert_job_payload("gone", [a], "job-2"))
     assert not d.ok and not d.retryable and d.error is not None and "'gone'" in d.error
+
+
+# --- the contract every receiver type meets --------------------------------------------------
+
+
+@pytest.fixture(params=["alertmanager", "webhook", "kafka", "log"])
+def any_receiver(request: pytest.FixtureRequest) -> Any:
+    """One working receiver of each type (Alertmanager real, Kafka through a fake producer)."""
+    kind = request.param
+    if kind == "alertmanager":
+        spec = {"type": kind, "url": request.getfixturevalue("alertmanager_url")}
+    elif kind == "webhook":
+        spec = {"type": kind, "url": request.getfixturevalue("webhook_server").url}
+    else:
+        spec = {"type": kind}
+    return build_receiver(f"contract-{kind}", spec, kafka_producer=FakeProducer())
+
+
+def test_receiver_contract(any_receiver: Any) -> None:
+    """Every receiver: named, typed, ok on nothing, ok on firing then resolved, never raises."""
+    assert any_receiver.name.startswith("contract-") and any_receiver.type
+    assert any_receiver.send([]).ok
+    a = unique_alert()
+    first = any_receiver.send([a], key="contract-1")
+    assert isinstance(first, Delivery) and first.ok, first.error
+    assert any_receiver.send([a.resolved(datetime.now(UTC))], key="contract-2").ok
