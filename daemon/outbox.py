@@ -33,7 +33,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -185,9 +185,7 @@ class Outbox:
             log.debug("outbox_duplicate", key=key, kind=kind)
         return added
 
-    def due(
-        self, now: float, kinds: Mapping[str, Any] | None = None, limit: int = 100
-    ) -> list[Job]:
+    def due(self, now: float, kinds: Collection[str] | None = None, limit: int = 100) -> list[Job]:
         """Pending jobs whose time has come, oldest first (only ``kinds`` if given)."""
         sql = "SELECT * FROM jobs WHERE state = 'pending' AND next_at <= ?"
         args: list[Any] = [now]

@@ -415,7 +415,9 @@ class AlertBook:
         """Active alerts never sent or last sent ``every_s`` or more seconds before ``now``.
 
         ``every_s`` must stay well below Alertmanager's ``resolve_timeout`` (5 min) and
-        below :data:`FIRING_HOLD_S`. The caller sends them and calls :meth:`mark_sent`.
+        below :data:`FIRING_HOLD_S`. The caller sends them to those of the alert's
+        :meth:`receivers` whose ``wants_resends`` is true (Alertmanager only: people behind
+        a webhook must not get the same alert every minute) and calls :meth:`mark_sent`.
         """
         return [
             e.alert

@@ -24,6 +24,7 @@ class AlertmanagerReceiver(Receiver):
     """
 
     type = "alertmanager"
+    wants_resends = True
 
     def __init__(
         self,

@@ -77,9 +77,16 @@ class Delivery:
 
 
 class Receiver(ABC):
-    """Sends alerts somewhere. ``name`` is the receiver's name in the policy."""
+    """Sends alerts somewhere. ``name`` is the receiver's name in the policy.
+
+    ``wants_resends`` says whether active alerts must be re-sent periodically
+    (:meth:`~driftwarden.policies.alerts.AlertBook.due_resends`): true only for Alertmanager,
+    which forgets an alert whose ``endsAt`` passed. Webhook, Kafka and log receivers get a
+    firing notification once and a resolved one once.
+    """
 
     type: str = ""
+    wants_resends: bool = False
 
     def __init__(self, name: str) -> None:
         self.name = name

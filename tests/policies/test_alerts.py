@@ -6,6 +6,7 @@ import json
 from datetime import timedelta
 
 import pytest
+
 from driftwarden.detectors.base import DetectorResult, StateVersionError
 from driftwarden.policies.alerts import (
     ALERT_STATE_VERSION,
