@@ -1,0 +1,126 @@
+"""Assembling a daemon from settings: policies, profiles, source, sinks, state, HTTP.
+
+Start-up problems (a bad config, a bad policy, a missing profile file) raise
+:class:`StartupError` with one plain sentence per problem; the CLI prints them without a
+traceback and exits 2.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from driftwarden.detectors.profile import ReferenceProfile
+from driftwarden.policies.loader import load_policies
+from driftwarden.policies.model import PolicySet
+
+from .checkpoint import LocalCheckpointStore
+from .profiles import ProfileLoader
+from .runner import Daemon, DaemonOptions
+from .settings import Settings, parse_duration
+from .sinks import FileSink, KafkaSink, Sink
+from .sources import FileSource, KafkaSource, Source
+
+__all__ = ["StartupError", "build_daemon", "load_policy_set", "options_from"]
+
+
+class StartupError(RuntimeError):
+    """The daemon cannot start; ``str()`` lists every reason, one per line."""
+
+
+def load_policy_set(path: str | Path, *, check_files: bool = True) -> PolicySet:
+    """Load every policy under ``path``; all errors at once as :class:`StartupError`."""
+    p = Path(path)
+    if not p.exists():
+        raise StartupError(f"policy path {p} does not exist.")
+    policies, errors = load_policies(p)
+    if errors:
+        raise StartupError("\n".join(errors))
+    if len(policies) == 0:
+        raise StartupError(f"no policy files (*.yaml) found under {p}.")
+    if check_files:
+        missing = [
+            f"{pol.source}: reference profile file {pol.reference_path} does not exist "
+            f"(build it with `driftwarden profile --data TABLE --model {pol.model} "
+            f"--out {pol.reference_path}`)."
+            for pol in policies.policies
+            if pol.reference_path is not None and not pol.reference_path.exists()
+        ]
+        if missing:
+            raise StartupError("\n".join(missing))
+    return policies
+
+
+def options_from(settings: Settings) -> DaemonOptions:
+    """The loop's tuning knobs from the settings."""
+    d = settings.data
+    return DaemonOptions(
+        topics=dict(d["kafka"]["topics"]),
+        join_ttl_s=parse_duration(d["join"]["ttl"]),
+        join_max_entries=int(d["join"]["max_entries"]),
+        max_message_bytes=int(d["limits"]["max_message_bytes"]),
+        max_poll_records=int(d["kafka"]["max_poll_records"]),
+        poll_timeout_s=int(d["kafka"]["poll_timeout_ms"]) / 1000.0,
+        checkpoint_every_events=int(d["checkpoint"]["every_events"]),
+        checkpoint_every_s=parse_duration(d["checkpoint"]["every"]),
+    )
+
+
+def build_daemon(
+    settings: Settings,
+    *,
+    policies: PolicySet | None = None,
+    sink: Sink | None = None,
+    profile: ReferenceProfile | None = None,
+    events_path: str | None = None,
+    with_state: bool = True,
+    **daemon_kwargs: Any,
+) -> Daemon:
+    """A :class:`Daemon` wired from settings (Kafka or file source, local checkpoints)."""
+    d = settings.data
+    policies = policies if policies is not None else load_policy_set(d["policies"])
+    loader = ProfileLoader(policies, tracking_uri=d["mlflow"]["tracking_uri"], override=profile)
+    opts = options_from(settings)
+    store = LocalCheckpointStore(d["state"]["dir"]) if with_state else None
+    use_file = events_path is not None or d["source"] == "file"
+    if sink is None:
+        if use_file:
+            sink = FileSink(d["file"]["out_dir"])
+        else:
+            k = d["kafka"]
+            sink = KafkaSink(k["bootstrap_servers"], k["client_id"], dict(k["security"]))
+
+    def source_factory(daemon: Daemon) -> Source:
+        if use_file:
+            path = events_path or d["file"]["events"]
+            try:
+                src: Source = FileSource(path)
+            except FileNotFoundError as exc:
+                raise StartupError(str(exc) + ".") from None
+            src.seek(daemon.assign([0]))
+            return src
+        k = d["kafka"]
+        return KafkaSource(
+            bootstrap_servers=k["bootstrap_servers"],
+            group_id=k["group_id"],
+            client_id=k["client_id"],
+            topics=dict(k["topics"]),
+            security=dict(k["security"]),
+            auto_offset_reset=k["auto_offset_reset"],
+            session_timeout_ms=int(k["session_timeout_ms"]),
+            max_poll_interval_ms=int(k["max_poll_interval_ms"]),
+            # Fetch more than the largest valid message so an oversized one reaches the DLQ.
+            max_partition_fetch_bytes=max(1_048_576, 2 * opts.max_message_bytes),
+            on_assign=daemon.assign,
+            on_revoke=daemon.revoke,
+        )
+
+    return Daemon(
+        source_factory=source_factory,
+        sink=sink,
+        store=store,
+        policies=policies,
+        profile_loader=loader,
+        options=opts,
+        **daemon_kwargs,
+    )

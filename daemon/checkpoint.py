@@ -1,0 +1,98 @@
+"""Checkpoints: per-partition state *and* the offsets it covers, written atomically.
+
+A checkpoint unit is one partition number: producers key both topics by model, so a model's
+predictions and labels share a partition number and its state lives in one unit. The daemon
+commits offsets to Kafka only after the unit's checkpoint is durable; on start or assignment it
+restores the unit and seeks to the offsets the checkpoint holds, so state and offsets never
+disagree (no event lost, none counted twice).
+
+Every checkpoint carries ``format`` and ``version``; an unknown version is refused with a plain
+sentence rather than misread.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+__all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "CheckpointStore", "LocalCheckpointStore"]
+
+CHECKPOINT_FORMAT = "driftwarden.checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be read or written; ``str()`` says which and why."""
+
+
+class CheckpointStore(ABC):
+    """Where checkpoints live (local directory by default; a Kafka topic is the other)."""
+
+    @abstractmethod
+    def save(self, unit: str, payload: dict[str, Any]) -> None:
+        """Durably store the unit's checkpoint (replacing the previous one atomically)."""
+
+    @abstractmethod
+    def load(self, unit: str) -> dict[str, Any] | None:
+        """The unit's latest checkpoint, or None if it has none."""
+
+    def close(self) -> None:
+        """Release resources."""
+
+
+def wrap(payload: dict[str, Any]) -> dict[str, Any]:
+    """Add format and version to a checkpoint payload."""
+    return {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **payload}
+
+
+def unwrap(doc: Any, where: str) -> dict[str, Any]:
+    """Check format and version; return the payload."""
+    if not isinstance(doc, dict) or doc.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{where} is not a driftwarden checkpoint.")
+    if doc.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{where} has checkpoint version {doc.get('version')!r}; this driftwarden reads "
+            f"version {CHECKPOINT_VERSION}. Start with an empty state directory or upgrade."
+        )
+    return doc
+
+
+class LocalCheckpointStore(CheckpointStore):
+    """One JSON file per unit in a directory: write to a temp file, fsync, rename, fsync dir."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, unit: str) -> Path:
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in unit)
+        return self.directory / f"checkpoint-{safe}.json"
+
+    def save(self, unit: str, payload: dict[str, Any]) -> None:
+        path = self._path(unit)
+        tmp = path.with_suffix(".json.tmp")
+        data = orjson.dumps(wrap(payload), option=orjson.OPT_SERIALIZE_NUMPY)
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def load(self, unit: str) -> dict[str, Any] | None:
+        path = self._path(unit)
+        if not path.exists():
+            return None
+        try:
+            doc = orjson.loads(path.read_bytes())
+        except orjson.JSONDecodeError as exc:
+            raise CheckpointError(f"checkpoint {path} is not valid JSON ({exc}).") from None
+        return unwrap(doc, f"checkpoint {path}")

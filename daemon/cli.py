@@ -1,0 +1,361 @@
+"""The ``driftwarden`` command line (DESIGN §6).
+
+Every subcommand turns expected failures (bad config, bad policy, missing file, unreachable
+service) into one plain sentence on stderr and a non-zero exit code, never a traceback.
+Exit codes: 0 ok, 1 the checked thing is invalid / a test failed, 2 cannot run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+__all__ = ["main"]
+
+
+def _fail(msg: str, code: int = 2) -> int:
+    print(f"driftwarden: {msg}", file=sys.stderr)
+    return code
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from .settings import load_settings
+
+    path = args.config
+    if path is None and os.environ.get("DRIFTWARDEN_CONFIG"):
+        path = os.environ["DRIFTWARDEN_CONFIG"]
+    return load_settings(path)
+
+
+# -- run -------------------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    from .app import build_daemon
+    from .http import HealthServer
+    from .logs import configure
+
+    settings = _settings(args)
+    configure(settings["log"]["level"], bool(settings["log"]["json"]))
+    daemon = build_daemon(settings, events_path=args.events)
+    server = None
+    http = settings["http"]
+    if http["enabled"]:
+        server = HealthServer(
+            http["host"],
+            int(http["port"]),
+            daemon.metrics.registry,
+            lambda: (daemon.ready, "ready" if daemon.ready else "not ready"),
+        )
+        server.start()
+    daemon.install_signal_handlers()
+    try:
+        summary = daemon.run(max_events=args.max_events, timeout_s=args.timeout)
+    finally:
+        if server is not None:
+            server.stop()
+        daemon.sink.close()
+        daemon.source.close()
+    print(json.dumps(summary.__dict__, sort_keys=True))
+    return 0
+
+
+# -- validate / test -------------------------------------------------------------------------
+def cmd_validate(args: argparse.Namespace) -> int:
+    from driftwarden.policies.loader import validate_paths
+
+    from .settings import ConfigError, load_settings
+
+    errors: list[str] = []
+    policy_paths: list[str] = []
+    for p in args.paths or ["config/policies"]:
+        path = Path(p)
+        if (
+            path.is_file()
+            and path.name.startswith("driftwarden")
+            and path.suffix in (".yaml", ".yml")
+        ):
+            try:
+                load_settings(path, env={})
+            except ConfigError as exc:
+                errors.extend(str(exc).splitlines())
+        elif not path.exists():
+            errors.append(f"{path}: no such file or directory")
+        else:
+            policy_paths.append(str(path))
+    if policy_paths:
+        errors.extend(validate_paths(policy_paths))
+    for e in errors:
+        print(e)
+    if errors:
+        print(f"{len(errors)} error(s)", file=sys.stderr)
+        return 1
+    print("ok", file=sys.stderr)
+    return 0
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    from driftwarden.policies.policytest import run_policy_tests
+
+    code = 0
+    for f in args.files:
+        report = run_policy_tests(f)
+        print(report.text)
+        if not report.ok:
+            code = 1
+    return code
+
+
+# -- replay ----------------------------------------------------------------------------------
+def replay(
+    policies_dir: str, events: str, out: str, profile_path: str | None = None
+) -> dict[str, Any]:
+    """Run the pipeline over recorded events (event time), write decisions; returns a summary."""
+    from driftwarden.detectors.profile import ReferenceProfile
+
+    from .app import build_daemon, load_policy_set
+    from .settings import load_settings
+    from .sinks import MemorySink
+
+    settings = load_settings(None, env={})
+    profile = ReferenceProfile.load(profile_path) if profile_path else None
+    policies = load_policy_set(policies_dir, check_files=profile is None)
+    sink = MemorySink()
+    daemon = build_daemon(
+        settings,
+        policies=policies,
+        sink=sink,
+        profile=profile,
+        events_path=events,
+        with_state=False,
+    )
+    summary = daemon.run()
+    decisions = sink.values(settings.topics["decisions"])
+    with open(out, "wb") as fh:
+        for d in decisions:
+            fh.write(orjson.dumps(d, option=orjson.OPT_SORT_KEYS) + b"\n")
+    windows = sink.values(settings.topics["windows"])
+    by_rule = Counter(f"{d['model']}/{d['rule']}:{d['status']}" for d in decisions)
+    return {
+        "events": summary.records,
+        "valid": summary.valid,
+        "invalid": summary.invalid,
+        "windows": len(windows),
+        "decisions": len(decisions),
+        "by_rule": dict(sorted(by_rule.items())),
+        "out": out,
+    }
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    summary = replay(args.policies, args.events, args.out, args.profile)
+    print(
+        f"replayed {summary['events']} events ({summary['invalid']} invalid) "
+        f"into {summary['windows']} windows and {summary['decisions']} decisions → {summary['out']}"
+    )
+    for k, v in summary["by_rule"].items():
+        print(f"  {k}: {v}")
+    return 0
+
+
+# -- profile ---------------------------------------------------------------------------------
+def cmd_profile(args: argparse.Namespace) -> int:
+    from driftwarden.detectors.profile import build_profile, read_table
+
+    if not Path(args.data).is_file():
+        return _fail(f"data file {args.data} does not exist.")
+    df = read_table(args.data)
+    missing = [
+        c for c in [args.target, args.prediction, args.score, *args.segment] if c and c not in df
+    ]
+    if missing:
+        return _fail(f"{args.data}: column(s) not in the table: {', '.join(missing)}.")
+    profile = build_profile(
+        df,
+        args.model,
+        target=args.target,
+        prediction=args.prediction,
+        score=args.score,
+        segments=args.segment,
+        model_version=args.model_version,
+    )
+    if args.out:
+        profile.save(args.out)
+        print(
+            f"profile of {args.model} ({len(profile.features)} features, {profile.n_rows} rows) → {args.out}"
+        )
+    else:
+        from driftwarden.retrain.registry import log_profile
+
+        log_profile(args.tracking_uri, args.run_id, profile)
+        print(f"profile of {args.model} logged to run {args.run_id} as driftwarden/profile.json")
+    return 0
+
+
+# -- registry --------------------------------------------------------------------------------
+def _registry(args: argparse.Namespace) -> Any:
+    from driftwarden.retrain.registry import Registry
+
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        raise SystemExit(_fail("set --tracking-uri or MLFLOW_TRACKING_URI."))
+    return Registry(uri)
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    moves = _registry(args).approve(args.model, args.version, actor=args.actor, reason=args.reason)
+    for m in moves:
+        print(
+            json.dumps(
+                m if isinstance(m, dict) else getattr(m, "__dict__", str(m)),
+                sort_keys=True,
+                default=str,
+            )
+        )
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    moves = _registry(args).rollback(args.model, actor=args.actor, reason=args.reason)
+    for m in moves:
+        print(
+            json.dumps(
+                m if isinstance(m, dict) else getattr(m, "__dict__", str(m)),
+                sort_keys=True,
+                default=str,
+            )
+        )
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .checkpoint import LocalCheckpointStore
+
+    settings = _settings(args)
+    directory = Path(settings["state"]["dir"])
+    if not directory.exists():
+        return _fail(f"no state directory at {directory} (has the daemon run?).", 1)
+    store = LocalCheckpointStore(directory)
+    rows = []
+    for f in sorted(directory.glob("checkpoint-*.json")):
+        unit = f.stem[len("checkpoint-") :]
+        doc = store.load(unit) or {}
+        for model, st in doc.get("models", {}).items():
+            rows.append(
+                {
+                    "model": model,
+                    "unit": unit,
+                    "events": st["events"],
+                    "labels": st["labels"],
+                    "join": st["join"]["counters"],
+                    "profile_version": st.get("profile_version"),
+                }
+            )
+        rows.append({"unit": unit, "offsets": doc.get("offsets"), "invalid": doc.get("invalid")})
+    for r in rows:
+        print(json.dumps(r, sort_keys=True))
+    return 0
+
+
+# -- parser ----------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for documentation and tests)."""
+    ap = argparse.ArgumentParser(prog="driftwarden", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the daemon")
+    run.add_argument(
+        "--config", help="config file (default: $DRIFTWARDEN_CONFIG or built-in defaults)"
+    )
+    run.add_argument("--events", help="read events from this JSONL file instead of Kafka")
+    run.add_argument("--max-events", type=int, help="stop after this many records (bounded runs)")
+    run.add_argument("--timeout", type=float, help="stop after this many seconds")
+    run.set_defaults(func=cmd_run)
+
+    val = sub.add_parser("validate", help="check config and policy files")
+    val.add_argument(
+        "paths", nargs="*", help="policy files/directories and driftwarden*.yaml configs"
+    )
+    val.set_defaults(func=cmd_validate)
+
+    test = sub.add_parser("test", help="run policy unit tests")
+    test.add_argument("files", nargs="+")
+    test.set_defaults(func=cmd_test)
+
+    rep = sub.add_parser("replay", help="run the pipeline over recorded events")
+    rep.add_argument("--policies", required=True)
+    rep.add_argument("--events", required=True)
+    rep.add_argument("--profile", help="use this profile file for every model")
+    rep.add_argument("--out", required=True)
+    rep.set_defaults(func=cmd_replay)
+
+    prof = sub.add_parser("profile", help="build a reference profile from a CSV/parquet table")
+    prof.add_argument("--data", required=True)
+    prof.add_argument("--model", required=True)
+    prof.add_argument("--model-version")
+    prof.add_argument("--target")
+    prof.add_argument("--prediction")
+    prof.add_argument("--score")
+    prof.add_argument("--segment", action="append", default=[])
+    dest = prof.add_mutually_exclusive_group(required=True)
+    dest.add_argument("--run-id")
+    dest.add_argument("--out")
+    prof.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"))
+    prof.set_defaults(func=cmd_profile)
+
+    for name, func, help_ in (
+        ("approve", cmd_approve, "promote a version to champion"),
+        ("rollback", cmd_rollback, "move champion back to previous"),
+    ):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("model")
+        if name == "approve":
+            p.add_argument("version")
+        p.add_argument("--actor", default=os.environ.get("USER", "cli"))
+        p.add_argument("--reason", required=True)
+        p.add_argument("--tracking-uri")
+        p.set_defaults(func=func)
+
+    st = sub.add_parser("status", help="per-model state from the last checkpoints")
+    st.add_argument("--config")
+    st.set_defaults(func=cmd_status)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``driftwarden`` console script."""
+    from driftwarden.detectors.base import StateVersionError
+    from driftwarden.policies.model import PolicyError
+
+    from .app import StartupError
+    from .checkpoint import CheckpointError
+    from .events import InvalidEvent
+    from .monitor import ProfileMissing
+    from .settings import ConfigError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (
+        ConfigError,
+        StartupError,
+        PolicyError,
+        ProfileMissing,
+        CheckpointError,
+        StateVersionError,
+        InvalidEvent,
+        FileNotFoundError,
+    ) as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

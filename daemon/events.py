@@ -1,0 +1,207 @@
+"""The event contract (DESIGN §2): decode and validate raw Kafka values in our own code.
+
+kafka-python's deserializers are not used on purpose: an exception other than TypeError from a
+deserializer escapes ``poll()``. Here every record's bytes go through :func:`decode`, which
+either returns a :class:`PredictionEvent` / :class:`LabelEvent` or raises :class:`InvalidEvent`
+with a one-sentence reason; the daemon sends the latter to the dead-letter topic.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+__all__ = [
+    "LABEL_SCHEMA",
+    "PREDICTION_SCHEMA",
+    "InvalidEvent",
+    "LabelEvent",
+    "PredictionEvent",
+    "decode",
+    "format_time",
+    "parse_time",
+]
+
+PREDICTION_SCHEMA = "driftwarden.prediction/v1"
+LABEL_SCHEMA = "driftwarden.label/v1"
+DEFAULT_MAX_BYTES = 1_048_576
+_MAX_ID = 256
+_MAX_FEATURES = 10_000
+
+
+class InvalidEvent(ValueError):
+    """An event that does not meet the contract; ``str()`` is the reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class PredictionEvent:
+    """A decoded, valid prediction event."""
+
+    prediction_id: str
+    model: str
+    model_version: str
+    timestamp: float
+    features: dict[str, Any]
+    prediction: dict[str, Any]
+    segment: dict[str, Any]
+
+    def record(self) -> dict[str, Any]:
+        """The plain record the join buffer, windows and labeled store keep."""
+        return {
+            "prediction_id": self.prediction_id,
+            "model_version": self.model_version,
+            "timestamp": self.timestamp,
+            "features": self.features,
+            "prediction": self.prediction,
+            "segment": self.segment,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class LabelEvent:
+    """A decoded, valid label event."""
+
+    prediction_id: str
+    model: str
+    timestamp: float
+    label: Any
+
+
+def parse_time(value: Any, where: str = "timestamp") -> float:
+    """RFC 3339 / ISO-8601 text with a time zone → epoch seconds."""
+    if not isinstance(value, str):
+        raise InvalidEvent(f"{where} must be an ISO-8601 string, got {type(value).__name__}")
+    text = value[:-1] + "+00:00" if value.endswith(("Z", "z")) else value
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidEvent(f"{where} {value[:40]!r} is not an ISO-8601 time") from None
+    if dt.tzinfo is None:
+        raise InvalidEvent(f"{where} {value[:40]!r} has no time zone (add Z or +00:00)")
+    return dt.timestamp()
+
+
+def format_time(ts: float) -> str:
+    """Epoch seconds → ``2026-11-26T10:15:00Z`` (milliseconds kept when present)."""
+    dt = datetime.fromtimestamp(ts, tz=UTC)
+    if dt.microsecond:
+        return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _text(obj: dict[str, Any], key: str, *, allow_int: bool = False) -> str:
+    if key not in obj:
+        raise InvalidEvent(f"missing field {key!r}")
+    v = obj[key]
+    if allow_int and isinstance(v, int) and not isinstance(v, bool):
+        v = str(v)
+    if not isinstance(v, str):
+        raise InvalidEvent(f"field {key!r} must be a string, got {type(v).__name__}")
+    if not v or len(v) > _MAX_ID:
+        raise InvalidEvent(f"field {key!r} must be 1 to {_MAX_ID} characters long")
+    return v
+
+
+def _scalar_ok(v: Any) -> bool:
+    if v is None or isinstance(v, (str, bool)):
+        return True
+    if isinstance(v, int):
+        return True
+    return isinstance(v, float) and math.isfinite(v)
+
+
+def _flat_object(obj: dict[str, Any], key: str, *, required: bool) -> dict[str, Any]:
+    if key not in obj:
+        if required:
+            raise InvalidEvent(f"missing field {key!r}")
+        return {}
+    v = obj[key]
+    if v is None and not required:
+        return {}
+    if not isinstance(v, dict):
+        raise InvalidEvent(f"field {key!r} must be an object, got {type(v).__name__}")
+    if len(v) > _MAX_FEATURES:
+        raise InvalidEvent(f"field {key!r} has {len(v)} entries (limit {_MAX_FEATURES})")
+    for name, value in v.items():
+        if not _scalar_ok(value):
+            kind = "a non-finite number" if isinstance(value, float) else type(value).__name__
+            raise InvalidEvent(
+                f"{key}.{name} must be a number, string, boolean or null, got {kind}"
+            )
+    return v
+
+
+def _finite(pred: dict[str, Any], key: str) -> None:
+    if key in pred:
+        v = pred[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise InvalidEvent(f"prediction.{key} must be a finite number")
+
+
+def _decode_prediction(obj: dict[str, Any]) -> PredictionEvent:
+    pred = obj.get("prediction")
+    if not isinstance(pred, dict):
+        raise InvalidEvent(
+            "missing field 'prediction'" if pred is None else "field 'prediction' must be an object"
+        )
+    if not any(k in pred for k in ("label", "score", "value")):
+        raise InvalidEvent("prediction needs at least one of label, score, value")
+    _finite(pred, "score")
+    _finite(pred, "value")
+    if "label" in pred and not _scalar_ok(pred["label"]):
+        raise InvalidEvent("prediction.label must be a number, string or boolean")
+    return PredictionEvent(
+        prediction_id=_text(obj, "prediction_id"),
+        model=_text(obj, "model"),
+        model_version=_text(obj, "model_version", allow_int=True),
+        timestamp=parse_time(obj.get("timestamp")) if "timestamp" in obj else _missing("timestamp"),
+        features=_flat_object(obj, "features", required=True),
+        prediction=pred,
+        segment=_flat_object(obj, "segment", required=False),
+    )
+
+
+def _missing(key: str) -> float:
+    raise InvalidEvent(f"missing field {key!r}")
+
+
+def _decode_label(obj: dict[str, Any]) -> LabelEvent:
+    if "label" not in obj:
+        raise InvalidEvent("missing field 'label'")
+    label = obj["label"]
+    if label is None or not _scalar_ok(label):
+        raise InvalidEvent("field 'label' must be a finite number, string or boolean")
+    return LabelEvent(
+        prediction_id=_text(obj, "prediction_id"),
+        model=_text(obj, "model"),
+        timestamp=parse_time(obj.get("timestamp")) if "timestamp" in obj else _missing("timestamp"),
+        label=label,
+    )
+
+
+def decode(
+    raw: bytes | None, *, expect: str | None = None, max_bytes: int = DEFAULT_MAX_BYTES
+) -> PredictionEvent | LabelEvent:
+    """Decode one event's bytes; ``expect`` is the schema the topic carries (or None: any)."""
+    if raw is None or len(raw) == 0:
+        raise InvalidEvent("empty message")
+    if len(raw) > max_bytes:
+        raise InvalidEvent(f"message is {len(raw)} bytes, over the {max_bytes}-byte limit")
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEvent(f"invalid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise InvalidEvent(f"event must be a JSON object, got {type(obj).__name__}")
+    schema = obj.get("schema")
+    if schema not in (PREDICTION_SCHEMA, LABEL_SCHEMA):
+        raise InvalidEvent(f"unknown schema {str(schema)[:80]!r}")
+    if expect is not None and schema != expect:
+        raise InvalidEvent(f"schema {schema!r} on a topic that carries {expect!r}")
+    if schema == PREDICTION_SCHEMA:
+        return _decode_prediction(obj)
+    return _decode_label(obj)

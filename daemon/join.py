@@ -1,0 +1,145 @@
+"""Prediction ⋈ label by ``prediction_id``, bounded in time and entries.
+
+Labels may arrive before their prediction or days after it. Both sides wait in insertion order
+(which follows event time closely); the buffer's clock is the largest event time it has seen
+(its watermark), so replays give the same matches as live runs. Entries older than the TTL
+behind the watermark expire and are counted: an unmatched prediction as ``expired_unlabeled``,
+an unmatched label as ``orphan_labels``. Past ``max_entries`` a side evicts its oldest entry and
+counts it the same way, so memory stays bounded whatever producers do.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["JoinBuffer", "JoinCounters"]
+
+STATE_VERSION = 1
+
+
+@dataclass
+class JoinCounters:
+    """Exact counts of what the join did (part of the checkpointed state)."""
+
+    predictions: int = 0
+    labels: int = 0
+    matched: int = 0
+    expired_unlabeled: int = 0
+    orphan_labels: int = 0
+    duplicate_predictions: int = 0
+    duplicate_labels: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class JoinBuffer:
+    """Waiting predictions and labels of one model."""
+
+    ttl_s: float = 7 * 86400.0
+    max_entries: int = 200_000
+    watermark: float = float("-inf")
+    counters: JoinCounters = field(default_factory=JoinCounters)
+    _predictions: OrderedDict[str, dict[str, Any]] = field(default_factory=OrderedDict)
+    _labels: OrderedDict[str, tuple[float, Any]] = field(default_factory=OrderedDict)
+
+    def add_prediction(self, pid: str, record: dict[str, Any]) -> dict[str, Any] | None:
+        """Add a prediction record; returns the joined record if its label was waiting."""
+        self.counters.predictions += 1
+        self._advance(record["timestamp"])
+        waiting = self._labels.pop(pid, None)
+        if waiting is not None:
+            self.counters.matched += 1
+            return _joined(record, waiting[1], waiting[0])
+        if pid in self._predictions:
+            self.counters.duplicate_predictions += 1
+            return None
+        self._predictions[pid] = record
+        self._bound(self._predictions, "expired_unlabeled")
+        return None
+
+    def add_label(self, pid: str, label: Any, ts: float) -> dict[str, Any] | None:
+        """Add a label; returns the joined record if its prediction was waiting."""
+        self.counters.labels += 1
+        self._advance(ts)
+        record = self._predictions.pop(pid, None)
+        if record is not None:
+            self.counters.matched += 1
+            return _joined(record, label, ts)
+        if pid in self._labels:
+            self.counters.duplicate_labels += 1
+            return None
+        self._labels[pid] = (ts, label)
+        self._bound(self._labels, "orphan_labels")
+        return None
+
+    @property
+    def pending_predictions(self) -> int:
+        return len(self._predictions)
+
+    @property
+    def pending_labels(self) -> int:
+        return len(self._labels)
+
+    def _advance(self, ts: float) -> None:
+        if ts <= self.watermark:
+            return
+        self.watermark = ts
+        horizon = ts - self.ttl_s
+        # Oldest first; insertion order tracks event time closely enough that we stop at the
+        # first entry still inside the TTL.
+        while self._predictions:
+            pid, rec = next(iter(self._predictions.items()))
+            if rec["timestamp"] >= horizon:
+                break
+            del self._predictions[pid]
+            self.counters.expired_unlabeled += 1
+        while self._labels:
+            pid, (lts, _) = next(iter(self._labels.items()))
+            if lts >= horizon:
+                break
+            del self._labels[pid]
+            self.counters.orphan_labels += 1
+
+    def _bound(self, side: OrderedDict[str, Any], counter: str) -> None:
+        while len(side) > self.max_entries:
+            side.popitem(last=False)
+            setattr(self.counters, counter, getattr(self.counters, counter) + 1)
+
+    def state(self) -> dict[str, Any]:
+        """JSON-ready state (versioned)."""
+        return {
+            "version": STATE_VERSION,
+            "watermark": self.watermark if self.watermark != float("-inf") else None,
+            "counters": self.counters.as_dict(),
+            "predictions": list(self._predictions.items()),
+            "labels": [[pid, ts, lab] for pid, (ts, lab) in self._labels.items()],
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], *, ttl_s: float, max_entries: int) -> JoinBuffer:
+        """Restore :meth:`state`; refuses an unknown version."""
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(
+                f"join buffer state version {state.get('version')!r} is unknown "
+                f"(this driftwarden reads version {STATE_VERSION})."
+            )
+        buf = cls(ttl_s=ttl_s, max_entries=max_entries)
+        wm = state.get("watermark")
+        buf.watermark = float("-inf") if wm is None else float(wm)
+        buf.counters = JoinCounters(**state["counters"])
+        buf._predictions = OrderedDict((pid, rec) for pid, rec in state["predictions"])
+        buf._labels = OrderedDict((pid, (ts, lab)) for pid, ts, lab in state["labels"])
+        return buf
+
+
+def _joined(record: dict[str, Any], label: Any, label_ts: float) -> dict[str, Any]:
+    # A labeled example lives at the time the label became known (never before its prediction).
+    out = dict(record)
+    out["label"] = label
+    out["label_timestamp"] = label_ts
+    out["timestamp"] = max(record["timestamp"], label_ts)
+    return out

@@ -1,0 +1,68 @@
+"""Prometheus metrics (one registry per daemon, so tests can run several daemons in a process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["Metrics"]
+
+
+class Metrics:
+    """Every metric the daemon exports on ``/metrics``."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.events = Counter(
+            "driftwarden_events_total",
+            "Events consumed, by topic role and result.",
+            ["role", "result"],
+            registry=r,
+        )
+        self.invalid = Counter(
+            "driftwarden_invalid_events_total",
+            "Malformed events sent to the dead-letter topic, by reason class.",
+            ["reason"],
+            registry=r,
+        )
+        self.lag = Gauge(
+            "driftwarden_consumer_lag",
+            "Records behind the partition end.",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.windows = Counter(
+            "driftwarden_windows_total", "Windows closed.", ["model", "stream"], registry=r
+        )
+        self.detector_statistic = Gauge(
+            "driftwarden_detector_statistic",
+            "Headline statistic of a detector at its last window.",
+            ["model", "detector"],
+            registry=r,
+        )
+        self.detector_triggered = Gauge(
+            "driftwarden_detector_triggered",
+            "1 if the detector triggered at its last window.",
+            ["model", "detector"],
+            registry=r,
+        )
+        self.decisions = Counter(
+            "driftwarden_decisions_total",
+            "Decisions by rule and status.",
+            ["model", "rule", "status"],
+            registry=r,
+        )
+        self.actions = Counter(
+            "driftwarden_action_outcomes_total",
+            "Action deliveries by outcome.",
+            ["type", "outcome"],
+            registry=r,
+        )
+        self.join = Gauge(
+            "driftwarden_join", "Join counters by model.", ["model", "counter"], registry=r
+        )
+        self.checkpoint_seconds = Histogram(
+            "driftwarden_checkpoint_seconds",
+            "Time to write a checkpoint and commit offsets.",
+            registry=r,
+        )

@@ -1,0 +1,238 @@
+"""Per-model state: the join buffer, two windowers, the detectors and the policy state.
+
+A :class:`ModelMonitor` is fed decoded events of one model in order and returns its outputs:
+window summaries and decisions. It is deterministic given the events (no wall clock), which is
+what makes ``replay`` equal to live operation and a restored checkpoint equal to a run that
+never stopped.
+
+The policy's window is the *prediction* window: when it closes, the policy is evaluated with
+that window's prediction-stream results plus the latest closed *labeled* window's results
+(labels come late; the last known slice performance and error-stream verdict hold until the
+next labeled window closes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from driftwarden.detectors.base import Detector, DetectorResult
+from driftwarden.detectors.batch import Batch
+from driftwarden.policies.evaluator import PolicyState, evaluate
+from driftwarden.policies.model import Decision, Policy, WindowInfo
+
+from .events import LabelEvent, PredictionEvent, format_time
+from .join import JoinBuffer
+from .windows import ClosedWindow, Windower, WindowSpec
+
+__all__ = ["ModelMonitor", "MonitorOutput", "ProfileMissing"]
+
+log = structlog.get_logger(__name__)
+STATE_VERSION = 1
+
+
+class ProfileMissing(RuntimeError):
+    """The model's reference profile cannot be found; ``str()`` says where it was looked for."""
+
+
+@dataclass
+class MonitorOutput:
+    """What processing some events produced."""
+
+    windows: list[dict[str, Any]] = field(default_factory=list)
+    decisions: list[Decision] = field(default_factory=list)
+    labeled: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _specs(policy: Policy) -> tuple[WindowSpec, WindowSpec]:
+    w = policy.window
+    late = w.allowed_lateness_s
+    pred = WindowSpec(events=w.events, duration_s=w.duration_s, lateness_s=late)
+    if w.labeled_events is None and w.labeled_duration_s is None:
+        return pred, pred
+    return pred, WindowSpec(
+        events=w.labeled_events, duration_s=w.labeled_duration_s, lateness_s=late
+    )
+
+
+class ModelMonitor:
+    """Everything driftwarden knows about one model (see the module docstring)."""
+
+    def __init__(
+        self,
+        model: str,
+        policy: Policy,
+        profile_loader: Callable[[str, str | None], Any],
+        *,
+        join_ttl_s: float,
+        join_max_entries: int,
+    ) -> None:
+        self.model = model
+        self.policy = policy
+        self._profile_loader = profile_loader
+        self.join = JoinBuffer(ttl_s=join_ttl_s, max_entries=join_max_entries)
+        pred_spec, lab_spec = _specs(policy)
+        self.pred_windows = Windower(pred_spec)
+        self.lab_windows = Windower(lab_spec)
+        self.policy_state = PolicyState()
+        self.profile_version: str | None = None
+        self.detectors: dict[str, Detector] = {}
+        self.last_labeled: dict[str, DetectorResult] = {}
+        self.events = 0
+        self.labels = 0
+        self._labeled_index = 0
+        self._pending_pred: list[dict[str, Any]] = []
+
+    # -- detectors -------------------------------------------------------------------------
+    def _ensure_detectors(self, model_version: str | None) -> None:
+        if self.detectors and (model_version is None or model_version == self.profile_version):
+            return
+        if self.detectors and self.pred_windows.count:
+            # A new model version mid-window: keep this window's reference; switch at the next.
+            return
+        profile = self._profile_loader(self.model, model_version)
+        self.detectors = self.policy.build_detectors(profile)
+        self.profile_version = model_version
+        log.info(
+            "detectors built",
+            model=self.model,
+            model_version=model_version,
+            detectors=sorted(self.detectors),
+        )
+
+    def _feed(self, stream: str, records: list[dict[str, Any]]) -> None:
+        if not records:
+            return
+        batch = Batch.from_records(records)
+        for det in self.detectors.values():
+            if det.stream == stream:
+                det.update(batch)
+
+    def _close(self, stream: str, closed: ClosedWindow) -> dict[str, DetectorResult]:
+        results = {}
+        for name, det in self.detectors.items():
+            if det.stream == stream:
+                results[name] = det.result()
+                det.reset()
+        return results
+
+    # -- processing ------------------------------------------------------------------------
+    def process(self, events: list[PredictionEvent | LabelEvent]) -> MonitorOutput:
+        """Fold events (in order) into the state; returns closed windows and decisions."""
+        out = MonitorOutput()
+        preds: list[dict[str, Any]] = []
+        labeled: list[dict[str, Any]] = []
+        for ev in events:
+            if isinstance(ev, PredictionEvent):
+                rec = ev.record()
+                self.events += 1
+                preds.append(rec)
+                joined = self.join.add_prediction(ev.prediction_id, rec)
+            else:
+                self.labels += 1
+                joined = self.join.add_label(ev.prediction_id, ev.label, ev.timestamp)
+            if joined is not None:
+                labeled.append(joined)
+        if preds:
+            self._ensure_detectors(preds[0]["model_version"])
+        elif labeled and not self.detectors:
+            self._ensure_detectors(labeled[0].get("model_version"))
+        # Labeled first, so a prediction window closing now sees the freshest labeled verdict.
+        for feed, closed in self.lab_windows.add_many(labeled):
+            self._feed("labeled", feed)
+            if closed is not None:
+                results = self._close("labeled", closed)
+                self.last_labeled = results
+                out.windows.append(self._summary("labeled", closed, results))
+        for feed, closed in self.pred_windows.add_many(preds):
+            self._feed("predictions", feed)
+            if closed is not None:
+                results = self._close("predictions", closed)
+                out.windows.append(self._summary("predictions", closed, results))
+                out.decisions.extend(self._evaluate(closed, results))
+                if preds:
+                    # A new model version switches reference at the window boundary.
+                    self._ensure_detectors(preds[-1]["model_version"])
+        out.labeled = labeled
+        return out
+
+    def _evaluate(self, closed: ClosedWindow, results: dict[str, DetectorResult]) -> list[Decision]:
+        merged = dict(self.last_labeled)
+        merged.update(results)
+        for name, det in self.detectors.items():
+            if name not in merged:
+                # No labeled window has closed yet: nothing is known, nothing is triggered.
+                merged[name] = DetectorResult(
+                    name=name,
+                    kind=det.kind,
+                    triggered=False,
+                    evidence={"note": "no closed window yet"},
+                )
+        window = WindowInfo.from_epoch(closed.index, closed.start, closed.end)
+        decisions, self.policy_state = evaluate(
+            self.policy, self.model, window, merged, self.policy_state, closed.end
+        )
+        return decisions
+
+    def _summary(
+        self, stream: str, closed: ClosedWindow, results: Mapping[str, DetectorResult]
+    ) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "stream": stream,
+            "index": closed.index,
+            "start": format_time(closed.start),
+            "end": format_time(closed.end),
+            "count": closed.count,
+            "model_version": self.profile_version,
+            "results": {k: results[k].to_dict() for k in sorted(results)},
+            "join": self.join.counters.as_dict(),
+            "late": (self.pred_windows if stream == "predictions" else self.lab_windows).late,
+        }
+
+    # -- state -----------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """JSON-ready state (versioned)."""
+        return {
+            "version": STATE_VERSION,
+            "model": self.model,
+            "policy_source": self.policy.source,
+            "profile_version": self.profile_version,
+            "events": self.events,
+            "labels": self.labels,
+            "join": self.join.state(),
+            "pred_windows": self.pred_windows.state(),
+            "lab_windows": self.lab_windows.state(),
+            "detectors": {k: d.state_dict() for k, d in sorted(self.detectors.items())},
+            "last_labeled": {k: r.to_dict() for k, r in sorted(self.last_labeled.items())},
+            "policy_state": self.policy_state.to_dict(),
+        }
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Load :meth:`state`; refuses an unknown version with a plain sentence."""
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(
+                f"model state of {self.model!r} has version {state.get('version')!r}; this "
+                f"driftwarden reads version {STATE_VERSION}."
+            )
+        self.events = int(state["events"])
+        self.labels = int(state["labels"])
+        self.join = JoinBuffer.from_state(
+            state["join"], ttl_s=self.join.ttl_s, max_entries=self.join.max_entries
+        )
+        self.pred_windows = Windower.from_state(self.pred_windows.spec, state["pred_windows"])
+        self.lab_windows = Windower.from_state(self.lab_windows.spec, state["lab_windows"])
+        self.profile_version = state.get("profile_version")
+        if state["detectors"]:
+            profile = self._profile_loader(self.model, self.profile_version)
+            self.detectors = self.policy.build_detectors(profile)
+            for name, det in self.detectors.items():
+                if name in state["detectors"]:
+                    det.load_state(state["detectors"][name])
+        self.last_labeled = {
+            k: DetectorResult.from_dict(v) for k, v in state["last_labeled"].items()
+        }
+        self.policy_state = PolicyState.from_dict(state["policy_state"])

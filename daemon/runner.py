@@ -1,0 +1,388 @@
+"""The daemon's main loop: poll → decode → per-model state → outputs → checkpoint → commit.
+
+One thread changes state: this loop. The scheduler and signal handlers only put work on a
+queue or set the stop event. The checkpoint order follows quix-streams: flush the sinks (DLQ,
+windows, decisions), enqueue actions durably in the outbox, write the state with the offsets it
+covers, and only then commit those offsets to Kafka. A batch that fails is never committed.
+"""
+
+from __future__ import annotations
+
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import structlog
+
+from driftwarden.policies.model import Decision, PolicySet
+
+from .checkpoint import CheckpointStore
+from .events import (
+    LABEL_SCHEMA,
+    PREDICTION_SCHEMA,
+    InvalidEvent,
+    LabelEvent,
+    PredictionEvent,
+    decode,
+)
+from .metrics import Metrics
+from .monitor import ModelMonitor, ProfileMissing
+from .sinks import Sink, dead_letter
+from .sources import RawRecord, Source
+
+__all__ = ["Daemon", "RunSummary", "Unit"]
+
+log = structlog.get_logger(__name__)
+
+_EXPECT = {"predictions": PREDICTION_SCHEMA, "labels": LABEL_SCHEMA, None: None}
+
+
+@dataclass
+class Unit:
+    """The state of one partition number: its models and the offsets the state covers."""
+
+    partition: int
+    models: dict[str, ModelMonitor] = field(default_factory=dict)
+    offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    invalid: int = 0
+    unmonitored: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class RunSummary:
+    """What a bounded run did (tests and the CLI print it)."""
+
+    records: int = 0
+    valid: int = 0
+    invalid: int = 0
+    windows: int = 0
+    decisions: int = 0
+    checkpoints: int = 0
+    stopped_by: str = ""
+
+
+@dataclass(frozen=True)
+class DaemonOptions:
+    """Tuning knobs (from settings)."""
+
+    topics: Mapping[str, str]
+    join_ttl_s: float = 7 * 86400.0
+    join_max_entries: int = 200_000
+    max_message_bytes: int = 1_048_576
+    max_poll_records: int = 2000
+    poll_timeout_s: float = 0.5
+    checkpoint_every_events: int = 50_000
+    checkpoint_every_s: float = 30.0
+
+
+class Daemon:
+    """Runs the pipeline over a :class:`Source` (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        source_factory: Callable[[Daemon], Source],
+        sink: Sink,
+        store: CheckpointStore | None,
+        policies: PolicySet,
+        profile_loader: Callable[[str, str | None], Any],
+        options: DaemonOptions,
+        metrics: Metrics | None = None,
+        on_decisions: Callable[[list[Decision]], None] | None = None,
+        on_labeled: Callable[[str, list[dict[str, Any]]], None] | None = None,
+    ) -> None:
+        self.sink = sink
+        self.store = store
+        self.policies = policies
+        self.profile_loader = profile_loader
+        self.opts = options
+        self.metrics = metrics or Metrics()
+        self.on_decisions = on_decisions
+        self.on_labeled = on_labeled
+        self.units: dict[int, Unit] = {}
+        self.work: queue.Queue[Callable[[], None]] = queue.Queue()
+        self._stop = threading.Event()
+        self._since_checkpoint = 0
+        self._last_checkpoint = time.monotonic()
+        self._warned: set[str] = set()
+        self.summary = RunSummary()
+        self.ready = False
+        self.last_event_wall: dict[str, float] = {}
+        self.source = source_factory(self)
+
+    # -- partition lifecycle (Kafka rebalance callbacks call these) -------------------------
+    def assign(self, partitions: list[int]) -> dict[tuple[str, int], int]:
+        """Restore the units of newly assigned partitions; returns the offsets to seek to."""
+        seek: dict[tuple[str, int], int] = {}
+        for p in partitions:
+            unit = self._restore(p)
+            self.units[p] = unit
+            seek.update(unit.offsets)
+        log.info("partitions assigned", partitions=partitions, seek=len(seek))
+        return seek
+
+    def revoke(self, partitions: list[int]) -> None:
+        """Checkpoint and drop the units of revoked partitions."""
+        gone = [p for p in partitions if p in self.units]
+        self.checkpoint(gone)
+        for p in gone:
+            del self.units[p]
+        log.info("partitions revoked", partitions=partitions)
+
+    def _restore(self, partition: int) -> Unit:
+        unit = Unit(partition=partition)
+        doc = self.store.load(f"p{partition}") if self.store is not None else None
+        if doc is None:
+            return unit
+        unit.offsets = {(t, int(p)): int(o) for t, p, o in doc["offsets"]}
+        unit.invalid = int(doc.get("invalid", 0))
+        unit.unmonitored = dict(doc.get("unmonitored", {}))
+        for model, state in doc["models"].items():
+            policy = self.policies.for_model(model)
+            if policy is None:
+                log.warning(
+                    "model in checkpoint has no policy any more; its state is dropped", model=model
+                )
+                continue
+            mon = self._new_monitor(model, policy)
+            mon.restore(state)
+            unit.models[model] = mon
+        log.info(
+            "state restored",
+            partition=partition,
+            models=sorted(unit.models),
+            offsets=doc["offsets"],
+        )
+        return unit
+
+    def _new_monitor(self, model: str, policy: Any) -> ModelMonitor:
+        return ModelMonitor(
+            model,
+            policy,
+            self.profile_loader,
+            join_ttl_s=self.opts.join_ttl_s,
+            join_max_entries=self.opts.join_max_entries,
+        )
+
+    # -- checkpoint ------------------------------------------------------------------------
+    def checkpoint(self, partitions: list[int] | None = None) -> None:
+        """Flush outputs, save state with its offsets, then commit the offsets."""
+        t0 = time.perf_counter()
+        parts = sorted(self.units) if partitions is None else partitions
+        self.sink.flush()
+        offsets: dict[tuple[str, int], int] = {}
+        for p in parts:
+            unit = self.units[p]
+            if self.store is not None:
+                self.store.save(
+                    f"p{p}",
+                    {
+                        "partition": p,
+                        "offsets": [[t, pp, o] for (t, pp), o in sorted(unit.offsets.items())],
+                        "invalid": unit.invalid,
+                        "unmonitored": unit.unmonitored,
+                        "models": {m: mon.state() for m, mon in sorted(unit.models.items())},
+                    },
+                )
+            offsets.update(unit.offsets)
+        self.source.commit(offsets)
+        self._since_checkpoint = 0
+        self._last_checkpoint = time.monotonic()
+        self.summary.checkpoints += 1
+        self.metrics.checkpoint_seconds.observe(time.perf_counter() - t0)
+
+    # -- the loop --------------------------------------------------------------------------
+    def request_stop(self, *_: Any) -> None:
+        """Finish the current batch, checkpoint, and return from :meth:`run`."""
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM / SIGINT only set the stop event (main thread only)."""
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+
+    def run(
+        self,
+        max_events: int | None = None,
+        timeout_s: float | None = None,
+        idle_timeout_s: float | None = None,
+    ) -> RunSummary:
+        """Process until stopped, ``max_events`` records, ``timeout_s`` or ``idle_timeout_s``."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        last_data = time.monotonic()
+        self.ready = True
+        try:
+            while not self._stop.is_set():
+                self._drain_work()
+                budget = self.opts.max_poll_records
+                if max_events is not None:
+                    budget = min(budget, max_events - self.summary.records)
+                    if budget <= 0:
+                        self.summary.stopped_by = "max_events"
+                        break
+                records = self.source.poll(budget, self.opts.poll_timeout_s)
+                if records:
+                    last_data = time.monotonic()
+                    self.process(records)
+                if self._checkpoint_due():
+                    self.checkpoint()
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    self.summary.stopped_by = "timeout"
+                    break
+                if not records and self.source.exhausted:
+                    self.summary.stopped_by = "end of input"
+                    break
+                if idle_timeout_s is not None and now - last_data >= idle_timeout_s:
+                    self.summary.stopped_by = "idle"
+                    break
+            else:
+                self.summary.stopped_by = "signal"
+            self._drain_work()
+            self.checkpoint()
+        finally:
+            self.ready = False
+        return self.summary
+
+    def _checkpoint_due(self) -> bool:
+        if self._since_checkpoint == 0:
+            return False
+        return (
+            self._since_checkpoint >= self.opts.checkpoint_every_events
+            or time.monotonic() - self._last_checkpoint >= self.opts.checkpoint_every_s
+        )
+
+    def _drain_work(self) -> None:
+        while True:
+            try:
+                job = self.work.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                job()
+            except Exception:  # a scheduled job must never take the loop down
+                log.exception("scheduled job failed")
+
+    # -- processing ------------------------------------------------------------------------
+    def process(self, records: list[RawRecord]) -> None:
+        """Decode and route one polled batch, then publish what it produced."""
+        grouped: dict[tuple[int, str], list[PredictionEvent | LabelEvent]] = {}
+        wall = time.time()
+        for rec in records:
+            unit = self.units.get(rec.partition)
+            if unit is None:  # the file source (and a race with revocation) land here
+                unit = self.units.setdefault(rec.partition, Unit(partition=rec.partition))
+            unit.offsets[(rec.topic, rec.partition)] = rec.offset + 1
+            self.summary.records += 1
+            self._since_checkpoint += 1
+            role = self.source.roles.get(rec.topic)
+            try:
+                ev = decode(rec.value, expect=_EXPECT[role], max_bytes=self.opts.max_message_bytes)
+                if rec.key is not None and rec.key != ev.model.encode():
+                    raise InvalidEvent(
+                        f"message key {rec.key[:80]!r} does not match model {ev.model!r} "
+                        "(producers must key events by model name)"
+                    )
+            except InvalidEvent as exc:
+                self._dead_letter(unit, rec, str(exc))
+                continue
+            self.summary.valid += 1
+            kind = "prediction" if isinstance(ev, PredictionEvent) else "label"
+            self.metrics.events.labels(kind, "valid").inc()
+            self.last_event_wall[ev.model] = wall
+            grouped.setdefault((rec.partition, ev.model), []).append(ev)
+        for (p, model), events in grouped.items():
+            self._process_model(self.units[p], model, events)
+
+    def _dead_letter(self, unit: Unit, rec: RawRecord, reason: str) -> None:
+        unit.invalid += 1
+        self.summary.invalid += 1
+        self.metrics.events.labels(self.source.roles.get(rec.topic) or "file", "invalid").inc()
+        self.metrics.invalid.labels(reason.split(" ", 2)[0] if reason else "unknown").inc()
+        value, headers = dead_letter(
+            reason=reason,
+            topic=rec.topic,
+            partition=rec.partition,
+            offset=rec.offset,
+            key=rec.key,
+            value=rec.value,
+            timestamp_ms=rec.timestamp_ms,
+        )
+        self.sink.publish(
+            self.opts.topics["dlq"],
+            None if rec.key is None else rec.key.decode("utf-8", "replace"),
+            value,
+            headers,
+        )
+        log.warning(
+            "event sent to dead-letter topic",
+            reason=reason,
+            topic=rec.topic,
+            partition=rec.partition,
+            offset=rec.offset,
+        )
+
+    def _process_model(
+        self, unit: Unit, model: str, events: list[PredictionEvent | LabelEvent]
+    ) -> None:
+        mon = unit.models.get(model)
+        if mon is None:
+            policy = self.policies.for_model(model)
+            if policy is None:
+                unit.unmonitored[model] = unit.unmonitored.get(model, 0) + len(events)
+                if model not in self._warned:
+                    self._warned.add(model)
+                    log.warning(
+                        "no policy matches this model; its events are counted only", model=model
+                    )
+                return
+            mon = unit.models[model] = self._new_monitor(model, policy)
+        try:
+            out = mon.process(events)
+        except ProfileMissing as exc:
+            # Without its reference a model cannot be judged: say so once, keep counting.
+            unit.unmonitored[model] = unit.unmonitored.get(model, 0) + len(events)
+            if f"profile:{model}" not in self._warned:
+                self._warned.add(f"profile:{model}")
+                log.error(
+                    "reference profile missing; model not monitored", model=model, error=str(exc)
+                )
+            return
+        topics = self.opts.topics
+        for w in out.windows:
+            self.summary.windows += 1
+            self.metrics.windows.labels(model, w["stream"]).inc()
+            for name, r in w["results"].items():
+                if r.get("statistic") is not None:
+                    self.metrics.detector_statistic.labels(model, name).set(r["statistic"])
+                self.metrics.detector_triggered.labels(model, name).set(1 if r["triggered"] else 0)
+            self.sink.publish(
+                topics["windows"], model, orjson.dumps(w, option=orjson.OPT_SORT_KEYS)
+            )
+        for d in out.decisions:
+            self.summary.decisions += 1
+            self.metrics.decisions.labels(model, d.rule, d.status).inc()
+            self.sink.publish(
+                topics["decisions"], model, orjson.dumps(d.to_dict(), option=orjson.OPT_SORT_KEYS)
+            )
+            log.info(
+                "decision",
+                model=model,
+                rule=d.rule,
+                status=d.status,
+                severity=d.severity,
+                window_end=d.window_end,
+                actions=[a.type for a in d.actions],
+                reasons=list(d.reasons),
+            )
+        for counter, value in mon.join.counters.as_dict().items():
+            self.metrics.join.labels(model, counter).set(value)
+        if out.labeled and self.on_labeled is not None:
+            self.on_labeled(model, out.labeled)
+        if out.decisions and self.on_decisions is not None:
+            self.on_decisions(out.decisions)

@@ -1,0 +1,189 @@
+"""Daemon settings: ``config/driftwarden.yaml`` plus ``DRIFTWARDEN_*`` environment overrides.
+
+Nested keys are joined with a double underscore in the environment:
+``DRIFTWARDEN_KAFKA__BOOTSTRAP_SERVERS=broker:9092`` sets ``kafka.bootstrap_servers``. Unknown
+keys are errors (a typo must not silently fall back to a default); every error names the file
+and the key path.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["ConfigError", "Settings", "load_settings", "parse_duration"]
+
+DEFAULTS: dict[str, Any] = {
+    "source": "kafka",  # kafka | file
+    "kafka": {
+        "bootstrap_servers": "127.0.0.1:9092",
+        "group_id": "driftwarden",
+        "client_id": "driftwarden",
+        "auto_offset_reset": "earliest",
+        "max_poll_records": 2000,
+        "poll_timeout_ms": 500,
+        "session_timeout_ms": 45000,
+        "max_poll_interval_ms": 300000,
+        "topics": {
+            "predictions": "predictions",
+            "labels": "labels",
+            "dlq": "driftwarden.dlq",
+            "decisions": "driftwarden.decisions",
+            "windows": "driftwarden.windows",
+            "alerts": "driftwarden.alerts",
+            "routing": "driftwarden.routing",
+            "state": "driftwarden.state",
+        },
+        # Passed through to kafka-python as-is (security_protocol, sasl_*, ssl_*).
+        "security": {},
+    },
+    "file": {"events": None, "out_dir": ".driftwarden/out"},
+    "policies": "config/policies",
+    "state": {"backend": "local", "dir": ".driftwarden/state"},
+    "checkpoint": {"every_events": 50000, "every": "30s"},
+    "join": {"ttl": "7d", "max_entries": 200000},
+    "limits": {"max_message_bytes": 1048576},
+    "http": {"enabled": True, "host": "127.0.0.1", "port": 9308},
+    "mlflow": {"tracking_uri": None},
+    "scheduler": {"policy_reload": "10s", "outbox": "2s", "alert_resend": "60s", "freshness": "5m"},
+    "log": {"level": "info", "json": True},
+}
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0, None: 1.0}
+
+
+class ConfigError(ValueError):
+    """The daemon's configuration is wrong; ``str()`` lists every problem, one per line."""
+
+
+def parse_duration(value: Any, where: str = "duration") -> float:
+    """``"30s"``, ``"5m"``, ``"1h"``, ``"7d"`` or a number of seconds → seconds."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    m = _DURATION.match(str(value)) if isinstance(value, str) else None
+    if not m:
+        raise ConfigError(f"{where}: {value!r} is not a duration (use e.g. 30s, 5m, 1h, 7d)")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated settings (a nested dict underneath, with typed accessors for hot paths)."""
+
+    data: Mapping[str, Any]
+    source_path: str
+
+    def __getitem__(self, key: str) -> Any:
+        return self.data[key]
+
+    @property
+    def topics(self) -> Mapping[str, str]:
+        return self.data["kafka"]["topics"]
+
+    def seconds(self, section: str, key: str) -> float:
+        return parse_duration(self.data[section][key], f"{section}.{key}")
+
+    def path(self, value: str) -> Path:
+        """A path from the config, relative to the current directory."""
+        return Path(value)
+
+
+def _merge(
+    base: dict[str, Any], over: Mapping[str, Any], path: str, errors: list[str], src: str
+) -> None:
+    for key, value in over.items():
+        where = f"{path}{key}"
+        if key not in base:
+            known = ", ".join(sorted(base))
+            errors.append(f"{src}: {where}: unknown key (known here: {known})")
+            continue
+        if isinstance(base[key], dict) and key not in ("security",):
+            if not isinstance(value, Mapping):
+                errors.append(f"{src}: {where}: must be a mapping, got {type(value).__name__}")
+                continue
+            _merge(base[key], value, where + ".", errors, src)
+        else:
+            base[key] = value
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, raw in env.items():
+        if not name.startswith("DRIFTWARDEN_") or name == "DRIFTWARDEN_CONFIG":
+            continue
+        parts = name[len("DRIFTWARDEN_") :].lower().split("__")
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else raw
+    return out
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None
+) -> Settings:
+    """Defaults ← YAML file (if given) ← environment; raises :class:`ConfigError` with all errors."""
+    env = os.environ if env is None else env
+    data = copy.deepcopy(DEFAULTS)
+    errors: list[str] = []
+    src = "defaults"
+    if path is not None:
+        p = Path(path)
+        src = str(p)
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file not found")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark is not None else ""
+            raise ConfigError(
+                f"{p}{line}: not valid YAML: {getattr(exc, 'problem', exc)}"
+            ) from None
+        if not isinstance(loaded, Mapping):
+            raise ConfigError(f"{p}: the config must be a mapping at the top level")
+        _merge(data, loaded, "", errors, src)
+    _merge(data, _env_overrides(env), "", errors, "environment (DRIFTWARDEN_*)")
+    _check(data, errors, src)
+    if errors:
+        raise ConfigError("\n".join(errors))
+    return Settings(data=data, source_path=src)
+
+
+def _check(data: dict[str, Any], errors: list[str], src: str) -> None:
+    if data["source"] not in ("kafka", "file"):
+        errors.append(f"{src}: source: must be kafka or file, got {data['source']!r}")
+    if data["source"] == "file" and not data["file"]["events"]:
+        errors.append(f"{src}: file.events: the file source needs an events file (JSONL)")
+    if data["state"]["backend"] not in ("local",):
+        errors.append(f"{src}: state.backend: must be 'local' (got {data['state']['backend']!r})")
+    for section, key in (
+        ("checkpoint", "every"),
+        ("join", "ttl"),
+        ("scheduler", "policy_reload"),
+        ("scheduler", "outbox"),
+        ("scheduler", "alert_resend"),
+        ("scheduler", "freshness"),
+    ):
+        try:
+            parse_duration(data[section][key], f"{src}: {section}.{key}")
+        except ConfigError as exc:
+            errors.append(str(exc))
+    for section, key in (
+        ("kafka", "max_poll_records"),
+        ("join", "max_entries"),
+        ("limits", "max_message_bytes"),
+        ("checkpoint", "every_events"),
+        ("http", "port"),
+    ):
+        v = data[section][key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            errors.append(f"{src}: {section}.{key}: must be a whole number ≥ 0, got {v!r}")

@@ -1,0 +1,224 @@
+"""Where raw records come from: a Kafka consumer, or a JSONL file (embedded runs and replay).
+
+Both hand the daemon :class:`RawRecord` lists in the order they must be processed, and accept
+the offsets to resume from. Values stay bytes: decoding is the daemon's job (events.py).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+__all__ = ["FileSource", "KafkaSource", "RawRecord", "Source"]
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    """One record as it came from the source."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int | None = None
+
+
+class Source(ABC):
+    """A source of raw records with explicit offsets."""
+
+    #: topic role for each topic name this source yields ("predictions" / "labels" / None=any)
+    roles: dict[str, str | None]
+
+    @abstractmethod
+    def poll(self, max_records: int, timeout_s: float) -> list[RawRecord]:
+        """The next records (possibly none), in processing order."""
+
+    @abstractmethod
+    def seek(self, offsets: dict[tuple[str, int], int]) -> None:
+        """Resume from these next offsets (per topic, partition)."""
+
+    def commit(self, offsets: dict[tuple[str, int], int]) -> None:
+        """Record that everything before these offsets is covered by a durable checkpoint."""
+
+    @property
+    def exhausted(self) -> bool:
+        """True when a finite source has nothing more to give."""
+        return False
+
+    def close(self) -> None:
+        """Release resources."""
+
+
+class FileSource(Source):
+    """Events from a JSONL file (``.jsonl`` or ``.jsonl.gz``), one event per line.
+
+    The file is one topic, ``file``, with one partition; the offset is the line number. The
+    event's ``schema`` field tells predictions from labels.
+    """
+
+    TOPIC = "file"
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"events file {self.path} does not exist")
+        self.roles = {self.TOPIC: None}
+        self._next = 0
+        self._lines: Iterator[bytes] | None = None
+        self._pos = 0
+        self._done = False
+
+    def _open(self) -> Iterator[bytes]:
+        opener: Callable[..., Any] = gzip.open if self.path.suffix == ".gz" else open
+        with opener(self.path, "rb") as fh:
+            yield from fh
+
+    def seek(self, offsets: dict[tuple[str, int], int]) -> None:
+        self._next = offsets.get((self.TOPIC, 0), 0)
+        self._lines = None
+        self._pos = 0
+        self._done = False
+
+    def poll(self, max_records: int, timeout_s: float) -> list[RawRecord]:
+        if self._lines is None:
+            self._lines = self._open()
+            self._pos = 0
+        out: list[RawRecord] = []
+        for line in self._lines:
+            pos = self._pos
+            self._pos += 1
+            if pos < self._next:
+                continue
+            self._next = pos + 1
+            value = line.rstrip(b"\r\n")
+            out.append(RawRecord(self.TOPIC, 0, pos, _key_of(value), value, None))
+            if len(out) >= max_records:
+                return out
+        self._done = True
+        return out
+
+    @property
+    def exhausted(self) -> bool:
+        return self._done
+
+
+def _key_of(value: bytes) -> bytes | None:
+    # The file carries no keys; use the model name as a producer would (best effort).
+    try:
+        obj = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    model = obj.get("model") if isinstance(obj, dict) else None
+    return model.encode() if isinstance(model, str) else None
+
+
+class KafkaSource(Source):
+    """A kafka-python consumer in a consumer group, with manual commits.
+
+    ``on_assign`` / ``on_revoke`` are called with the partition numbers gained or lost; the
+    daemon restores or checkpoints state there. kafka-python runs rebalance callbacks on its
+    IO thread inside ``poll()``, so they are kept short.
+    """
+
+    def __init__(
+        self,
+        *,
+        bootstrap_servers: str,
+        group_id: str,
+        client_id: str,
+        topics: dict[str, str],
+        security: dict[str, Any],
+        auto_offset_reset: str,
+        session_timeout_ms: int,
+        max_poll_interval_ms: int,
+        max_partition_fetch_bytes: int,
+        on_assign: Callable[[list[int]], dict[tuple[str, int], int]],
+        on_revoke: Callable[[list[int]], None],
+    ) -> None:
+        from kafka import ConsumerRebalanceListener, KafkaConsumer
+
+        self.roles = {topics["predictions"]: "predictions", topics["labels"]: "labels"}
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap_servers,
+            group_id=group_id,
+            client_id=client_id,
+            enable_auto_commit=False,
+            auto_offset_reset=auto_offset_reset,
+            session_timeout_ms=session_timeout_ms,
+            max_poll_interval_ms=max_poll_interval_ms,
+            max_partition_fetch_bytes=max_partition_fetch_bytes,
+            **security,
+        )
+        source = self
+
+        class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+            def on_partitions_revoked(self, revoked: Any) -> None:
+                parts = sorted({tp.partition for tp in revoked})
+                if parts:
+                    on_revoke(parts)
+
+            def on_partitions_assigned(self, assigned: Any) -> None:
+                parts = sorted({tp.partition for tp in assigned})
+                if parts:
+                    offsets = on_assign(parts)
+                    source.seek(offsets)
+
+        self._consumer.subscribe(topics=list(self.roles), listener=_Listener())
+
+    def poll(self, max_records: int, timeout_s: float) -> list[RawRecord]:
+        batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        out: list[RawRecord] = []
+        # Predictions before labels within one poll: fewer labels wait as "early".
+        for tp in sorted(
+            batches, key=lambda t: (self.roles.get(t.topic) != "predictions", t.partition)
+        ):
+            for r in batches[tp]:
+                out.append(RawRecord(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp))
+        return out
+
+    def seek(self, offsets: dict[tuple[str, int], int]) -> None:
+        from kafka import TopicPartition
+
+        assigned = self._consumer.assignment()
+        for (topic, partition), offset in offsets.items():
+            tp = TopicPartition(topic, partition)
+            if tp in assigned:
+                self._consumer.seek(tp, offset)
+
+    def commit(self, offsets: dict[tuple[str, int], int]) -> None:
+        from kafka import TopicPartition
+        from kafka.structs import OffsetAndMetadata
+
+        assigned = self._consumer.assignment()
+        todo = {
+            TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
+            for (t, p), o in offsets.items()
+            if TopicPartition(t, p) in assigned
+        }
+        if todo:
+            self._consumer.commit(todo)
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        """Records behind the end of each assigned partition (for the lag gauge)."""
+        assigned = list(self._consumer.assignment())
+        if not assigned:
+            return {}
+        ends = self._consumer.end_offsets(assigned)
+        return {
+            (tp.topic, tp.partition): max(0, ends[tp] - self._consumer.position(tp))
+            for tp in assigned
+        }
+
+    def partitions_for(self, topic: str) -> set[int] | None:
+        return self._consumer.partitions_for_topic(topic)
+
+    def close(self) -> None:
+        self._consumer.close(autocommit=False)

@@ -1,0 +1,64 @@
+"""Local checkpoints (atomic, versioned) and settings (strict keys, env overrides)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from driftwarden.daemon.checkpoint import CheckpointError, LocalCheckpointStore
+from driftwarden.daemon.settings import ConfigError, load_settings, parse_duration
+
+
+def test_checkpoint_round_trip_and_no_temp_left(tmp_path: Path) -> None:
+    """A saved checkpoint loads back equal; the temp file is renamed away."""
+    store = LocalCheckpointStore(tmp_path)
+    store.save("p0", {"offsets": [["predictions", 0, 10]], "models": {}})
+    doc = store.load("p0")
+    assert doc is not None and doc["offsets"] == [["predictions", 0, 10]] and doc["version"] == 1
+    assert not list(tmp_path.glob("*.tmp"))
+    assert store.load("p1") is None
+
+
+def test_checkpoint_unknown_version_is_refused(tmp_path: Path) -> None:
+    """A checkpoint from another format version is refused with a plain sentence."""
+    (tmp_path / "checkpoint-p0.json").write_text(
+        json.dumps({"format": "driftwarden.checkpoint", "version": 99})
+    )
+    with pytest.raises(CheckpointError, match="checkpoint version 99; this driftwarden reads version 1"):
+        LocalCheckpointStore(tmp_path).load("p0")
+
+
+def test_settings_env_override_and_unknown_key(tmp_path: Path) -> None:
+    """DRIFTWARDEN_A__B overrides a.b; an unknown key is an error naming file and key."""
+    cfg = tmp_path / "driftwarden.yaml"
+    cfg.write_text("kafka:\n  group_id: g1\n")
+    s = load_settings(cfg, env={"DRIFTWARDEN_KAFKA__GROUP_ID": "g2", "DRIFTWARDEN_HTTP__PORT": "9999"})
+    assert s["kafka"]["group_id"] == "g2" and s["http"]["port"] == 9999
+    cfg.write_text("kafka:\n  group: g1\n")
+    with pytest.raises(ConfigError, match=r"driftwarden.yaml: kafka.group: unknown key"):
+        load_settings(cfg, env={})
+
+
+def test_settings_bad_values_all_reported(tmp_path: Path) -> None:
+    """Every bad value is reported at once."""
+    cfg = tmp_path / "driftwarden.yaml"
+    cfg.write_text("join: {ttl: soon}\nhttp: {port: -1}\nsource: carrier-pigeon\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(cfg, env={})
+    text = str(err.value)
+    assert "join.ttl" in text and "http.port" in text and "source" in text
+
+
+def test_durations() -> None:
+    """Durations accept units and plain seconds."""
+    assert parse_duration("30s") == 30 and parse_duration("2h") == 7200 and parse_duration(5) == 5
+    with pytest.raises(ConfigError):
+        parse_duration("fortnight")
+
+
+def test_shipped_configs_are_valid() -> None:
+    """The config files in config/ load with their defaults."""
+    for cfg in sorted(Path("config").glob("driftwarden*.yaml")):
+        load_settings(cfg, env={})

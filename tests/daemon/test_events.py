@@ -1,0 +1,113 @@
+"""The event contract: valid events decode, every kind of bad input is refused with a reason."""
+
+from __future__ import annotations
+
+import math
+
+import orjson
+import pytest
+
+from driftwarden.daemon.client import label_event, prediction_event
+from driftwarden.daemon.events import (
+    LABEL_SCHEMA,
+    PREDICTION_SCHEMA,
+    InvalidEvent,
+    LabelEvent,
+    PredictionEvent,
+    decode,
+    format_time,
+    parse_time,
+)
+
+GOOD = {
+    "schema": PREDICTION_SCHEMA,
+    "prediction_id": "c0a8-1",
+    "model": "churn",
+    "model_version": "7",
+    "timestamp": "2026-11-26T10:15:00Z",
+    "features": {"days_since_last_login": 12, "plan": "pro", "user_age": 41, "x": None, "b": True},
+    "prediction": {"label": 1, "score": 0.83},
+    "segment": {"customer_tier": "enterprise", "region": "eu"},
+}
+
+
+def test_decodes_the_design_example() -> None:
+    """The prediction example of DESIGN §2 decodes with its fields intact."""
+    ev = decode(orjson.dumps(GOOD))
+    assert isinstance(ev, PredictionEvent)
+    assert ev.model == "churn" and ev.model_version == "7"
+    assert ev.timestamp == parse_time("2026-11-26T10:15:00+00:00")
+    assert ev.features["plan"] == "pro" and ev.segment["region"] == "eu"
+
+
+def test_label_event_decodes() -> None:
+    """A label event decodes; the schema decides the type."""
+    ev = decode(label_event("churn", "c0a8-1", 0, timestamp="2026-12-20T00:00:00Z"))
+    assert isinstance(ev, LabelEvent) and ev.label == 0
+
+
+def _mut(**changes: object) -> bytes:
+    doc = dict(GOOD)
+    for k, v in changes.items():
+        if v is ...:
+            doc.pop(k)
+        else:
+            doc[k] = v
+    return orjson.dumps(doc)
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"", "empty message"),
+        (b"{not json", "invalid JSON"),
+        (b"[1, 2]", "must be a JSON object"),
+        (b'{"x": NaN}', "invalid JSON"),
+        (_mut(schema="driftwarden.prediction/v9"), "unknown schema"),
+        (_mut(prediction_id=...), "missing field 'prediction_id'"),
+        (_mut(prediction_id=17.5), "'prediction_id' must be a string"),
+        (_mut(model=""), "'model' must be 1 to"),
+        (_mut(timestamp="yesterday"), "not an ISO-8601 time"),
+        (_mut(timestamp="2026-11-26T10:15:00"), "has no time zone"),
+        (_mut(timestamp=...), "missing field 'timestamp'"),
+        (_mut(features=[1, 2]), "'features' must be an object"),
+        (_mut(features={"a": [1]}), "features.a must be a number"),
+        (_mut(features={"a": {"b": 1}}), "features.a must be a number"),
+        (_mut(prediction={}), "at least one of label, score, value"),
+        (_mut(prediction={"score": "high"}), "prediction.score must be a finite number"),
+        (_mut(prediction=...), "missing field 'prediction'"),
+        (_mut(segment="eu"), "'segment' must be an object"),
+    ],
+)
+def test_bad_events_are_refused_with_a_reason(raw: bytes, reason: str) -> None:
+    """Each malformed event raises InvalidEvent whose message names what is wrong."""
+    with pytest.raises(InvalidEvent, match=reason.replace("(", r"\(")):
+        decode(raw)
+
+
+def test_oversized_and_wrong_topic() -> None:
+    """Size limit and the topic's schema are enforced."""
+    with pytest.raises(InvalidEvent, match="over the 100-byte limit"):
+        decode(orjson.dumps(GOOD), max_bytes=100)
+    with pytest.raises(InvalidEvent, match="on a topic that carries"):
+        decode(orjson.dumps(GOOD), expect=LABEL_SCHEMA)
+
+
+def test_label_must_not_be_null() -> None:
+    """A label event without a usable label is refused."""
+    raw = orjson.dumps({"schema": LABEL_SCHEMA, "prediction_id": "a", "model": "m",
+                        "timestamp": "2026-01-01T00:00:00Z", "label": None})
+    with pytest.raises(InvalidEvent, match="'label' must be"):
+        decode(raw)
+
+
+def test_client_refuses_nan_before_sending() -> None:
+    """The producer helper validates with the same decoder: NaN never leaves the service."""
+    with pytest.raises(InvalidEvent):
+        prediction_event("churn", "1", {"x": 1}, {"score": math.nan})
+
+
+def test_time_round_trip() -> None:
+    """format_time and parse_time are inverse on whole and fractional seconds."""
+    for ts in (0.0, 1795688100.0, 1795688100.25):
+        assert parse_time(format_time(ts)) == ts

@@ -1,0 +1,66 @@
+"""The prediction ⋈ label join: early and late labels, TTL, bounds, exact counters, state."""
+
+from __future__ import annotations
+
+import orjson
+
+from driftwarden.daemon.join import JoinBuffer
+
+
+def rec(pid: str, ts: float) -> dict:
+    return {"prediction_id": pid, "timestamp": ts, "features": {"x": 1}, "prediction": {"label": 1},
+            "segment": {}, "model_version": "1"}
+
+
+def test_late_and_early_labels_match() -> None:
+    """A label after its prediction and a label before it both produce one joined record."""
+    j = JoinBuffer(ttl_s=100)
+    assert j.add_prediction("a", rec("a", 1.0)) is None
+    joined = j.add_label("a", 0, 50.0)
+    assert joined is not None and joined["label"] == 0 and joined["timestamp"] == 50.0
+    assert j.add_label("b", 1, 51.0) is None
+    joined = j.add_prediction("b", rec("b", 49.0))
+    assert joined is not None and joined["label"] == 1 and joined["timestamp"] == 51.0
+    assert j.counters.matched == 2 and j.pending_labels == 0 and j.pending_predictions == 0
+
+
+def test_ttl_expires_unlabeled_predictions_and_orphan_labels() -> None:
+    """Entries older than the TTL behind the watermark expire and are counted once."""
+    j = JoinBuffer(ttl_s=10)
+    j.add_prediction("a", rec("a", 0.0))
+    j.add_label("z", 1, 1.0)
+    j.add_prediction("b", rec("b", 20.0))  # watermark 20 → horizon 10
+    c = j.counters
+    assert (c.expired_unlabeled, c.orphan_labels) == (1, 1)
+    assert j.add_label("a", 1, 21.0) is None  # too late: now an orphan-in-waiting
+    assert j.pending_predictions == 1 and j.pending_labels == 1
+
+
+def test_max_entries_bounds_memory() -> None:
+    """Past max_entries the oldest waiting prediction is evicted and counted."""
+    j = JoinBuffer(ttl_s=1e9, max_entries=3)
+    for i in range(5):
+        j.add_prediction(str(i), rec(str(i), float(i)))
+    assert j.pending_predictions == 3 and j.counters.expired_unlabeled == 2
+
+
+def test_duplicates_are_counted_not_joined_twice() -> None:
+    """A repeated prediction id is ignored and counted."""
+    j = JoinBuffer()
+    j.add_prediction("a", rec("a", 1.0))
+    j.add_prediction("a", rec("a", 2.0))
+    assert j.counters.duplicate_predictions == 1 and j.pending_predictions == 1
+
+
+def test_state_round_trip_gives_identical_later_behaviour() -> None:
+    """A JSON round trip of the state changes nothing about later matches and counters."""
+    a = JoinBuffer(ttl_s=30)
+    for i in range(10):
+        a.add_prediction(f"p{i}", rec(f"p{i}", float(i)))
+    a.add_label("q", 1, 5.0)
+    b = JoinBuffer.from_state(orjson.loads(orjson.dumps(a.state())), ttl_s=30, max_entries=a.max_entries)
+    for buf in (a, b):
+        buf.add_label("p3", 0, 12.0)
+        buf.add_prediction("q", rec("q", 4.0))
+        buf.add_prediction("late", rec("late", 100.0))
+    assert a.state() == b.state()
