@@ -16,6 +16,7 @@ write ``${VAR}``.
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import re
 from collections.abc import Iterable, Mapping
@@ -174,14 +175,17 @@ def _keys(
     allowed = set(allowed)
     for k in d:
         if k not in allowed:
-            doc.err(
-                (*path, k),
-                f"unknown key {k!r}{what} (allowed: {', '.join(sorted(allowed))}).",
-                at_key=True,
-            )
+            doc.err((*path, k), f"unknown key {k!r}{what} ({_hint(k, allowed)}).", at_key=True)
     for k in required:
         if k not in d:
             doc.err(path, f"missing required key {k!r}{what}.")
+
+
+def _hint(key: str, allowed: Iterable[str]) -> str:
+    """``did you mean 'x'?`` for a near miss, else the allowed keys."""
+    allowed = sorted(allowed)
+    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.75)
+    return f"did you mean {close[0]!r}?" if close else f"allowed: {', '.join(allowed)}"
 
 
 def _mapping(doc: _Doc, v: Any, path: Path_) -> dict[str, Any] | None:
@@ -247,15 +251,13 @@ def _duration(doc: _Doc, v: Any, path: Path_, positive: bool = False) -> float |
     return s
 
 
-def _check_env_refs(doc: _Doc, v: Any, path: Path_) -> None:
-    """``${`` must open a valid ``${NAME}``; ``$$`` is a literal ``$``."""
+def _check_env_refs(doc: _Doc, v: Any, path: Path_) -> bool:
+    """``${`` must open a valid ``${NAME}``; ``$$`` is a literal ``$``. False if one does not."""
     if isinstance(v, dict):
-        for k, x in v.items():
-            _check_env_refs(doc, x, (*path, k))
-    elif isinstance(v, list):
-        for i, x in enumerate(v):
-            _check_env_refs(doc, x, (*path, i))
-    elif isinstance(v, str):
+        return all([_check_env_refs(doc, x, (*path, k)) for k, x in v.items()])
+    if isinstance(v, list):
+        return all([_check_env_refs(doc, x, (*path, i)) for i, x in enumerate(v)])
+    if isinstance(v, str):
         i = 0
         while i < len(v):
             if v.startswith("$$", i):
@@ -269,10 +271,11 @@ def _check_env_refs(doc: _Doc, v: Any, path: Path_) -> None:
                         f"malformed environment reference at column {i + 1} of {v!r} "
                         "(write ${NAME}, NAME of letters, digits and _).",
                     )
-                    return
+                    return False
                 i = m.end()
                 continue
             i += 1
+    return True
 
 
 def _only_env(s: str) -> bool:
@@ -363,12 +366,8 @@ def _detector_params(
     props = schema.get("properties") or {}
     bad = [k for k in params if k not in props]
     for k in bad:
-        allowed = ", ".join(sorted(props)) or "none"
-        doc.err(
-            (*p, k),
-            f"unknown key {k!r} for detector type {kind!r} (allowed: name, type, {allowed}).",
-            at_key=True,
-        )
+        hint = _hint(k, {"name", "type", *props})
+        doc.err((*p, k), f"unknown key {k!r} for detector type {kind!r} ({hint}).", at_key=True)
     # Schema checks (types, ranges, required, enums) on the known keys only: unknown keys were
     # reported above with a friendlier message than "additional properties".
     known = {k: x for k, x in params.items() if k in props}
@@ -418,7 +417,7 @@ def _rules(
                 for u in unknown:
                     doc.err(
                         (*p, "when"),
-                        f"unknown detector {u!r} (defined: {', '.join(sorted(detector_names))}).",
+                        f"unknown detector {u!r} (defined: {', '.join(sorted(set(detector_names)))}).",
                     )
         severity = r.get("severity", "warning")
         if severity not in SEVERITIES:
@@ -572,8 +571,8 @@ def _receivers(doc: _Doc, v: Any) -> dict[str, ReceiverSpec]:
             required=["url"] if kind in _URL_RECEIVERS else [],
             what=f" for receiver type {kind!r}",
         )
-        _check_env_refs(doc, s, p)
-        if "url" in s and _str(doc, s["url"], (*p, "url")) is not None:
+        env_ok = _check_env_refs(doc, s, p)
+        if "url" in s and _str(doc, s["url"], (*p, "url")) is not None and env_ok:
             _check_url(doc, s["url"], (*p, "url"))
         if "timeout_s" in s:
             _number(doc, s["timeout_s"], (*p, "timeout_s"), minimum=0.001, maximum=300.0)

@@ -221,11 +221,16 @@ class Policy:
         """Detector name → type."""
         return {d.name: d.type for d in self.detectors}
 
-    def build_detectors(self, profile: Any) -> dict[str, Detector]:
-        """Fresh detector instances for one model, keyed by their policy name."""
+    def build_detectors(
+        self, profile: Any, detector_types: Mapping[str, Any] | None = None
+    ) -> dict[str, Detector]:
+        """Fresh detector instances for one model, keyed by their policy name.
+
+        ``detector_types`` (type name → Detector class) defaults to the detectors' registry.
+        """
         from driftwarden.detectors.base import registry
 
-        reg = registry()
+        reg = registry() if detector_types is None else detector_types
         out: dict[str, Detector] = {}
         for d in self.detectors:
             if d.type not in reg:

@@ -1,0 +1,1 @@
+"""Example models for driftwarden's policies and walkthroughs (``examples.churn:train``)."""
