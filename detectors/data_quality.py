@@ -27,7 +27,7 @@ from scipy import stats as sps
 from .base import Detector, DetectorResult, register
 from .batch import Batch, FeatureColumn
 from .feature_drift import check_params, columns_batch, unit_test_profile
-from .profile import MAX_VALUE_SHARES, OTHER, FeatureProfile, ReferenceProfile
+from .profile import MAX_VALUE_SHARES, OTHER, SENTINELS, FeatureProfile, ReferenceProfile
 from .stats import categorical_keys, is_numeric_like, numeric_keys
 
 __all__ = ["DataQuality"]
@@ -81,6 +81,8 @@ class _FeatureCheck:
     categories: pd.Index | None
     numbers_are_categories: bool
     other_share: float
+    known: list[str]
+    known_numbers: np.ndarray
 
     @classmethod
     def from_profile(cls, fp: FeatureProfile, margin: float) -> _FeatureCheck:
@@ -90,6 +92,11 @@ class _FeatureCheck:
             pad = margin * max(fp.max - fp.min, abs(fp.max), abs(fp.min), 1e-12)
             low, high = fp.min - pad, fp.max + pad
         cats = [c for c in fp.categories if c != OTHER]
+        # Values counted exactly (the reference's listed values and the usual stand-ins for
+        # "missing"); any other value is caught by the bounded heavy-hitter summary.
+        known = list(dict.fromkeys([*fp.value_shares, *SENTINELS]))
+        if fp.type == "numeric":
+            known = [k for k in known if _as_number(k) is not None]
         return cls(
             fp=fp,
             low=low,
@@ -97,6 +104,10 @@ class _FeatureCheck:
             categories=pd.Index(cats, dtype=object) if fp.type == "categorical" else None,
             numbers_are_categories=is_numeric_like(cats),
             other_share=fp.categories.get(OTHER, 0.0),
+            known=known,
+            known_numbers=np.array(
+                [_as_number(k) for k in known] if fp.type == "numeric" else [], dtype=np.float64
+            ),
         )
 
     def ref_share(self, key: str) -> float:
@@ -112,9 +123,16 @@ class _FeatureCheck:
         return 0.0
 
 
-def _empty_acc() -> dict[str, Any]:
+def _as_number(key: str) -> float | None:
+    try:
+        return float(key)
+    except ValueError:
+        return None
+
+
+def _empty_acc(known: Sequence[str]) -> dict[str, Any]:
     acc: dict[str, Any] = dict.fromkeys(_COUNTERS, 0)
-    acc.update({"lo": None, "hi": None, "sketch": {}})
+    acc.update({"lo": None, "hi": None, "known": dict.fromkeys(known, 0), "sketch": {}})
     return acc
 
 
@@ -238,7 +256,7 @@ class DataQuality(Detector):
         self._checks = {
             f: _FeatureCheck.from_profile(profile.features[f], range_margin) for f in chosen
         }
-        self._accs = {f: _empty_acc() for f in chosen}
+        self._accs = {f: _empty_acc(self._checks[f].known) for f in chosen}
 
     # -- update ---------------------------------------------------------------------------
 
@@ -271,9 +289,16 @@ class DataQuality(Detector):
                 acc["out_of_range"] += int(np.sum((x < chk.low) | (x > chk.high)))
             lo_key, hi_key = float(x.min()), float(x.max())
             uniq, counts = np.unique(x, return_counts=True)
+            kn = chk.known_numbers
+            pos = np.clip(np.searchsorted(uniq, kn), 0, max(uniq.size - 1, 0))
+            hit = uniq[pos] == kn
+            for key, c in zip(chk.known, np.where(hit, counts[pos], 0).tolist(), strict=True):
+                acc["known"][key] += c
+            counts = counts.copy()
+            counts[pos[hit]] = 0  # known values are counted exactly, keep them out of the sketch
             top = np.argsort(-counts, kind="stable")[: _SKETCH + 1]
-            keys = numeric_keys(uniq[top])
-            _merge_sketch(acc["sketch"], list(keys), counts[top].tolist())
+            top = top[counts[top] > 0]
+            _merge_sketch(acc["sketch"], list(numeric_keys(uniq[top])), counts[top].tolist())
         else:
             keys_arr, wrong = categorical_keys(col.numeric, col.text, chk.numbers_are_categories)
             acc["wrong_type"] += wrong
@@ -283,7 +308,10 @@ class DataQuality(Detector):
             assert chk.categories is not None
             acc["new_category"] += int(np.sum(chk.categories.get_indexer(keys_arr) < 0))
             vc = pd.Series(keys_arr, dtype=object).value_counts()
-            head = vc.iloc[: _SKETCH + 1]
+            for key in chk.known:
+                acc["known"][key] += int(vc.get(key, 0))
+            rest = vc[~vc.index.isin(chk.known)]
+            head = rest.iloc[: _SKETCH + 1]
             _merge_sketch(acc["sketch"], [str(k) for k in head.index], head.tolist())
             # Only equality matters for "constant": the smallest and largest key suffice.
             lo_key, hi_key = str(min(vc.index)), str(max(vc.index))
@@ -329,14 +357,15 @@ class DataQuality(Detector):
             allowed_new = min(1.0, chk.other_share + p["max_new_category_rate"])
             if _exceeds(acc["new_category"], n, allowed_new, alpha)[0]:
                 add("new_category", acc["new_category"] / n, chk.other_share)
+        counts = {**acc["sketch"], **{k: c for k, c in acc["known"].items() if c}}
         constant = n >= p["min_samples"] and acc["lo"] == acc["hi"]
         if constant:
-            key = next(iter(acc["sketch"]), None)
+            key = max(counts, key=lambda k: counts[k]) if counts else None
             share = chk.ref_share(str(key)) if key is not None else 0.0
             # Chance of n draws all equal to that value under the reference; must be tiny.
             if share < 1.0 and n * np.log(max(share, 1e-300)) < np.log(alpha):
                 add("constant", 1.0, share, value=key)
-        for key, count in sorted(acc["sketch"].items(), key=lambda kv: -kv[1]):
+        for key, count in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
             share = count / n
             ref = chk.ref_share(key)
             if share - ref <= p["max_value_share_increase"] or share < p["spike_factor"] * ref:
@@ -379,10 +408,13 @@ class DataQuality(Detector):
 
     def reset(self) -> None:
         """Start a new window."""
-        self._accs = {f: _empty_acc() for f in self.features}
+        self._accs = {f: _empty_acc(self._checks[f].known) for f in self.features}
 
     def _state(self) -> dict[str, Any]:
-        return {f: {**a, "sketch": dict(a["sketch"])} for f, a in self._accs.items()}
+        return {
+            f: {**a, "known": dict(a["known"]), "sketch": dict(a["sketch"])}
+            for f, a in self._accs.items()
+        }
 
     def _load(self, state: Mapping[str, Any]) -> None:
         if set(state) != set(self.features):
@@ -393,10 +425,16 @@ class DataQuality(Detector):
         accs = {}
         for f in self.features:
             s = state[f]
-            acc = _empty_acc()
+            acc = _empty_acc(self._checks[f].known)
             for k in _COUNTERS:
                 acc[k] = int(s[k])
             acc["lo"], acc["hi"] = s.get("lo"), s.get("hi")
+            if set(s["known"]) != set(acc["known"]):
+                raise ValueError(
+                    f"saved state of detector {self.name!r} tracks other values of {f!r} than "
+                    f"its reference profile lists."
+                )
+            acc["known"] = {str(k): int(v) for k, v in s["known"].items()}
             acc["sketch"] = {str(k): int(v) for k, v in s["sketch"].items()}
             accs[f] = acc
         self._accs = accs

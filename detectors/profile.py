@@ -250,7 +250,12 @@ def _category_keys(s: pd.Series) -> pd.Series:
 
 def _top_shares(keys: np.ndarray, counts: np.ndarray, n: int) -> dict[str, float]:
     order = np.argsort(-counts, kind="stable")[:MAX_VALUE_SHARES]
-    return {str(keys[i]): float(counts[i] / n) for i in order if counts[i] / n >= MIN_VALUE_SHARE}
+    out = {str(keys[i]): float(counts[i] / n) for i in order if counts[i] / n >= MIN_VALUE_SHARE}
+    # Typical stand-ins for "missing" are kept even when rare, so a spike of them is measured
+    # against their true reference share.
+    for i in np.flatnonzero(np.isin(keys.astype(str), SENTINELS)):
+        out.setdefault(str(keys[i]), float(counts[i] / n))
+    return out
 
 
 def _numeric_profile(s: pd.Series, bins: int) -> FeatureProfile:

@@ -1,0 +1,168 @@
+"""Reference profiles: building, contents, metrics and the JSON round-trip."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn import metrics as skm
+
+from driftwarden.detectors.profile import (
+    OTHER,
+    PROFILE_FORMAT,
+    ReferenceProfile,
+    build_profile,
+    read_table,
+)
+
+
+def _table(n: int = 4000, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    days = rng.exponential(12, n).round() + 1
+    days[rng.random(n) < 0.01] = 0
+    days[rng.random(n) < 0.01] = np.nan
+    score = rng.random(n)
+    y = (rng.random(n) < score).astype(int)
+    return pd.DataFrame(
+        {
+            "days_since_last_login": days,
+            "user_age": rng.integers(18, 80, n),
+            "plan": rng.choice(["free", "pro", "team"], n, p=[0.6, 0.3, 0.1]),
+            "is_mobile": rng.random(n) < 0.4,
+            "tier": rng.choice(["enterprise", "smb"], n),
+            "score": score,
+            "pred": (score >= 0.5).astype(int),
+            "churned": y,
+        }
+    )
+
+
+def test_feature_types_and_columns() -> None:
+    """Features exclude target/prediction/score/segments; dtypes decide numeric vs categorical."""
+    p = build_profile(
+        _table(), "churn", target="churned", prediction="pred", score="score", segments=["tier"]
+    )
+    assert sorted(p.features) == ["days_since_last_login", "is_mobile", "plan", "user_age"]
+    assert p.features["user_age"].type == "numeric"
+    assert p.features["plan"].type == "categorical"
+    assert set(p.features["is_mobile"].categories) == {"true", "false"}
+    assert p.task == "classification" and p.positive_label == "1"
+    assert p.prediction is not None and p.prediction.type == "numeric"
+
+
+def test_numeric_profile_contents() -> None:
+    """Null rate, range, deciles, shares per bin and the 101-point grid describe the column."""
+    df = _table()
+    fp = build_profile(df, "churn", feature_columns=["days_since_last_login"]).features[
+        "days_since_last_login"
+    ]
+    col = df["days_since_last_login"]
+    assert fp.null_rate == pytest.approx(col.isna().mean())
+    assert fp.n == int(col.notna().sum())
+    assert (fp.min, fp.max) == (col.min(), col.max())
+    assert len(fp.bin_freqs) == len(fp.bin_edges) + 1
+    assert sum(fp.bin_freqs) == pytest.approx(1.0)
+    assert len(fp.quantiles) == 101 and fp.quantiles[50] == pytest.approx(col.median())
+    # The rare 0 (a typical stand-in for "missing") is kept with its true share.
+    assert fp.value_shares["0"] == pytest.approx((col == 0).sum() / col.notna().sum())
+
+
+def test_bin_shares_use_right_closed_bins() -> None:
+    """Reference shares per bin are what searchsorted(edges, x, 'left') counts."""
+    df = _table()
+    fp = build_profile(df, "m", feature_columns=["user_age"]).features["user_age"]
+    x = df["user_age"].to_numpy(float)
+    idx = np.searchsorted(fp.bin_edges, x, side="left")
+    np.testing.assert_allclose(
+        fp.bin_freqs, np.bincount(idx, minlength=len(fp.bin_edges) + 1) / x.size
+    )
+
+
+def test_metrics_match_sklearn_overall_and_per_slice() -> None:
+    """Baseline metrics are sklearn's on the given table, overall and per segment value."""
+    df = _table()
+    p = build_profile(
+        df, "churn", target="churned", prediction="pred", score="score", segments=["tier"]
+    )
+    o = p.metrics["overall"]
+    assert o["n"] == len(df)
+    assert o["accuracy"] == pytest.approx(skm.accuracy_score(df.churned, df.pred))
+    assert o["recall"] == pytest.approx(skm.recall_score(df.churned, df.pred))
+    assert o["precision"] == pytest.approx(skm.precision_score(df.churned, df.pred))
+    assert o["f1"] == pytest.approx(skm.f1_score(df.churned, df.pred))
+    assert o["roc_auc"] == pytest.approx(skm.roc_auc_score(df.churned, df.score))
+    ent = df[df.tier == "enterprise"]
+    s = p.metrics["slices"]["tier"]["enterprise"]
+    assert s["n"] == len(ent)
+    assert s["recall"] == pytest.approx(skm.recall_score(ent.churned, ent.pred))
+
+
+def test_regression_profile() -> None:
+    """A continuous target makes a regression profile with MAE and RMSE."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=500)
+    y = 2 * x + rng.normal(size=500)
+    df = pd.DataFrame({"x": x, "y": y, "yhat": 2 * x})
+    p = build_profile(df, "price", target="y", prediction="yhat")
+    assert p.task == "regression" and p.positive_label is None
+    assert p.prediction is not None and p.prediction.type == "numeric"
+    assert p.metrics["overall"]["mae"] == pytest.approx(skm.mean_absolute_error(y, 2 * x))
+    assert p.metrics["overall"]["rmse"] == pytest.approx(np.sqrt(skm.mean_squared_error(y, 2 * x)))
+
+
+def test_json_round_trip_and_files(tmp_path: Path) -> None:
+    """to_json/from_json and save/load give back an equal profile; the JSON is strict."""
+    p = build_profile(
+        _table(),
+        "churn",
+        target="churned",
+        prediction="pred",
+        score="score",
+        segments=["tier"],
+        model_version="7",
+    )
+    d = json.loads(p.to_json())
+    assert d["format"] == PROFILE_FORMAT and d["model_version"] == "7"
+    assert ReferenceProfile.from_json(p.to_json()) == p
+    path = tmp_path / "profile.json"
+    p.save(path)
+    assert ReferenceProfile.load(path) == p
+
+
+def test_unknown_format_is_refused() -> None:
+    """A profile of another format is refused with a sentence naming that format."""
+    d = build_profile(_table(200), "m").to_dict()
+    d["format"] = "driftwarden.profile/v9"
+    with pytest.raises(ValueError, match="'driftwarden.profile/v9' is not supported"):
+        ReferenceProfile.from_dict(d)
+
+
+def test_no_raw_rows_and_categories_are_capped() -> None:
+    """A high-cardinality column is pooled after 1000 categories, so size does not grow with n."""
+    rng = np.random.default_rng(5)
+    ids = np.array([f"u{i}" for i in rng.permutation(20_000)], dtype=object)
+    p = build_profile(pd.DataFrame({"user_id": ids, "x": rng.normal(size=20_000)}), "m")
+    cats = p.features["user_id"].categories
+    assert len(cats) == 1001 and cats[OTHER] == pytest.approx(19_000 / 20_000)
+    assert len(p.features["x"].quantiles) == 101
+    assert len(p.to_json()) < 200_000
+
+
+def test_missing_column_is_named() -> None:
+    """Asking for a column the table lacks names it."""
+    with pytest.raises(ValueError, match="no column\\(s\\) label"):
+        build_profile(_table(100), "churn", target="label")
+
+
+def test_read_table_csv_and_parquet(tmp_path: Path) -> None:
+    """read_table picks the reader by suffix and refuses other suffixes."""
+    df = _table(50)
+    df.to_csv(tmp_path / "t.csv", index=False)
+    df.to_parquet(tmp_path / "t.parquet")
+    assert read_table(tmp_path / "t.csv").shape == df.shape
+    pd.testing.assert_frame_equal(read_table(tmp_path / "t.parquet"), df)
+    with pytest.raises(ValueError, match="use a .csv or .parquet file"):
+        read_table(tmp_path / "t.xlsx")
