@@ -334,7 +334,7 @@ def _detectors(doc: _Doc, v: Any, types: Mapping[str, Any]) -> tuple[DetectorSpe
             doc.err(
                 (*p, "name"),
                 f"{name!r} is not a valid detector name (letters, digits, _ "
-                "and -, starting with a letter; not and/or/not).",
+                "and -, starting with a letter or _; not and, or, not).",
             )
             name = None
         if name is not None:

@@ -230,3 +230,19 @@ def test_build_detectors_instantiates_each_with_its_params(tmp_path: Path) -> No
     assert sorted(built) == ["drift", "quality"]
     assert built["drift"].kind == "feature_drift" and built["drift"].name == "drift"
     assert built["drift"].params == {"method": "psi", "threshold": 0.2}
+
+
+BUILT_IN = (
+    "data_quality",
+    "feature_drift",
+    "prediction_drift",
+    "concept_drift",
+    "slice_performance",
+)
+
+
+def test_example_policies_validate_against_the_real_detectors() -> None:
+    """With the real registry alone (no stand-ins) the examples' detector params are accepted."""
+    missing = [k for k in BUILT_IN if k not in registry()]
+    assert missing == [], f"built-in detector types not registered: {missing}"
+    assert validate_paths(CONFIG) == []

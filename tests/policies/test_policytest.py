@@ -76,3 +76,10 @@ def test_broken_test_file_is_a_failure(tmp_path: Path) -> None:
     t.write_text("policy: missing.yaml\ntests: []\n")
     report = run_policy_tests(t, detector_types())
     assert not report.ok and "FAILED to load" in report.text
+
+
+def test_example_policy_tests_pass_with_the_real_registry() -> None:
+    """The runner's default detector types are the real registry; the examples pass with it."""
+    for path in EXAMPLES:
+        report = run_policy_tests(path)
+        assert report.ok, report.text
