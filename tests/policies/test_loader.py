@@ -246,3 +246,42 @@ def test_example_policies_validate_against_the_real_detectors() -> None:
     missing = [k for k in BUILT_IN if k not in registry()]
     assert missing == [], f"built-in detector types not registered: {missing}"
     assert validate_paths(CONFIG) == []
+
+
+def test_build_detectors_with_the_real_detectors_and_a_profile() -> None:
+    """The churn example's detectors are built by the real classes from a real profile."""
+    import numpy as np
+    import pandas as pd
+
+    from driftwarden.detectors.profile import build_profile
+
+    rng = np.random.default_rng(3)
+    n = 600
+    score = rng.random(n)
+    df = pd.DataFrame(
+        {
+            "days_since_last_login": rng.integers(0, 60, n),
+            "plan": rng.choice(["free", "pro"], n),
+            "user_age": rng.normal(40, 10, n),
+            "customer_tier": rng.choice(["enterprise", "smb"], n),
+            "score": score,
+            "prediction": (score > 0.5).astype(int),
+            "label": (rng.random(n) < score).astype(int),
+        }
+    )
+    profile = build_profile(
+        df,
+        "churn",
+        target="label",
+        prediction="prediction",
+        score="score",
+        segments=["customer_tier"],
+    )
+    built = load_policy_file(CONFIG / "churn.yaml").build_detectors(profile)
+    assert {k: d.kind for k, d in built.items()} == {
+        "quality": "data_quality",
+        "drift": "feature_drift",
+        "scores": "prediction_drift",
+        "enterprise_recall": "slice_performance",
+        "errors": "concept_drift",
+    }
