@@ -82,12 +82,12 @@ def generate(
     # Churn: long login gaps and short tenure drive it everywhere; for enterprise customers
     # support tickets matter a lot (a relationship a model can get wrong in that slice only).
     logit = (
-        -2.2
-        + 0.09 * days
-        - 0.04 * tenure
-        - 0.012 * (age - 40)
-        + np.select([plan == "free", plan == "pro"], [0.6, 0.0], -0.4)
-        + np.where(tier == "enterprise", 0.9 * tickets - 1.5, 0.15 * tickets)
+        -3.0
+        + 0.16 * days
+        - 0.05 * tenure
+        - 0.015 * (age - 40)
+        + np.select([plan == "free", plan == "pro"], [0.8, 0.0], -0.5)
+        + np.where(tier == "enterprise", 1.4 * tickets, 0.15 * tickets)
     )
     churned = (rng.random(n) < 1.0 / (1.0 + np.exp(-logit))).astype(int)
     df = pd.DataFrame(

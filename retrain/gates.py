@@ -1,0 +1,265 @@
+"""Evaluation on the holdout and the model gates (pure: no MLflow, no I/O).
+
+:func:`evaluate` computes metrics with :mod:`sklearn.metrics` overall and per slice;
+:func:`check_gates` compares a candidate's metrics with fixed thresholds and with the
+champion's metrics on the same holdout. Missing evidence fails closed: a metric that could not
+be computed, or a slice the candidate or champion has no number for, is a failed gate.
+
+Gates (the policy's ``retrain.gates``)::
+
+    min:            {roc_auc: 0.80}          # candidate overall >= value
+    max_regression: {roc_auc: 0.01}          # candidate overall >= champion - value
+    slices:         {customer_tier: {max_drop: {recall: 0.05}, min_samples: 30}}
+    min_holdout:    200                      # holdout rows (default 100)
+
+Without a champion there is nothing to regress from: ``max_regression`` and slice
+``max_drop`` pass with a note saying so.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "DEFAULT_MIN_HOLDOUT",
+    "GateResult",
+    "METRICS",
+    "check_gates",
+    "evaluate",
+    "validate_gates",
+]
+
+DEFAULT_MIN_HOLDOUT = 100
+METRICS = ("roc_auc", "recall", "precision", "f1", "accuracy", "log_loss", "brier")
+# Metrics where lower is better (a "drop" is an increase).
+_LOWER_IS_BETTER = frozenset({"log_loss", "brier"})
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """One gate's verdict, JSON-ready through :meth:`to_dict`."""
+
+    gate: str
+    passed: bool
+    reason: str
+    metric: str | None = None
+    slice: Mapping[str, str] | None = None
+    candidate: float | None = None
+    champion: float | None = None
+    threshold: float | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "gate": self.gate,
+            "passed": self.passed,
+            "reason": self.reason,
+            "metric": self.metric,
+            "slice": dict(self.slice) if self.slice else None,
+            "candidate": self.candidate,
+            "champion": self.champion,
+            "threshold": self.threshold,
+        }
+
+
+def validate_gates(gates: Mapping[str, Any]) -> None:
+    """Refuse unknown gate keys and metrics with a plain sentence (policies are operator input)."""
+    known = {"min", "max_regression", "slices", "min_holdout"}
+    for key in gates:
+        if key not in known:
+            raise ValueError(
+                f"unknown retrain gate {key!r}; known gates: {', '.join(sorted(known))}."
+            )
+    for key in ("min", "max_regression"):
+        for metric in gates.get(key) or {}:
+            if metric not in METRICS:
+                raise ValueError(
+                    f"gate {key}.{metric}: unknown metric; known: {', '.join(METRICS)}."
+                )
+    for col, spec in (gates.get("slices") or {}).items():
+        for k in spec:
+            if k not in ("max_drop", "min_samples"):
+                raise ValueError(f"gate slices.{col}.{k}: unknown key (max_drop, min_samples).")
+        for metric in spec.get("max_drop") or {}:
+            if metric not in METRICS:
+                raise ValueError(
+                    f"gate slices.{col}.max_drop.{metric}: unknown metric; known: {', '.join(METRICS)}."
+                )
+
+
+def _metric_set(y: np.ndarray, score: np.ndarray | None, pred: np.ndarray) -> dict[str, Any]:
+    from sklearn import metrics as skm
+
+    out: dict[str, Any] = {"n": int(y.size), "positives": int(y.sum())}
+    two_classes = 0 < y.sum() < y.size
+    out["accuracy"] = float(skm.accuracy_score(y, pred)) if y.size else None
+    # Recall is undefined without positives and precision without predicted positives:
+    # record None (missing evidence) rather than sklearn's zero_division fill.
+    out["recall"] = float(skm.recall_score(y, pred, zero_division=0)) if y.sum() else None
+    out["precision"] = float(skm.precision_score(y, pred, zero_division=0)) if pred.sum() else None
+    out["f1"] = float(skm.f1_score(y, pred, zero_division=0)) if y.sum() else None
+    if score is not None and two_classes:
+        out["roc_auc"] = float(skm.roc_auc_score(y, score))
+        clipped = np.clip(score, 1e-15, 1 - 1e-15)
+        out["log_loss"] = float(skm.log_loss(y, clipped, labels=[0, 1]))
+        out["brier"] = float(skm.brier_score_loss(y, score))
+    else:
+        out["roc_auc"] = out["log_loss"] = out["brier"] = None
+    return out
+
+
+def evaluate(
+    model: Any,
+    holdout: pd.DataFrame,
+    *,
+    target: str,
+    features: Sequence[str],
+    slices: Sequence[str] = (),
+    positive: Any = 1,
+) -> dict[str, Any]:
+    """Metrics of a binary classifier on ``holdout``: ``{"overall": {...}, "slices": {col:
+    {value: {...}}}}``, each with ``n``. ``score`` is ``predict_proba`` of the positive class."""
+    x = holdout[list(features)]
+    y = (holdout[target].to_numpy() == positive).astype(int)
+    score: np.ndarray | None = None
+    if hasattr(model, "predict_proba"):
+        proba = np.asarray(model.predict_proba(x))
+        classes = list(getattr(model, "classes_", [0, 1]))
+        col = classes.index(positive) if positive in classes else proba.shape[1] - 1
+        score = proba[:, col].astype(np.float64)
+    pred = (np.asarray(model.predict(x)) == positive).astype(int)
+    result: dict[str, Any] = {"overall": _metric_set(y, score, pred), "slices": {}}
+    for col in slices:
+        values = holdout[col].astype(object).where(holdout[col].notna(), None).to_numpy()
+        per: dict[str, Any] = {}
+        for v in sorted({str(v) for v in values if v is not None}):
+            mask = np.array([x is not None and str(x) == v for x in values])
+            per[v] = _metric_set(y[mask], None if score is None else score[mask], pred[mask])
+        result["slices"][col] = per
+    return result
+
+
+def _num(x: Any) -> float | None:
+    if x is None:
+        return None
+    f = float(x)
+    return f if math.isfinite(f) else None
+
+
+def check_gates(
+    gates: Mapping[str, Any],
+    candidate: Mapping[str, Any],
+    champion: Mapping[str, Any] | None,
+    *,
+    holdout_n: int,
+) -> list[GateResult]:
+    """Every gate's verdict (see the module docstring); all must pass to register."""
+    results: list[GateResult] = []
+    min_holdout = int(gates.get("min_holdout", DEFAULT_MIN_HOLDOUT))
+    results.append(
+        GateResult(
+            "min_holdout",
+            holdout_n >= min_holdout,
+            f"holdout has {holdout_n} rows; at least {min_holdout} are required",
+            candidate=float(holdout_n),
+            threshold=float(min_holdout),
+        )
+    )
+    cand_all = candidate.get("overall", {})
+    champ_all = (champion or {}).get("overall", {})
+    for metric, thr in (gates.get("min") or {}).items():
+        value = _num(cand_all.get(metric))
+        lower = metric in _LOWER_IS_BETTER
+        if value is None:
+            passed, why = False, f"candidate {metric} could not be computed (missing evidence)"
+        else:
+            passed = value <= thr if lower else value >= thr
+            why = f"candidate {metric} {value:.4f} {'<=' if lower else '>='} {thr} is {passed}"
+        results.append(GateResult("min", passed, why, metric, None, value, None, float(thr)))
+    for metric, allowed in (gates.get("max_regression") or {}).items():
+        results.append(
+            _compare("max_regression", metric, float(allowed), cand_all, champ_all, champion, None)
+        )
+    for col, spec in (gates.get("slices") or {}).items():
+        cand_slices = candidate.get("slices", {}).get(col)
+        if cand_slices is None:
+            results.append(
+                GateResult(
+                    "slice",
+                    False,
+                    f"slice column {col!r} is not in the holdout (missing evidence)",
+                    slice={col: "*"},
+                )
+            )
+            continue
+        min_samples = int(spec.get("min_samples", 1))
+        champ_slices = (champion or {}).get("slices", {}).get(col, {})
+        for value, cand_m in cand_slices.items():
+            if cand_m.get("n", 0) < min_samples:
+                continue  # too few rows to judge; the policy's min_samples says so
+            for metric, allowed in (spec.get("max_drop") or {}).items():
+                results.append(
+                    _compare(
+                        "slice",
+                        metric,
+                        float(allowed),
+                        cand_m,
+                        champ_slices.get(value, {}),
+                        champion,
+                        {col: value},
+                    )
+                )
+    return results
+
+
+def _compare(
+    gate: str,
+    metric: str,
+    allowed: float,
+    cand: Mapping[str, Any],
+    champ: Mapping[str, Any],
+    champion: Mapping[str, Any] | None,
+    where: Mapping[str, str] | None,
+) -> GateResult:
+    label = f"{metric}" + (f" in slice {_fmt(where)}" if where else "")
+    if champion is None:
+        return GateResult(
+            gate, True, f"no champion to compare {label} with", metric, where, threshold=allowed
+        )
+    c, p = _num(cand.get(metric)), _num(champ.get(metric))
+    if c is None or p is None:
+        who = "candidate" if c is None else "champion"
+        return GateResult(
+            gate,
+            False,
+            f"{who} {label} could not be computed (missing evidence)",
+            metric,
+            where,
+            c,
+            p,
+            allowed,
+        )
+    drop = (c - p) if metric in _LOWER_IS_BETTER else (p - c)
+    passed = drop <= allowed + 1e-12
+    return GateResult(
+        gate,
+        passed,
+        f"{label}: candidate {c:.4f} vs champion {p:.4f}, drop {drop:.4f} "
+        f"{'within' if passed else 'exceeds'} the allowed {allowed}",
+        metric,
+        where,
+        c,
+        p,
+        allowed,
+    )
+
+
+def _fmt(where: Mapping[str, str] | None) -> str:
+    return ", ".join(f"{k}={v}" for k, v in (where or {}).items())
