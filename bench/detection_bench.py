@@ -17,6 +17,7 @@ Run: ``.venv/bin/python bench/detection_bench.py`` (≈1-2 min on 2 cores) or ``
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -35,6 +36,10 @@ def gaussian(seed: int, shift: float, pre: int, post: int) -> np.ndarray:
     """N(0, 1) for ``pre`` samples, then N(shift, 1)."""
     rng = np.random.default_rng(seed)
     return np.r_[rng.normal(0, 1, pre), rng.normal(shift, 1, post)]
+
+
+def _gauss_seed(seed: int, *, shift: float, pre: int, post: int) -> np.ndarray:
+    return gaussian(seed, shift, pre, post)
 
 
 def bernoulli(seed: int, pre: int, post: int) -> np.ndarray:
@@ -142,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
         seeds, pre = 5, 10000
 
     streams: list[tuple[str, str, Callable[[int], np.ndarray]]] = [
-        (f"gauss +{s} sigma", "gauss", lambda seed, s=s: gaussian(seed, s, pre, post))
+        (f"gauss +{s} sigma", "gauss", functools.partial(_gauss_seed, shift=s, pre=pre, post=post))
         for s in (0.25, 0.5, 1.0)
     ]
     streams.append(("bernoulli 0.1->0.2", "bernoulli", lambda seed: bernoulli(seed, pre, post)))
