@@ -87,7 +87,8 @@ def jars_present(kafka_dir: Path = KAFKA_DIR) -> bool:
     # A lib/ filled before the marker existed (or by hand): accept it when the broker and the
     # log4j SLF4J binding are both there, and record that so later checks are one file read.
     if any(lib.glob("kafka_2.13-*.jar")) and any(lib.glob("log4j-slf4j*-impl-*.jar")):
-        marker.write_text(_pom_digest(kafka_dir) + "\n")
+        with contextlib.suppress(OSError):  # a read-only lib/ is still a usable lib/
+            marker.write_text(_pom_digest(kafka_dir) + "\n")
         return True
     return False
 
