@@ -48,11 +48,18 @@ from pathlib import Path
 
 __all__ = [
     "KAFKA_DIR",
+    "READY_MESSAGE",
     "Broker",
     "BrokerError",
     "ensure_jars",
+    "free_port",
+    "jars_present",
+    "main",
     "new_cluster_id",
+    "parse_api_versions",
+    "parse_metadata_brokers",
     "probe_metadata",
+    "render_properties",
     "running_broker",
     "start",
     "stop",
