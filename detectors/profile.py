@@ -31,7 +31,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from .stats import bin_counts, numeric_keys, quantile_edges, value_key
+from .stats import bin_counts, numeric_keys, object_keys, quantile_edges, value_key
 
 __all__ = [
     "OTHER",
@@ -245,7 +245,8 @@ def _is_numeric(s: pd.Series) -> bool:
 def _category_keys(s: pd.Series) -> pd.Series:
     """Non-null values of a categorical column as profile keys (bools as "true"/"false")."""
     v = s.dropna()
-    return v.map(value_key).astype(object)
+    # value_key runs once per distinct value, not once per row.
+    return pd.Series(object_keys(v.to_numpy(dtype=object)), index=v.index, dtype=object)
 
 
 def _top_shares(keys: np.ndarray, counts: np.ndarray, n: int) -> dict[str, float]:
@@ -256,6 +257,16 @@ def _top_shares(keys: np.ndarray, counts: np.ndarray, n: int) -> dict[str, float
     for i in np.flatnonzero(np.isin(keys.astype(str), SENTINELS)):
         out.setdefault(str(keys[i]), float(counts[i] / n))
     return out
+
+
+def _numeric_top_shares(uniq: np.ndarray, counts: np.ndarray, n: int) -> dict[str, float]:
+    """:func:`_top_shares` for sorted unique floats, keying only the values it keeps."""
+    sentinels = np.array([float(k) for k in SENTINELS if k.lstrip("-").isdigit()])
+    keep = np.union1d(
+        np.argsort(-counts, kind="stable")[:MAX_VALUE_SHARES],
+        np.flatnonzero(np.isin(uniq, sentinels)),
+    )
+    return _top_shares(numeric_keys(uniq[keep]), counts[keep], n)
 
 
 def _numeric_profile(s: pd.Series, bins: int) -> FeatureProfile:
@@ -280,7 +291,7 @@ def _numeric_profile(s: pd.Series, bins: int) -> FeatureProfile:
         bin_edges=[float(e) for e in edges],
         bin_freqs=[float(f) for f in freqs],
         quantiles=[float(q) for q in np.quantile(v, np.linspace(0, 1, QUANTILE_POINTS))],
-        value_shares=_top_shares(numeric_keys(uniq), counts, n),
+        value_shares=_numeric_top_shares(uniq, counts, n),
     )
 
 

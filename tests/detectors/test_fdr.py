@@ -68,3 +68,13 @@ def test_bh_controls_false_alarms_under_the_global_null() -> None:
     uncorrected = np.mean([reject(rng.random(50), 0.05, "none").any() for _ in range(2000)])
     assert any_rejected <= 0.065
     assert uncorrected > 0.9
+
+
+def test_module_examples_run() -> None:
+    """The module docstring's examples pass as doctests."""
+    import doctest
+
+    from driftwarden.detectors import fdr
+
+    result = doctest.testmod(fdr)
+    assert result.attempted > 0 and result.failed == 0

@@ -28,9 +28,13 @@ def _clean_window(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
 
 
 def test_fdr_keeps_clean_windows_within_budget(clean_profile: ReferenceProfile) -> None:
-    """50 clean features x 200 windows of 1000 rows: every method fires in about 5 % or fewer."""
+    """50 clean features x 200 windows of 1000 rows: the verdict fires in about 5 % or fewer.
+
+    psi/js/wasserstein flag only what the chi-square test (BH) also rejects, so chi2 bounds
+    them; ks is the other test family; js is the default method.
+    """
     rng = np.random.default_rng(200)
-    methods = ["js", "ks", "chi2", "psi", "wasserstein"]
+    methods = ["chi2", "ks", "js"]
     dets = {m: FeatureDrift("drift", clean_profile, method=m) for m in methods}
     fired = dict.fromkeys(methods, 0)
     for _ in range(200):

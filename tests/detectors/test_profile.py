@@ -166,3 +166,12 @@ def test_read_table_csv_and_parquet(tmp_path: Path) -> None:
     pd.testing.assert_frame_equal(read_table(tmp_path / "t.parquet"), df)
     with pytest.raises(ValueError, match="use a .csv or .parquet file"):
         read_table(tmp_path / "t.xlsx")
+
+
+def test_module_examples_run() -> None:
+    """The module docstring's example passes as a doctest."""
+    import doctest
+
+    from driftwarden.detectors import profile
+
+    assert doctest.testmod(profile).failed == 0
