@@ -1,0 +1,100 @@
+"""Bench (not a test): trigger → registered candidate vs the bare trainer on the same data.
+
+Starts its own mlflow server (SQLite, temp dir), bootstraps a champion, then times
+``run_retrain`` for a passing candidate (snapshot, data gate, train, evaluate both models,
+MLflow run with artifacts, register, alias) against calling the trainer alone on the same
+training rows, and prints the ratio (target ≤ 2×). Overheads are fixed costs (MLflow calls,
+loading the champion), so the ratio falls as training gets heavier: ``--rows`` sets it.
+
+    .venv/bin/python bench/retrain_bench.py --rows 20000 --repeat 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "config"), str(ROOT)]
+
+import pandas as pd  # noqa: E402
+from examples.churn import FEATURES, TARGET, generate, to_rows  # noqa: E402
+from examples.churn import train as churn_train  # noqa: E402
+
+from driftwarden.retrain.labeled_store import LabeledStore  # noqa: E402
+from driftwarden.retrain.pipeline import RetrainRequest, run_retrain  # noqa: E402
+from driftwarden.retrain.registry import Registry  # noqa: E402
+from tests.fixtures.mlflow_server import MlflowServer  # noqa: E402
+
+
+def main() -> int:
+    """Run the bench and print the timings."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=20_000, help="reference rows")
+    ap.add_argument("--recent", type=int, default=5_000, help="recent labeled rows")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--max-iter", type=int, default=200, help="GBM iterations")
+    args = ap.parse_args()
+
+    server = MlflowServer(Path(tempfile.mkdtemp(prefix="retrain-bench-")))
+    server.start()
+    try:
+        registry = Registry(server.uri)
+        store = LabeledStore(tempfile.mkdtemp(prefix="retrain-bench-store-"))
+        model = "churn-bench"
+        reference = generate(args.rows, seed=1)
+        store.append(model, to_rows(generate(args.recent, seed=2), prefix="a"))
+        params = {"kind": "gbm", "max_iter": args.max_iter}
+        base = {
+            "model": model,
+            "target": TARGET,
+            "features": FEATURES,
+            "segments": ["customer_tier"],
+            "trainer": "examples.churn:train",
+            "search_paths": [str(ROOT / "config")],
+            "params": params,
+            "gates": {"min": {"roc_auc": 0.6}, "max_regression": {"roc_auc": 0.05}},
+        }
+        boot = run_retrain(
+            RetrainRequest(trigger={}, action_key="boot", promote="auto", **base),
+            registry=registry,
+            store=store,
+            reference_data=reference,
+            code_version="bench",
+        )
+        assert boot.status == "registered", boot.reasons
+
+        recent = store.frame(model).rename(columns={"label": TARGET})
+        n_hold = round(len(recent) * 0.3)
+        train_rows = pd.concat([reference, recent.iloc[: len(recent) - n_hold]], ignore_index=True)
+        bare, full = [], []
+        for i in range(args.repeat):
+            t0 = time.perf_counter()
+            churn_train(train_rows, target=TARGET, features=FEATURES, params=params)
+            bare.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            out = run_retrain(
+                RetrainRequest(trigger={}, action_key=f"bench-{i}", **base),
+                registry=registry,
+                store=store,
+                reference_data=reference,
+                code_version="bench",
+            )
+            full.append(time.perf_counter() - t0)
+            assert out.status == "registered", out.reasons
+        b, f = statistics.median(bare), statistics.median(full)
+        print(f"rows: reference={args.rows} recent={args.recent} train={len(train_rows)}")
+        print(f"bare trainer      median {b:7.2f} s  {[round(x, 2) for x in bare]}")
+        print(f"trigger→registered median {f:7.2f} s  {[round(x, 2) for x in full]}")
+        print(f"ratio {f / b:.2f}x (target <= 2x)")
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,721 @@
+"""The gated retraining pipeline: trigger → registered challenger, or a clear "no".
+
+:func:`run_retrain` does one attempt:
+
+1. **snapshot** = reference data + the recent labeled rows of the model, with a content hash
+   (sha256 of a canonical JSON serialisation: columns sorted by name, rows in order);
+2. **data gate**: the ``data_quality`` detector, against the champion's reference profile,
+   on the recent part of the snapshot — if it fires nothing is trained
+   (``blocked_by_data_gate``, the detector's evidence in ``reasons``);
+3. **split**: the most recent labeled rows (``holdout_fraction`` of them) are the holdout;
+   the rest, shuffled with a fixed seed, is the training set;
+4. **train** with the policy's trainer (:mod:`driftwarden.retrain.trainers`);
+5. **evaluate** candidate and champion on the same holdout, overall and per slice, and check
+   the **model gates** (:mod:`driftwarden.retrain.gates`; missing evidence fails closed);
+6. **one MLflow run per attempt**: params, metrics, lineage tags, the snapshot as a dataset
+   input (and a parquet artifact, so ``data.reference: champion`` can reuse it), the
+   validation report (JSON + HTML) and the candidate's reference profile;
+7. **register only if every gate passed**, alias ``challenger``; ``promote: auto`` approves it
+   (``champion`` moves, the old one becomes ``previous``).
+
+Idempotent by the action key: a version tagged ``driftwarden.action_key=<key>`` is returned
+without training again, so an attempt cut short by an unreachable MLflow (which raises
+:class:`~driftwarden.retrain.registry.Unavailable`) and retried later ends with exactly one
+version. :class:`RetrainWorker` runs requests off the daemon's main thread, one at a time per
+model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import tempfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import orjson
+import pandas as pd
+import structlog
+
+from .gates import check_gates, evaluate, validate_gates
+from .labeled_store import LabeledStore, flatten_rows
+from .registry import PROFILE_ARTIFACT, Registry, RegistryError, Unavailable
+from .trainers import load_trainer
+
+__all__ = [
+    "REPORT_ARTIFACT",
+    "SNAPSHOT_ARTIFACT",
+    "RetrainOutcome",
+    "RetrainRequest",
+    "RetrainWorker",
+    "Status",
+    "run_retrain",
+    "snapshot_hash",
+]
+
+log = structlog.get_logger(__name__)
+
+REPORT_ARTIFACT = "driftwarden/validation_report.json"
+REPORT_HTML_ARTIFACT = "driftwarden/validation_report.html"
+SNAPSHOT_ARTIFACT = "driftwarden/snapshot.parquet"
+MODEL_ARTIFACT = "model"
+ACTION_KEY_TAG = "driftwarden.action_key"
+Status = Literal["registered", "blocked_by_data_gate", "gates_failed", "failed"]
+_META_COLUMNS = ("score", "predicted", "value", "timestamp", "prediction_id", "model_version")
+
+
+@dataclass(frozen=True)
+class RetrainRequest:
+    """What to retrain and how (built by the daemon from the decision and the policy).
+
+    ``trigger`` is the triggering decision as plain data (``Decision.to_dict()``),
+    ``action_key`` its idempotency key. ``trainer``, ``gates``, ``promote`` and ``data``
+    are the policy's ``retrain`` action (``data: {reference: path | "champion", recent: N}``).
+    ``target`` is the label column of the reference data (labeled rows' ``label`` is renamed
+    to it); ``features`` the model's inputs; ``segments`` extra slice columns to report on
+    (the gate's slice columns are always evaluated). ``data_quality`` are the data-gate
+    detector's parameters (the policy's data_quality detector config); ``search_paths``
+    where ``module:function`` trainers are imported from.
+    """
+
+    model: str
+    trigger: Mapping[str, Any]
+    action_key: str
+    trainer: str | Mapping[str, Any]
+    gates: Mapping[str, Any]
+    target: str
+    features: Sequence[str]
+    promote: Literal["manual", "auto"] = "manual"
+    data: Mapping[str, Any] = field(default_factory=dict)
+    segments: Sequence[str] = ()
+    params: Mapping[str, Any] = field(default_factory=dict)
+    data_quality: Mapping[str, Any] = field(default_factory=dict)
+    search_paths: Sequence[str] = ()
+    holdout_fraction: float = 0.3
+    seed: int = 0
+    positive_label: Any = 1
+
+
+@dataclass(frozen=True)
+class RetrainOutcome:
+    """The result of one attempt; ``report`` is the validation report (JSON-ready)."""
+
+    status: Status
+    version: str | None = None
+    run_id: str | None = None
+    reasons: list[str] = field(default_factory=list)
+    report: Mapping[str, Any] = field(default_factory=dict)
+    alias_moves: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (for the decision log)."""
+        return {
+            "status": self.status,
+            "version": self.version,
+            "run_id": self.run_id,
+            "reasons": list(self.reasons),
+            "report": dict(self.report),
+            "alias_moves": list(self.alias_moves),
+        }
+
+
+def snapshot_hash(frame: pd.DataFrame) -> str:
+    """sha256 of a canonical serialisation: columns sorted by name, rows in order."""
+    cols = sorted(map(str, frame.columns))
+    doc = {
+        "columns": cols,
+        "data": [
+            [None if _isnan(v) else v for v in frame[c].astype(object).tolist()] for c in cols
+        ],
+    }
+    blob = orjson.dumps(
+        doc, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS, default=str
+    )
+    return hashlib.sha256(blob).hexdigest()
+
+
+def _isnan(v: Any) -> bool:
+    return isinstance(v, float) and v != v
+
+
+def _driftwarden_version() -> str:
+    try:
+        return metadata.version("driftwarden")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _slice_columns(request: RetrainRequest) -> list[str]:
+    return list(dict.fromkeys([*request.segments, *(request.gates.get("slices") or {})]))
+
+
+def _recent_rows(request: RetrainRequest, store: LabeledStore) -> list[dict[str, Any]]:
+    rows = [r for r in store.rows(request.model) if r.get("label") is not None]
+    recent = request.data.get("recent")
+    if recent is not None:
+        rows = rows[-int(recent) :] if int(recent) > 0 else []
+    rows.sort(key=lambda r: (r.get("timestamp") is None, r.get("timestamp") or 0.0))
+    return rows
+
+
+def _recent_frame(request: RetrainRequest, rows: list[dict[str, Any]]) -> pd.DataFrame:
+    frame = flatten_rows(rows)
+    frame = frame.rename(columns={"label": request.target})
+    keep = [c for c in frame.columns if c not in _META_COLUMNS or c == "timestamp"]
+    return frame[keep]
+
+
+def _data_gate(
+    request: RetrainRequest, rows: list[dict[str, Any]], profile: Any
+) -> tuple[bool, list[str], dict[str, Any]]:
+    """Run the data_quality detector on the recent rows; (passed, reasons, evidence)."""
+    from driftwarden.detectors import detector_class
+    from driftwarden.detectors.batch import Batch
+
+    if profile is None:
+        return (
+            False,
+            ["no reference profile to judge the data against (data gate fails closed)"],
+            {},
+        )
+    if not rows:
+        return True, [], {"n": 0, "note": "no recent labeled rows"}
+    detector = detector_class("data_quality")("retrain_data_gate", profile, **request.data_quality)
+    detector.update(Batch.from_records(rows))
+    result = detector.result()
+    evidence = result.to_dict()
+    if not result.triggered:
+        return True, [], evidence
+    top = list((result.evidence or {}).get("top") or [])
+    reasons = [f"data quality check fired on the recent labeled rows ({result.n} rows)"]
+    reasons += [json.dumps(t, default=str, sort_keys=True) for t in top]
+    return False, reasons, evidence
+
+
+def _champion(request: RetrainRequest, registry: Registry) -> tuple[str | None, Any, Any]:
+    """(champion version, its model, its profile); Nones when there is no champion."""
+    version = registry.version_by_alias(request.model, "champion")
+    if version is None:
+        return None, None, None
+    model = registry.load_model(request.model, version)
+    try:
+        profile = registry.load_profile(request.model, version)
+    except RegistryError:
+        profile = None
+    return version, model, profile
+
+
+def _existing(request: RetrainRequest, registry: Registry) -> RetrainOutcome | None:
+    """The outcome of an earlier attempt that already registered this action's version."""
+    version = registry.find_version_by_tag(request.model, ACTION_KEY_TAG, request.action_key)
+    if version is None:
+        return None
+    mv = registry.model_version(request.model, version)
+    moves = _finish_aliases(request, registry, version, dict(mv.tags or {}))
+    log.info("retrain.already_registered", model=request.model, version=version)
+    return RetrainOutcome(
+        "registered",
+        version,
+        mv.run_id,
+        [f"version {version} was already registered for action {request.action_key}"],
+        {},
+        moves,
+    )
+
+
+def _finish_aliases(
+    request: RetrainRequest, registry: Registry, version: str, tags: Mapping[str, str]
+) -> list[dict[str, Any]]:
+    """Move ``challenger`` (and ``champion`` on auto) unless an earlier attempt already did."""
+    moves: list[dict[str, Any]] = []
+    why = f"passed every gate (action {request.action_key})"
+    if "driftwarden.alias.challenger.set_by" not in tags:
+        moves.append(
+            registry.set_alias(
+                request.model,
+                "challenger",
+                version,
+                actor="driftwarden.retrain",
+                reason=why,
+                decision_key=request.action_key,
+            ).to_dict()
+        )
+    if request.promote == "auto" and "driftwarden.alias.champion.set_by" not in tags:
+        moves += [
+            m.to_dict()
+            for m in registry.approve(
+                request.model,
+                version,
+                "driftwarden.retrain",
+                f"promote: auto; {why}",
+                decision_key=request.action_key,
+            )
+        ]
+    return moves
+
+
+def run_retrain(
+    request: RetrainRequest,
+    *,
+    registry: Registry,
+    store: LabeledStore,
+    reference_data: pd.DataFrame | None,
+    code_version: str,
+) -> RetrainOutcome:
+    """One retrain attempt (see the module docstring).
+
+    Raises :class:`~driftwarden.retrain.registry.Unavailable` when MLflow cannot be reached:
+    the caller retries the same request later. Other failures after the run was created are
+    recorded on the run and returned as ``failed``.
+    """
+    validate_gates(request.gates)
+    existing = _existing(request, registry)
+    if existing is not None:
+        return existing
+    bound = log.bind(model=request.model, action_key=request.action_key)
+    started = time.perf_counter()
+
+    # 1. snapshot
+    rows = _recent_rows(request, store)
+    recent = _recent_frame(request, rows)
+    reference = reference_data if reference_data is not None else pd.DataFrame()
+    if request.data.get("reference") == "champion" and reference_data is None:
+        reference = _champion_snapshot(request, registry)
+    snapshot = pd.concat(
+        [reference.assign(_part="reference"), recent.assign(_part="recent")], ignore_index=True
+    )
+    data_hash = snapshot_hash(snapshot)
+
+    # 2. data gate
+    champion_version, champion_model, champion_profile = _champion(request, registry)
+    profile = champion_profile
+    if profile is None and not reference.empty:
+        profile = _build_profile(request, reference, None, None)
+    gate_ok, gate_reasons, gate_evidence = _data_gate(request, rows, profile)
+
+    tags = {
+        "driftwarden.kind": "retrain",
+        "driftwarden.model": request.model,
+        ACTION_KEY_TAG: request.action_key,
+        "driftwarden.data_hash": data_hash,
+        "driftwarden.trigger.decision_key": str(
+            request.trigger.get("key") or request.trigger.get("decision_key") or request.action_key
+        ),
+        "driftwarden.trigger.rule": str(request.trigger.get("rule", "")),
+        "driftwarden.parent_version": champion_version or "",
+        "driftwarden.code_version": code_version,
+        "driftwarden.version": _driftwarden_version(),
+        "mlflow.source.git.commit": code_version,
+    }
+    run = _Run(registry, request, tags)
+    report: dict[str, Any] = {
+        "model": request.model,
+        "action_key": request.action_key,
+        "trigger": dict(request.trigger),
+        "data_hash": data_hash,
+        "rows": {"reference": int(reference.shape[0]), "recent": int(recent.shape[0])},
+        "parent_version": champion_version,
+        "data_gate": {"passed": gate_ok, "reasons": gate_reasons, "result": gate_evidence},
+    }
+    run.log_params(
+        {
+            "trainer": request.trainer
+            if isinstance(request.trainer, str)
+            else json.dumps(dict(request.trainer), sort_keys=True),
+            "gates": json.dumps(request.gates, sort_keys=True, default=str),
+            "promote": request.promote,
+            "data": json.dumps(request.data, sort_keys=True, default=str),
+            "target": request.target,
+            "features": ",".join(request.features),
+            "holdout_fraction": request.holdout_fraction,
+            "seed": request.seed,
+            **{f"trainer.{k}": v for k, v in request.params.items()},
+        }
+    )
+    run.log_snapshot(snapshot, data_hash)
+    if not gate_ok:
+        report["status"] = "blocked_by_data_gate"
+        run.finish(report, status="FINISHED")
+        bound.warning("retrain.blocked_by_data_gate", reasons=gate_reasons)
+        return RetrainOutcome("blocked_by_data_gate", None, run.run_id, gate_reasons, report)
+
+    try:
+        # 3. split: the newest labeled rows are the holdout
+        n_hold = int(round(len(recent) * request.holdout_fraction))
+        holdout = recent.iloc[len(recent) - n_hold :] if n_hold else recent.iloc[:0]
+        train = pd.concat([reference, recent.iloc[: len(recent) - n_hold]], ignore_index=True)
+        train = train.sample(frac=1.0, random_state=request.seed).reset_index(drop=True)
+        train = train.drop(columns=["timestamp"], errors="ignore")
+        train = train[train[request.target].notna()]
+
+        # 4. train
+        trainer = load_trainer(request.trainer, request.search_paths)
+        t0 = time.perf_counter()
+        candidate = trainer(
+            train,
+            target=request.target,
+            features=list(request.features),
+            params=dict(request.params),
+        )
+        train_s = time.perf_counter() - t0
+
+        # 5. evaluate + gates
+        slices = _slice_columns(request)
+        kw = {
+            "target": request.target,
+            "features": request.features,
+            "slices": slices,
+            "positive": request.positive_label,
+        }
+        cand_metrics = (
+            evaluate(candidate, holdout, **kw) if n_hold else {"overall": {}, "slices": {}}
+        )
+        champ_metrics = (
+            evaluate(champion_model, holdout, **kw)
+            if champion_model is not None and n_hold
+            else None
+        )
+        results = check_gates(request.gates, cand_metrics, champ_metrics, holdout_n=n_hold)
+    except Unavailable:
+        raise
+    except Exception as exc:  # a broken trainer must not take the daemon down
+        reason = f"retrain of model {request.model!r} failed: {type(exc).__name__}: {exc}"
+        report["status"] = "failed"
+        report["error"] = reason
+        run.finish(report, status="FAILED")
+        bound.error("retrain.failed", error=reason)
+        return RetrainOutcome("failed", None, run.run_id, [reason], report)
+
+    passed = all(r.passed for r in results)
+    failed = [r.reason for r in results if not r.passed]
+    report.update(
+        {
+            "status": "registered" if passed else "gates_failed",
+            "rows": {**report["rows"], "train": int(train.shape[0]), "holdout": n_hold},
+            "train_seconds": round(train_s, 3),
+            "candidate": cand_metrics,
+            "champion": champ_metrics,
+            "gates": [r.to_dict() for r in results],
+            "failed_gates": failed,
+        }
+    )
+    run.log_metrics(cand_metrics, "candidate")
+    if champ_metrics is not None:
+        run.log_metrics(champ_metrics, "champion")
+    run.log_metrics({"overall": {"train_seconds": train_s, "gates_passed": float(passed)}}, "")
+    # The candidate's reference profile: its own predictions on the holdout, so a version
+    # brings its own baseline metrics per slice.
+    run.log_model(candidate)
+    cand_profile = _build_profile(request, holdout if n_hold else train, candidate, None)
+    run.log_text(cand_profile.to_json(), PROFILE_ARTIFACT)
+    run.finish(report, status="FINISHED")
+    if not passed:
+        bound.info("retrain.gates_failed", failed=failed, run_id=run.run_id)
+        return RetrainOutcome("gates_failed", None, run.run_id, failed, report)
+
+    # 7. register, then aliases
+    version = registry.register(
+        request.model,
+        source=f"{run.artifact_uri}/{MODEL_ARTIFACT}",
+        run_id=run.run_id,
+        tags={**tags, "driftwarden.status": "passed_gates"},
+    )
+    moves = _finish_aliases(request, registry, version, {})
+    bound.info(
+        "retrain.registered",
+        version=version,
+        run_id=run.run_id,
+        seconds=round(time.perf_counter() - started, 3),
+    )
+    return RetrainOutcome("registered", version, run.run_id, [], report, moves)
+
+
+def _build_profile(
+    request: RetrainRequest, frame: pd.DataFrame, model: Any, version: str | None
+) -> Any:
+    from driftwarden.detectors.profile import build_profile
+
+    frame = frame.drop(columns=["timestamp", "_part"], errors="ignore").reset_index(drop=True)
+    slices = [c for c in _slice_columns(request) if c in frame.columns]
+    features = [c for c in request.features if c in frame.columns]
+    if model is None:
+        return build_profile(
+            frame,
+            request.model,
+            target=request.target if request.target in frame else None,
+            segments=slices,
+            model_version=version,
+            feature_columns=features,
+        )
+    x = frame[features]
+    frame = frame.assign(
+        _prediction=np.asarray(model.predict(x)),
+        _score=np.asarray(model.predict_proba(x))[:, -1]
+        if hasattr(model, "predict_proba")
+        else np.nan,
+    )
+    return build_profile(
+        frame,
+        request.model,
+        target=request.target,
+        prediction="_prediction",
+        score="_score" if hasattr(model, "predict_proba") else None,
+        segments=slices,
+        model_version=version,
+        feature_columns=features,
+    )
+
+
+def _champion_snapshot(request: RetrainRequest, registry: Registry) -> pd.DataFrame:
+    """``data.reference: champion``: the training snapshot stored on the champion's run."""
+    version = registry.version_by_alias(request.model, "champion")
+    if version is None:
+        raise RegistryError(
+            f"model {request.model!r} has no champion, so 'data.reference: champion' has no data."
+        )
+    mv = registry.model_version(request.model, version)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = registry.call(
+            f"downloading the snapshot of version {version} of model {request.model!r}",
+            lambda: registry.client.download_artifacts(str(mv.run_id), SNAPSHOT_ARTIFACT, tmp),
+        )
+        frame = pd.read_parquet(local)
+    return frame.drop(columns=["_part"], errors="ignore")
+
+
+class _Run:
+    """One MLflow run for one attempt, through the registry's client (explicit URI)."""
+
+    def __init__(
+        self, registry: Registry, request: RetrainRequest, tags: Mapping[str, str]
+    ) -> None:
+        self.registry = registry
+        client = registry.client
+        name = f"driftwarden/{request.model}"
+        exp = registry.call(
+            f"reading experiment {name!r}", lambda: client.get_experiment_by_name(name)
+        )
+        if exp is None:
+            try:
+                exp_id = registry.call(
+                    f"creating experiment {name!r}", lambda: client.create_experiment(name)
+                )
+            except Unavailable:
+                raise
+            except Exception:  # created concurrently by another worker
+                again = client.get_experiment_by_name(name)
+                if again is None:
+                    raise
+                exp_id = again.experiment_id
+        else:
+            exp_id = exp.experiment_id
+        run = registry.call(
+            "creating the retrain run",
+            lambda: client.create_run(
+                exp_id, tags=dict(tags), run_name=f"retrain {request.action_key}"
+            ),
+        )
+        self.run_id: str = run.info.run_id
+        self.artifact_uri: str = run.info.artifact_uri
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(str(k), str(v)[:6000]) for k, v in params.items()]
+        self.registry.call(
+            "logging params", lambda: self.registry.client.log_batch(self.run_id, params=items)
+        )
+
+    def log_metrics(self, metrics: Mapping[str, Any], prefix: str) -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        flat: dict[str, float] = {}
+        for k, v in (metrics.get("overall") or {}).items():
+            if isinstance(v, (int, float)) and v is not None:
+                flat[f"{prefix}.{k}" if prefix else k] = float(v)
+        for col, per in (metrics.get("slices") or {}).items():
+            for val, m in per.items():
+                for k, v in m.items():
+                    if isinstance(v, (int, float)):
+                        flat[f"{prefix}.slice.{col}.{_metric_safe(val)}.{k}"] = float(v)
+        items = [Metric(k, v, ts, 0) for k, v in flat.items()]
+        self.registry.call(
+            "logging metrics", lambda: self.registry.client.log_batch(self.run_id, metrics=items)
+        )
+
+    def log_snapshot(self, snapshot: pd.DataFrame, digest: str) -> None:
+        from mlflow.data.pandas_dataset import from_pandas
+        from mlflow.tracking.fluent import _create_dataset_input
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "snapshot.parquet"
+            snapshot.astype(
+                {c: "string" for c in snapshot.columns if snapshot[c].dtype == object}
+            ).to_parquet(path, index=False)
+            self.registry.call(
+                "uploading the snapshot",
+                lambda: self.registry.client.log_artifact(self.run_id, str(path), "driftwarden"),
+            )
+        dataset = from_pandas(
+            snapshot,
+            source=f"{self.artifact_uri}/{SNAPSHOT_ARTIFACT}",
+            name=f"snapshot-{digest[:12]}",
+            digest=digest[:36],
+        )
+        # The client form of mlflow.log_input (no process-wide active run or tracking URI).
+        inp = _create_dataset_input(
+            dataset, context="training", tags={"driftwarden.data_hash": digest}
+        )
+        self.registry.call(
+            "logging the snapshot input",
+            lambda: self.registry.client.log_inputs(self.run_id, datasets=[inp] if inp else None),
+        )
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.registry.call(
+            f"uploading {artifact_file}",
+            lambda: self.registry.client.log_text(self.run_id, text, artifact_file),
+        )
+
+    def log_model(self, model: Any) -> None:
+        import mlflow.sklearn
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / MODEL_ARTIFACT
+            mlflow.sklearn.save_model(model, str(path), serialization_format="cloudpickle")
+            self.registry.call(
+                "uploading the model",
+                lambda: self.registry.client.log_artifacts(self.run_id, str(path), MODEL_ARTIFACT),
+            )
+
+    def finish(self, report: Mapping[str, Any], *, status: str) -> None:
+        text = json.dumps(report, indent=2, sort_keys=True, default=str)
+        self.log_text(text, REPORT_ARTIFACT)
+        self.log_text(_report_html(report), REPORT_HTML_ARTIFACT)
+        self.registry.call(
+            "closing the retrain run",
+            lambda: self.registry.client.set_terminated(self.run_id, status=status),
+        )
+
+
+def _metric_safe(value: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "_-. /" else "_" for ch in str(value)) or "_"
+
+
+def _report_html(report: Mapping[str, Any]) -> str:
+    """A small, dependency-free HTML page of the validation report."""
+    e = html.escape
+    rows = "".join(
+        f"<tr class={'pass' if g['passed'] else 'fail'}><td>{e(g['gate'])}</td>"
+        f"<td>{e(str(g.get('metric') or ''))}</td><td>{e(json.dumps(g.get('slice')))}</td>"
+        f"<td>{'PASS' if g['passed'] else 'FAIL'}</td><td>{e(g['reason'])}</td></tr>"
+        for g in report.get("gates", [])
+    )
+    gate = report.get("data_gate", {})
+    return (
+        "<!doctype html><meta charset=utf-8><title>driftwarden validation report</title>"
+        "<style>body{font-family:sans-serif}td,th{padding:4px 8px;border-bottom:1px solid #ddd}"
+        ".fail{background:#fdd}.pass{background:#dfd}</style>"
+        f"<h1>{e(str(report.get('model')))}: {e(str(report.get('status')))}</h1>"
+        f"<p>action {e(str(report.get('action_key')))} · data hash "
+        f"<code>{e(str(report.get('data_hash')))}</code> · parent version "
+        f"{e(str(report.get('parent_version')))}</p>"
+        f"<h2>Data gate: {'passed' if gate.get('passed') else 'FAILED'}</h2>"
+        f"<ul>{''.join(f'<li>{e(r)}</li>' for r in gate.get('reasons', []))}</ul>"
+        f"<h2>Model gates</h2><table><tr><th>gate</th><th>metric</th><th>slice</th>"
+        f"<th>verdict</th><th>why</th></tr>{rows}</table>"
+        f"<h2>Report</h2><pre>{e(json.dumps(report, indent=2, sort_keys=True, default=str))}</pre>"
+    )
+
+
+class RetrainWorker:
+    """Runs retrain requests off the main thread, one at a time per model.
+
+    ``submit`` returns a :class:`~concurrent.futures.Future` of the
+    :class:`RetrainOutcome`; submitting an action key that is still pending returns the
+    pending future. The future raises :class:`~driftwarden.retrain.registry.Unavailable`
+    when MLflow could not be reached (after ``retries`` further attempts ``retry_delay_s``
+    apart): the caller's outbox retries later, and the action key keeps it to one version.
+    """
+
+    def __init__(
+        self,
+        *,
+        registry: Registry,
+        store: LabeledStore,
+        code_version: str,
+        reference_loader: Any = None,
+        max_workers: int = 1,
+        retries: int = 0,
+        retry_delay_s: float = 5.0,
+    ) -> None:
+        self.registry = registry
+        self.store = store
+        self.code_version = code_version
+        self.reference_loader = reference_loader
+        self.retries = retries
+        self.retry_delay_s = retry_delay_s
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="retrain")
+        self._locks: dict[str, threading.Lock] = {}
+        self._pending: dict[str, Future[RetrainOutcome]] = {}
+        self._guard = threading.Lock()
+
+    def submit(self, request: RetrainRequest) -> Future[RetrainOutcome]:
+        """Queue a request; see the class docstring."""
+        with self._guard:
+            pending = self._pending.get(request.action_key)
+            if pending is not None and not pending.done():
+                return pending
+            lock = self._locks.setdefault(request.model, threading.Lock())
+            future = self._pool.submit(self._run, request, lock)
+            self._pending[request.action_key] = future
+            key = request.action_key
+            future.add_done_callback(lambda f: self._forget(key, f))
+            return future
+
+    def _forget(self, key: str, future: Future[RetrainOutcome]) -> None:
+        with self._guard:
+            if self._pending.get(key) is future:
+                del self._pending[key]
+
+    def _run(self, request: RetrainRequest, lock: threading.Lock) -> RetrainOutcome:
+        with lock:
+            attempt = 0
+            while True:
+                try:
+                    reference = (
+                        self.reference_loader(request)
+                        if self.reference_loader is not None
+                        else None
+                    )
+                    return run_retrain(
+                        request,
+                        registry=self.registry,
+                        store=self.store,
+                        reference_data=reference,
+                        code_version=self.code_version,
+                    )
+                except Unavailable as exc:
+                    if attempt >= self.retries:
+                        raise
+                    attempt += 1
+                    log.warning(
+                        "retrain.mlflow_unavailable",
+                        model=request.model,
+                        attempt=attempt,
+                        error=str(exc),
+                    )
+                    time.sleep(self.retry_delay_s)
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop accepting requests; with ``wait`` finish the running ones first."""
+        self._pool.shutdown(wait=wait, cancel_futures=not wait)

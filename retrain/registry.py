@@ -1,0 +1,489 @@
+"""The one module that talks to the MLflow model registry.
+
+Everything driftwarden does to the registry goes through :class:`Registry`: reading aliases,
+moving them with an audit trail (``challenger``, ``champion``, ``previous`` and the ``serving``
+alias fallback routing moves), registering candidate versions and loading the reference
+profile stored on a version's run. Aliases, not the deprecated stages, carry the lifecycle.
+Aliases are always read with ``get_model_version_by_alias``: ``search_model_versions``
+returns ``aliases=[]`` (mlflow#9783).
+
+Every alias move tags the version that receives it with
+``driftwarden.alias.<alias>.set_by`` / ``.reason`` / ``.at`` (and ``.decision_key`` when a
+decision triggered it) and returns an :class:`AliasMove`, a JSON-ready record the caller
+writes to the decision log.
+
+Connection failures surface as :class:`Unavailable` (retry later); how hard the MLflow client
+itself retries a request is set by MLflow's own ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` /
+``MLFLOW_HTTP_REQUEST_TIMEOUT`` environment variables (the defaults retry for minutes).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import structlog
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+
+if TYPE_CHECKING:
+    from driftwarden.detectors.profile import ReferenceProfile
+
+__all__ = [
+    "PROFILE_ARTIFACT",
+    "AliasMove",
+    "Registry",
+    "RegistryError",
+    "Unavailable",
+]
+
+log = structlog.get_logger(__name__)
+
+PROFILE_ARTIFACT = "driftwarden/profile.json"
+_TAG_MAX = 5000  # MLflow's limit on a model version tag value
+_T = TypeVar("_T")
+
+
+class RegistryError(RuntimeError):
+    """A registry operation cannot be done as asked (a missing alias, version or model)."""
+
+
+class Unavailable(RegistryError):
+    """The MLflow server could not be reached; the operation may be retried later."""
+
+
+@dataclass(frozen=True)
+class AliasMove:
+    """One alias move, as written to the decision log.
+
+    ``version`` is ``None`` when the alias was removed; ``previous_version`` is where it
+    pointed before (``None`` if it did not exist). ``target_model`` differs from ``model``
+    only for a serving route to a named fallback model (no alias of ``model`` moves then;
+    the route is recorded as registered-model tags).
+    """
+
+    model: str
+    alias: str
+    version: str | None
+    previous_version: str | None
+    actor: str
+    reason: str
+    at: str
+    decision_key: str | None = None
+    target_model: str | None = None
+
+    @property
+    def uri(self) -> str | None:
+        """``models:/<model>/<version>`` of the target, what serving should load."""
+        if self.version is None:
+            return None
+        return f"models:/{self.target_model or self.model}/{self.version}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        d = asdict(self)
+        d["uri"] = self.uri
+        return d
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    """Whether an MLflow client error means the server was not reachable."""
+    import requests
+
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, (requests.ConnectionError, requests.Timeout, ConnectionError)):
+            return True
+        cur = cur.__cause__ or cur.__context__
+    text = str(exc)
+    if "API request to" in text and (
+        "Max retries exceeded" in text
+        or "Connection refused" in text
+        or "timeout" in text.lower()
+        or "too many 50" in text.lower()
+    ):
+        return True
+    code = getattr(exc, "get_http_status_code", lambda: 0)()
+    return code in (502, 503, 504)
+
+
+@contextmanager
+def _guard(what: str) -> Iterator[None]:
+    """Turn connection failures into :class:`Unavailable` naming the operation."""
+    try:
+        yield
+    except MlflowException as exc:
+        if _is_connection_error(exc):
+            raise Unavailable(f"the MLflow server did not answer while {what}: {exc}") from exc
+        raise
+    except OSError as exc:  # artifact downloads over HTTP surface plain connection errors
+        if _is_connection_error(exc):
+            raise Unavailable(f"the MLflow server did not answer while {what}: {exc}") from exc
+        raise
+
+
+def _missing(exc: MlflowException) -> bool:
+    return exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE") and (
+        "not found" in str(exc) or exc.error_code == "RESOURCE_DOES_NOT_EXIST"
+    )
+
+
+class Registry:
+    """The MLflow registry as driftwarden uses it (see the module docstring).
+
+    ``tracking_uri`` is explicit (never the process-wide default) so a daemon and its tests
+    can talk to a chosen server; the registry URI is the same.
+    """
+
+    def __init__(self, tracking_uri: str, *, registry_uri: str | None = None) -> None:
+        self.tracking_uri = tracking_uri
+        self.registry_uri = registry_uri or tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=self.registry_uri)
+        self._profiles: dict[tuple[str, str], ReferenceProfile] = {}
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ reading
+
+    def version_by_alias(self, model: str, alias: str) -> str | None:
+        """The version ``alias`` points at, or ``None`` if the alias or model does not exist."""
+        with _guard(f"reading alias {alias!r} of model {model!r}"):
+            try:
+                return str(self.client.get_model_version_by_alias(model, alias).version)
+            except MlflowException as exc:
+                if _missing(exc):
+                    return None
+                raise
+
+    def model_version(self, model: str, version: str) -> ModelVersion:
+        """The registry's record of one version (``RegistryError`` if it does not exist)."""
+        with _guard(f"reading version {version} of model {model!r}"):
+            try:
+                return self.client.get_model_version(model, str(version))
+            except MlflowException as exc:
+                if _missing(exc):
+                    raise RegistryError(
+                        f"model {model!r} has no version {version!r} in the registry."
+                    ) from exc
+                raise
+
+    def find_version_by_tag(self, model: str, key: str, value: str) -> str | None:
+        """The newest version of ``model`` whose tag ``key`` equals ``value``, or ``None``."""
+        if "'" in value or "`" in key:
+            raise ValueError(f"tag {key!r}={value!r} cannot be used in a registry search.")
+        query = f"name='{_quote(model)}' and tags.`{key}` = '{value}'"
+        with _guard(f"searching versions of model {model!r}"):
+            found = self.client.search_model_versions(query)
+        versions = sorted((int(v.version) for v in found), reverse=True)
+        return str(versions[0]) if versions else None
+
+    def load_profile(self, model: str, version: str) -> ReferenceProfile:
+        """The reference profile stored on the version's run (cached per model and version)."""
+        from driftwarden.detectors.profile import ReferenceProfile
+
+        key = (model, str(version))
+        with self._lock:
+            cached = self._profiles.get(key)
+        if cached is not None:
+            return cached
+        mv = self.model_version(model, str(version))
+        if not mv.run_id:
+            raise RegistryError(
+                f"version {version} of model {model!r} has no run, so it has no reference profile."
+            )
+        with (
+            _guard(f"downloading the profile of version {version} of model {model!r}"),
+            tempfile.TemporaryDirectory() as tmp,
+        ):
+            try:
+                local = self.client.download_artifacts(mv.run_id, PROFILE_ARTIFACT, tmp)
+            except MlflowException as exc:
+                if _is_connection_error(exc):
+                    raise
+                raise RegistryError(
+                    f"version {version} of model {model!r} (run {mv.run_id}) has no artifact "
+                    f"{PROFILE_ARTIFACT!r}."
+                ) from exc
+            profile = ReferenceProfile.load(Path(local))
+        with self._lock:
+            self._profiles[key] = profile
+        return profile
+
+    def load_model(self, model: str, version: str) -> Any:
+        """The version's model, loaded with ``mlflow.sklearn`` (has predict/predict_proba)."""
+        import mlflow.artifacts
+        import mlflow.sklearn
+
+        with _guard(f"locating version {version} of model {model!r}"):
+            source = self.client.get_model_version_download_uri(model, str(version))
+        with (
+            _guard(f"downloading version {version} of model {model!r}"),
+            tempfile.TemporaryDirectory() as tmp,
+        ):
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=source, dst_path=tmp, tracking_uri=self.tracking_uri
+            )
+            return mlflow.sklearn.load_model(local)
+
+    # ------------------------------------------------------------------ writing
+
+    def ensure_model(self, model: str) -> None:
+        """Create the registered model if it does not exist yet."""
+        with _guard(f"creating registered model {model!r}"):
+            try:
+                self.client.get_registered_model(model)
+            except MlflowException as exc:
+                if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                    raise
+                try:
+                    self.client.create_registered_model(
+                        model, description="Watched by driftwarden."
+                    )
+                except MlflowException as exc2:
+                    if exc2.error_code != "RESOURCE_ALREADY_EXISTS":
+                        raise
+
+    def register(self, model: str, *, source: str, run_id: str, tags: Mapping[str, str]) -> str:
+        """Create a model version from a run's artifact ``source``; returns the version."""
+        self.ensure_model(model)
+        with _guard(f"registering a version of model {model!r}"):
+            mv = self.client.create_model_version(
+                model,
+                source=source,
+                run_id=run_id,
+                tags={k: str(v)[:_TAG_MAX] for k, v in tags.items()},
+            )
+        log.info("registry.registered", model=model, version=mv.version, run_id=run_id)
+        return str(mv.version)
+
+    def set_alias(
+        self,
+        model: str,
+        alias: str,
+        version: str,
+        *,
+        actor: str,
+        reason: str,
+        decision_key: str | None = None,
+    ) -> AliasMove:
+        """Point ``alias`` at ``version`` and tag the version with who, why and when."""
+        self.model_version(model, str(version))  # a clear error for a missing version
+        before = self.version_by_alias(model, alias)
+        at = _now()
+        with _guard(f"moving alias {alias!r} of model {model!r} to version {version}"):
+            self.client.set_registered_model_alias(model, alias, str(version))
+            prefix = f"driftwarden.alias.{alias}"
+            tags = {f"{prefix}.set_by": actor, f"{prefix}.reason": reason, f"{prefix}.at": at}
+            if decision_key is not None:
+                tags[f"{prefix}.decision_key"] = decision_key
+            for key, value in tags.items():
+                self.client.set_model_version_tag(model, str(version), key, value[:_TAG_MAX])
+        move = AliasMove(model, alias, str(version), before, actor, reason, at, decision_key)
+        log.info("registry.alias_moved", **move.to_dict())
+        return move
+
+    def delete_alias(
+        self, model: str, alias: str, *, actor: str, reason: str, decision_key: str | None = None
+    ) -> AliasMove | None:
+        """Remove ``alias`` (tagging the version it left); ``None`` if it did not exist."""
+        before = self.version_by_alias(model, alias)
+        if before is None:
+            return None
+        at = _now()
+        with _guard(f"removing alias {alias!r} of model {model!r}"):
+            self.client.delete_registered_model_alias(model, alias)
+            prefix = f"driftwarden.alias.{alias}"
+            for key, value in (
+                (f"{prefix}.removed_by", actor),
+                (f"{prefix}.removed_reason", reason),
+                (f"{prefix}.removed_at", at),
+            ):
+                self.client.set_model_version_tag(model, before, key, value[:_TAG_MAX])
+        move = AliasMove(model, alias, None, before, actor, reason, at, decision_key)
+        log.info("registry.alias_removed", **move.to_dict())
+        return move
+
+    def approve(
+        self, model: str, version: str, actor: str, reason: str, *, decision_key: str | None = None
+    ) -> list[AliasMove]:
+        """Make ``version`` the champion; the old champion becomes ``previous``.
+
+        A ``challenger`` alias on the approved version is removed (it is no challenger any
+        more). Approving the current champion again changes nothing and returns ``[]``.
+        """
+        version = str(version)
+        self.model_version(model, version)
+        current = self.version_by_alias(model, "champion")
+        if current == version:
+            return []
+        moves: list[AliasMove] = []
+        if current is not None:
+            moves.append(
+                self.set_alias(
+                    model,
+                    "previous",
+                    current,
+                    actor=actor,
+                    reason=f"replaced as champion by version {version}: {reason}",
+                    decision_key=decision_key,
+                )
+            )
+        moves.append(
+            self.set_alias(
+                model, "champion", version, actor=actor, reason=reason, decision_key=decision_key
+            )
+        )
+        if self.version_by_alias(model, "challenger") == version:
+            removed = self.delete_alias(
+                model, "challenger", actor=actor, reason=f"promoted to champion: {reason}"
+            )
+            if removed is not None:
+                moves.append(removed)
+        return moves
+
+    def rollback(
+        self, model: str, actor: str, reason: str, *, decision_key: str | None = None
+    ) -> list[AliasMove]:
+        """Point ``champion`` back at ``previous``.
+
+        ``previous`` is then removed rather than pointed at the rolled-back version: fallback
+        routing sends traffic to ``previous``, and that must never be a version just judged
+        bad. The rolled-back version keeps its tags (the audit trail).
+        """
+        prev = self.version_by_alias(model, "previous")
+        if prev is None:
+            raise RegistryError(f"model {model!r} has no 'previous' version to roll back to.")
+        bad = self.version_by_alias(model, "champion")
+        moves = [
+            self.set_alias(
+                model,
+                "champion",
+                prev,
+                actor=actor,
+                reason=f"rollback from version {bad}: {reason}",
+                decision_key=decision_key,
+            )
+        ]
+        removed = self.delete_alias(
+            model,
+            "previous",
+            actor=actor,
+            reason=f"now champion again after a rollback: {reason}",
+            decision_key=decision_key,
+        )
+        if removed is not None:
+            moves.append(removed)
+        if bad is not None:
+            with _guard(f"tagging version {bad} of model {model!r}"):
+                self.client.set_model_version_tag(
+                    model,
+                    bad,
+                    "driftwarden.rolled_back",
+                    f"{_now()} by {actor}: {reason}"[:_TAG_MAX],
+                )
+        return moves
+
+    def resolve_target(self, model: str, target: str) -> tuple[str, str]:
+        """``(model, version)`` for a serving target.
+
+        ``target`` is an alias of ``model`` (``previous``, ``champion``, …), a version number,
+        or ``model:<name>`` / ``<name>@<alias>`` naming another model (its ``champion`` unless
+        an alias is given).
+        """
+        if target.isdigit():
+            self.model_version(model, target)
+            return model, target
+        other: str | None = None
+        alias = "champion"
+        if target.startswith("model:"):
+            other = target[len("model:") :]
+        elif "@" in target:
+            other, alias = target.split("@", 1)
+        if other is not None and other != model:
+            version = self.version_by_alias(other, alias)
+            if version is None:
+                raise RegistryError(
+                    f"fallback model {other!r} has no {alias!r} alias to route model {model!r} to."
+                )
+            return other, version
+        alias = alias if other else target
+        version = self.version_by_alias(model, alias)
+        if version is None:
+            raise RegistryError(f"model {model!r} has no {alias!r} alias to route serving to.")
+        return model, version
+
+    def set_serving(
+        self,
+        model: str,
+        version_or_target: str,
+        actor: str,
+        reason: str,
+        *,
+        decision_key: str | None = None,
+    ) -> AliasMove:
+        """Route serving of ``model`` (fallback and recovery); never touches ``champion``.
+
+        Within the model the ``serving`` alias moves. For a named fallback model the alias
+        cannot point into another model, so the route is recorded as the registered-model
+        tags ``driftwarden.serving.model``/``.version`` and returned with ``target_model`` set;
+        routing back to ``model`` itself clears them.
+        """
+        target_model, version = self.resolve_target(model, str(version_or_target))
+        if target_model == model:
+            move = self.set_alias(
+                model, "serving", version, actor=actor, reason=reason, decision_key=decision_key
+            )
+            with _guard(f"recording the serving route of model {model!r}"):
+                for key in ("driftwarden.serving.model", "driftwarden.serving.version"):
+                    try:
+                        self.client.delete_registered_model_tag(model, key)
+                    except MlflowException as exc:
+                        if _is_connection_error(exc):
+                            raise
+            return move
+        at = _now()
+        with _guard(f"recording the serving route of model {model!r}"):
+            for key, value in (
+                ("driftwarden.serving.model", target_model),
+                ("driftwarden.serving.version", version),
+                ("driftwarden.serving.set_by", actor),
+                ("driftwarden.serving.reason", reason[:_TAG_MAX]),
+                ("driftwarden.serving.at", at),
+            ):
+                self.client.set_registered_model_tag(model, key, value)
+        move = AliasMove(
+            model,
+            "serving",
+            version,
+            self.version_by_alias(model, "serving"),
+            actor,
+            reason,
+            at,
+            decision_key,
+            target_model=target_model,
+        )
+        log.info("registry.serving_routed", **move.to_dict())
+        return move
+
+    def call(self, what: str, fn: Callable[[], _T]) -> _T:
+        """Run ``fn`` (an MLflow client call) with connection errors as :class:`Unavailable`."""
+        with _guard(what):
+            return fn()
+
+
+def _quote(text: str) -> str:
+    if "'" in text:
+        raise ValueError(f"model name {text!r} cannot be used in a registry search.")
+    return text
