@@ -86,6 +86,7 @@ def main() -> int:
             )
             full.append(time.perf_counter() - t0)
             assert out.status == "registered", out.reasons
+            print(f"  attempt {i}: stages {out.report['seconds']} total {full[-1]:.2f} s")
         b, f = statistics.median(bare), statistics.median(full)
         print(f"rows: reference={args.rows} recent={args.recent} train={len(train_rows)}")
         print(f"bare trainer      median {b:7.2f} s  {[round(x, 2) for x in bare]}")

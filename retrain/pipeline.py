@@ -33,7 +33,8 @@ import json
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -56,6 +57,7 @@ __all__ = [
     "RetrainOutcome",
     "RetrainRequest",
     "RetrainWorker",
+    "load_reference_data",
     "Status",
     "run_retrain",
     "snapshot_hash",
@@ -102,6 +104,46 @@ class RetrainRequest:
     holdout_fraction: float = 0.3
     seed: int = 0
     positive_label: Any = 1
+
+    @classmethod
+    def from_decision(
+        cls,
+        decision: Mapping[str, Any],
+        action: Mapping[str, Any],
+        *,
+        target: str,
+        features: Sequence[str],
+        segments: Sequence[str] = (),
+        data_quality: Mapping[str, Any] | None = None,
+        search_paths: Sequence[str] = (),
+    ) -> RetrainRequest:
+        """Build a request from a decision's ``to_dict()`` and one of its ``retrain`` actions
+        (``{"type": "retrain", "params": {trainer, gates, promote, data?, params?}, "key"}``)."""
+        if action.get("type") != "retrain":
+            raise ValueError(
+                f"action {action.get('key')!r} is a {action.get('type')!r} action, not retrain."
+            )
+        p = action.get("params") or {}
+        promote = p.get("promote", "manual")
+        if promote not in ("manual", "auto"):
+            raise ValueError(
+                f"retrain action {action.get('key')!r}: promote {promote!r} is not manual or auto."
+            )
+        return cls(
+            model=str(decision["model"]),
+            trigger=dict(decision),
+            action_key=str(action["key"]),
+            trainer=p["trainer"],
+            gates=dict(p.get("gates") or {}),
+            promote=promote,
+            data=dict(p.get("data") or {}),
+            params=dict(p.get("params") or {}),
+            target=target,
+            features=list(features),
+            segments=list(segments),
+            data_quality=dict(data_quality or {}),
+            search_paths=list(search_paths),
+        )
 
 
 @dataclass(frozen=True)
@@ -157,6 +199,29 @@ def _slice_columns(request: RetrainRequest) -> list[str]:
     return list(dict.fromkeys([*request.segments, *(request.gates.get("slices") or {})]))
 
 
+def load_reference_data(request: RetrainRequest) -> pd.DataFrame | None:
+    """The table named by ``data.reference`` (CSV or parquet; a relative path is looked up in
+    ``search_paths`` in order), or ``None`` when there is none or it is ``"champion"`` (the
+    pipeline then reads the champion's stored snapshot)."""
+    from driftwarden.detectors.profile import read_table
+
+    ref = request.data.get("reference")
+    if ref is None or ref == "champion":
+        return None
+    path = Path(str(ref))
+    if not path.is_absolute():
+        for base in request.search_paths:
+            if (Path(base) / path).exists():
+                path = Path(base) / path
+                break
+    if not path.exists():
+        raise FileNotFoundError(
+            f"reference data {ref!r} of model {request.model!r} was not found "
+            f"(searched {', '.join(map(str, request.search_paths)) or 'the working directory'})."
+        )
+    return read_table(path)
+
+
 def _recent_rows(request: RetrainRequest, store: LabeledStore) -> list[dict[str, Any]]:
     rows = [r for r in store.rows(request.model) if r.get("label") is not None]
     recent = request.data.get("recent")
@@ -169,7 +234,9 @@ def _recent_rows(request: RetrainRequest, store: LabeledStore) -> list[dict[str,
 def _recent_frame(request: RetrainRequest, rows: list[dict[str, Any]]) -> pd.DataFrame:
     frame = flatten_rows(rows)
     frame = frame.rename(columns={"label": request.target})
-    keep = [c for c in frame.columns if c not in _META_COLUMNS or c == "timestamp"]
+    keep = [
+        c for c in frame.columns if c not in _META_COLUMNS or c in ("timestamp", "prediction_id")
+    ]
     return frame[keep]
 
 
@@ -289,6 +356,10 @@ def run_retrain(
     reference = reference_data if reference_data is not None else pd.DataFrame()
     if request.data.get("reference") == "champion" and reference_data is None:
         reference = _champion_snapshot(request, registry)
+    if "prediction_id" in reference.columns and not recent.empty:
+        # The champion's snapshot holds the labeled rows it was trained on; rows still in the
+        # store are taken once, from the store.
+        reference = reference[~reference["prediction_id"].isin(recent["prediction_id"])]
     snapshot = pd.concat(
         [reference.assign(_part="reference"), recent.assign(_part="recent")], ignore_index=True
     )
@@ -300,6 +371,7 @@ def run_retrain(
     if profile is None and not reference.empty:
         profile = _build_profile(request, reference, None, None)
     gate_ok, gate_reasons, gate_evidence = _data_gate(request, rows, profile)
+    prepare_s = time.perf_counter() - started
 
     tags = {
         "driftwarden.kind": "retrain",
@@ -353,7 +425,7 @@ def run_retrain(
         holdout = recent.iloc[len(recent) - n_hold :] if n_hold else recent.iloc[:0]
         train = pd.concat([reference, recent.iloc[: len(recent) - n_hold]], ignore_index=True)
         train = train.sample(frac=1.0, random_state=request.seed).reset_index(drop=True)
-        train = train.drop(columns=["timestamp"], errors="ignore")
+        train = train.drop(columns=["timestamp", "prediction_id"], errors="ignore")
         train = train[train[request.target].notna()]
 
         # 4. train
@@ -384,6 +456,7 @@ def run_retrain(
             else None
         )
         results = check_gates(request.gates, cand_metrics, champ_metrics, holdout_n=n_hold)
+        evaluate_s = time.perf_counter() - t0 - train_s
     except Unavailable:
         raise
     except Exception as exc:  # a broken trainer must not take the daemon down
@@ -401,6 +474,12 @@ def run_retrain(
             "status": "registered" if passed else "gates_failed",
             "rows": {**report["rows"], "train": int(train.shape[0]), "holdout": n_hold},
             "train_seconds": round(train_s, 3),
+            # Where an attempt's time goes (MLflow logging is the rest of the total).
+            "seconds": {
+                "prepare": round(prepare_s, 3),
+                "train": round(train_s, 3),
+                "evaluate": round(evaluate_s, 3),
+            },
             "candidate": cand_metrics,
             "champion": champ_metrics,
             "gates": [r.to_dict() for r in results],
@@ -565,12 +644,16 @@ class _Run:
                 "uploading the snapshot",
                 lambda: self.registry.client.log_artifact(self.run_id, str(path), "driftwarden"),
             )
-        dataset = from_pandas(
-            snapshot,
-            source=f"{self.artifact_uri}/{SNAPSHOT_ARTIFACT}",
-            name=f"snapshot-{digest[:12]}",
-            digest=digest[:36],
-        )
+        with warnings.catch_warnings():
+            # mlflow warns that a local path could be either of two equal source types and
+            # that integer columns cannot hold NaN; neither matters for a lineage record.
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = from_pandas(
+                snapshot,
+                source=f"{self.artifact_uri}/{SNAPSHOT_ARTIFACT}",
+                name=f"snapshot-{digest[:12]}",
+                digest=digest[:36],
+            )
         # The client form of mlflow.log_input (no process-wide active run or tracking URI).
         inp = _create_dataset_input(
             dataset, context="training", tags={"driftwarden.data_hash": digest}
@@ -591,7 +674,14 @@ class _Run:
 
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / MODEL_ARTIFACT
-            mlflow.sklearn.save_model(model, str(path), serialization_format="cloudpickle")
+            # Explicit requirements: mlflow otherwise infers them by importing the model in a
+            # subprocess, which costs seconds per candidate.
+            mlflow.sklearn.save_model(
+                model,
+                str(path),
+                serialization_format="cloudpickle",
+                pip_requirements=_pip_requirements(),
+            )
             self.registry.call(
                 "uploading the model",
                 lambda: self.registry.client.log_artifacts(self.run_id, str(path), MODEL_ARTIFACT),
@@ -605,6 +695,16 @@ class _Run:
             "closing the retrain run",
             lambda: self.registry.client.set_terminated(self.run_id, status=status),
         )
+
+
+def _pip_requirements() -> list[str]:
+    reqs = []
+    for dist in ("mlflow", "scikit-learn", "cloudpickle", "numpy", "pandas", "scipy"):
+        try:
+            reqs.append(f"{dist}=={metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return reqs
 
 
 def _metric_safe(value: str) -> str:
@@ -645,6 +745,8 @@ class RetrainWorker:
     pending future. The future raises :class:`~driftwarden.retrain.registry.Unavailable`
     when MLflow could not be reached (after ``retries`` further attempts ``retry_delay_s``
     apart): the caller's outbox retries later, and the action key keeps it to one version.
+    ``reference_loader`` turns a request into its reference table (default:
+    :func:`load_reference_data`, the ``data.reference`` file).
     """
 
     def __init__(
@@ -653,7 +755,7 @@ class RetrainWorker:
         registry: Registry,
         store: LabeledStore,
         code_version: str,
-        reference_loader: Any = None,
+        reference_loader: Callable[[RetrainRequest], pd.DataFrame | None] = load_reference_data,
         max_workers: int = 1,
         retries: int = 0,
         retry_delay_s: float = 5.0,
@@ -692,11 +794,7 @@ class RetrainWorker:
             attempt = 0
             while True:
                 try:
-                    reference = (
-                        self.reference_loader(request)
-                        if self.reference_loader is not None
-                        else None
-                    )
+                    reference = self.reference_loader(request)
                     return run_retrain(
                         request,
                         registry=self.registry,

@@ -162,10 +162,12 @@ def test_passing_candidate_is_registered_with_lineage(
     champion = _champion(registry, store, model)
     store.append(model, to_rows(generate(800, seed=3), start=10_000, t0=1_900_000_000.0))
     out = run_retrain(
-        _request(model, "k-pass", params={"kind": "gbm", "max_iter": 60}),
+        _request(
+            model, "k-pass", params={"kind": "gbm", "max_iter": 60}, data={"reference": "champion"}
+        ),
         registry=registry,
         store=store,
-        reference_data=generate(1500, seed=1),
+        reference_data=None,  # the champion's stored snapshot is the reference
         code_version="abc123",
     )
     assert out.status == "registered", out.reasons
@@ -185,6 +187,8 @@ def test_passing_candidate_is_registered_with_lineage(
         )
     assert report["status"] == "registered" and all(g["passed"] for g in report["gates"])
     assert report["data_hash"] == mv.tags["driftwarden.data_hash"]
+    # The champion's snapshot minus the labeled rows that are still in the store.
+    assert report["rows"] == {"reference": 1500, "recent": 1400, "train": 2480, "holdout": 420}
     profile = registry.load_profile(model, out.version)
     assert isinstance(profile, ReferenceProfile)
     assert set(FEATURES) <= set(profile.features)
@@ -381,3 +385,25 @@ def test_approve_and_rollback_move_aliases_and_leave_tags(registry: Registry) ->
     assert (route.target_model, route.version) == (other, fv)
     assert registry.client.get_registered_model(model).tags["driftwarden.serving.model"] == other
     assert v3 not in {registry.version_by_alias(model, a) for a in ("champion", "serving")}
+
+
+def test_walkthrough_runs_end_to_end(mlflow_tracking_uri: str) -> None:
+    """config/examples/churn_walkthrough.py completes: gates fail and pass, data gate blocks,
+    approve moves champion, models:/<name>@champion loads."""
+    import subprocess
+
+    model = _model_name("walk")
+    script = Path(CONFIG_DIR) / "examples" / "churn_walkthrough.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--tracking-uri", mlflow_tracking_uri, "--model", model],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "[2-strict-gate] gates_failed" in out
+    assert "[3-realistic-gate] registered" in out
+    assert "[4-broken-input] blocked_by_data_gate" in out
+    assert f"models:/{model}@champion scores:" in out
+    assert Registry(mlflow_tracking_uri).version_by_alias(model, "previous") == "1"
