@@ -319,6 +319,49 @@ def test_kafka_receiver_publishes_alerts_through_the_sink(tmp_path: Path) -> Non
     ex.close()
 
 
+def test_suppressed_decision_still_executes_its_actions(tmp_path: Path) -> None:
+    """A drift rule muted by the fallback is suppressed but its retrain still runs."""
+    policy = make_policy(tmp_path)
+    clock = Clock()
+    launched: list[str] = []
+
+    def launch(decision: dict[str, Any], action: dict[str, Any]) -> Delivery:
+        launched.append(action["key"])
+        return Delivery.success()
+
+    ex = executor(tmp_path, policy, clock, retrain_launcher=launch)
+    w = Windows(policy, "churn")
+    ex.on_decisions(w.next("quality"))
+    # quality is clean again but the fallback lasts (recover_after 3): drift alerts are muted.
+    (drifted,) = w.next("drift")
+    assert drifted.status == "suppressed" and [a.type for a in drifted.actions] == ["retrain"]
+    assert ex.on_decisions([drifted]) == 1
+    assert ex.tick().counts[("retrain", "done")] == 1
+    assert launched == [drifted.actions[0].key]
+    ex.close()
+
+
+def test_bad_policy_reload_keeps_the_old_receivers(tmp_path: Path) -> None:
+    """set_policies with an unset variable raises and the receivers in force stay."""
+    policy = make_policy(tmp_path)
+    ex = executor(tmp_path, policy, Clock())
+    bad = make_policy(tmp_path, receivers='  oncall: {type: webhook, url: "${UNSET_URL}"}')
+    with pytest.raises(PolicyError, match="UNSET_URL"):
+        ex.set_policies(PolicySet((bad,)))
+    rcv = ex.receiver("churn", "oncall")
+    assert rcv is not None and rcv.type == "log"
+    ex.close()
+
+
+def test_module_doctests_pass() -> None:
+    """The examples in the module's docstrings pass."""
+    import doctest
+
+    from driftwarden.daemon import actions
+
+    assert doctest.testmod(actions).failed == 0
+
+
 # --- webhook (local recording server) ----------------------------------------------------------
 
 
