@@ -714,11 +714,16 @@ def _timeline_figure(r: _Renderer, decisions: list[_Decision], xlim: Any) -> str
             acts = d.doc.get("actions")
             if d.get("status") != "resolved" and isinstance(acts, list) and acts:
                 text = ", ".join(_action_text(a) for a in acts if isinstance(a, Mapping))
+                if len(text) > 60:
+                    text = text[:59] + "…"  # the table below has all of it
+                # Near the right edge the text runs leftwards so it stays inside the figure.
+                right = (d.end - xlim[0]) / (xlim[1] - xlim[0]) > 0.6
                 ax.annotate(
                     text,
                     (d.end, y),
-                    xytext=(5, 7 if k % 2 == 0 else -13),
+                    xytext=(-5 if right else 5, 7 if k % 2 == 0 else -13),
                     textcoords="offset points",
+                    ha="right" if right else "left",
                     fontsize=7.5,
                     color="#1f2328",
                 )
