@@ -138,7 +138,7 @@ def train(
     """Fit the churn model (driftwarden's trainer signature).
 
     ``params``: ``kind`` = ``"gbm"`` (default, HistGradientBoosting) or ``"logistic"``;
-    ``max_iter``, ``learning_rate`` for the GBM; ``C`` for the logistic model; ``seed``.
+    ``max_iter``, ``learning_rate``, ``early_stopping`` for the GBM; ``C`` for the logistic model; ``seed``.
     """
     features = list(features)
     categorical = [c for c in features if c in CATEGORICAL]
@@ -153,6 +153,7 @@ def train(
         estimator = HistGradientBoostingClassifier(
             max_iter=int(params.get("max_iter", 100)),
             learning_rate=float(params.get("learning_rate", 0.1)),
+            early_stopping=params.get("early_stopping", "auto"),
             random_state=seed,
         )
         num_step = "passthrough"
