@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from driftwarden.retrain.labeled_store import LabeledStore, to_epoch_seconds
 
 
