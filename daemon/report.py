@@ -43,6 +43,7 @@ _TRIGGER_COLOR = "#cf222e"
 _TEST_METHODS = ("ks", "chi2")  # feature/prediction drift: threshold is an FDR level on p
 _P_CAP = 20.0  # -log10 p is drawn up to this, so a 1e-190 does not flatten the threshold
 _MAX_SLICES = 8
+_MAX_ANNOTATIONS = 30  # decisions with actions written on the timeline; beyond, the table
 _FIG_WIDTH = 10.0
 _MARGINS = {"left": 0.085, "right": 0.975}  # fixed, so stacked plots share their time axis
 # Matplotlib style fixed here (not read from the user's matplotlibrc): deterministic output.
@@ -256,13 +257,36 @@ class _Renderer:
         return text.strip()
 
 
-def _time_axis(ax: Axes, xlim: tuple[datetime, datetime]) -> None:
+@dataclass(frozen=True)
+class _TimeAxis:
+    """The event-time range shared by every plot of a model, and its model-version switches."""
+
+    lo: datetime
+    hi: datetime
+    versions: tuple[tuple[datetime, str], ...] = ()
+
+
+def _time_axis(ax: Axes, xlim: _TimeAxis) -> None:
     import matplotlib.dates as mdates
 
     locator = mdates.AutoDateLocator(minticks=4, maxticks=9)
     ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
-    ax.set_xlim(xlim[0], xlim[1])  # type: ignore[arg-type]
+    ax.set_xlim(xlim.lo, xlim.hi)  # type: ignore[arg-type]
+    # A new model version brings a new reference: mark it on every plot of the model.
+    trans = ax.get_xaxis_transform()
+    for t, version in xlim.versions:
+        ax.axvline(t, color="#8250df", ls=":", lw=1.2, zorder=1)  # type: ignore[arg-type]
+        ax.text(
+            t,  # type: ignore[arg-type]
+            0.98,
+            f" version {version}",
+            transform=trans,
+            color="#8250df",
+            fontsize=7.5,
+            va="top",
+            ha="left",
+        )
 
 
 def _layout(fig: Figure, height: float) -> None:
@@ -376,7 +400,11 @@ def _no_value_reason(kind: str, results: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _detector_figure(
-    r: _Renderer, name: str, kind: str, points: list[tuple[_Window, Mapping[str, Any]]], xlim: Any
+    r: _Renderer,
+    name: str,
+    kind: str,
+    points: list[tuple[_Window, Mapping[str, Any]]],
+    xlim: _TimeAxis,
 ) -> tuple[str, str]:
     """SVG of one detector over time, and how to read it."""
     spec = _series(kind, [res for _, res in points])
@@ -445,7 +473,7 @@ def _detector_figure(
 
 
 def _slice_figure(
-    r: _Renderer, points: list[tuple[_Window, Mapping[str, Any]]], xlim: Any
+    r: _Renderer, points: list[tuple[_Window, Mapping[str, Any]]], xlim: _TimeAxis
 ) -> tuple[str, str] | None:
     """SVG of the per-slice metric over labeled windows vs its baseline, or ``None``."""
     by_slice: dict[str, dict[datetime, Mapping[str, Any]]] = defaultdict(dict)
@@ -589,7 +617,7 @@ def _slice_figure(
     return r.svg(fig), how
 
 
-def _coverage_figure(r: _Renderer, windows: list[_Window], xlim: Any) -> str | None:
+def _coverage_figure(r: _Renderer, windows: list[_Window], xlim: _TimeAxis) -> str | None:
     """SVG of label coverage per prediction window (deltas of the cumulative join counters)."""
     pred = [w for w in windows if w.stream == "predictions"] or windows
     # (start, end, Δmatched/Δpredictions, cumulative matched/predictions)
@@ -664,8 +692,12 @@ def _coverage_figure(r: _Renderer, windows: list[_Window], xlim: Any) -> str | N
     return r.svg(fig)
 
 
-def _timeline_figure(r: _Renderer, decisions: list[_Decision], xlim: Any) -> str:
-    """SVG of the decisions per rule over time: status as marker, severity as color."""
+def _timeline_figure(r: _Renderer, decisions: list[_Decision], xlim: _TimeAxis) -> tuple[str, bool]:
+    """SVG of the decisions per rule over time (status as marker, severity as colour).
+
+    The second value says whether the actions are written next to the markers: with many
+    decisions they would overlap, and the decisions table lists them anyway.
+    """
     import matplotlib.dates as mdates
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
@@ -677,6 +709,10 @@ def _timeline_figure(r: _Renderer, decisions: list[_Decision], xlim: Any) -> str
     _layout(fig, height)
     y_of = {rule: i for i, rule in enumerate(rules)}
     markers = {"firing": ("o", True), "resolved": ("s", False), "suppressed": ("X", True)}
+    annotate = (
+        sum(1 for d in decisions if d.get("status") != "resolved" and d.doc.get("actions"))
+        <= _MAX_ANNOTATIONS
+    )
     for rule in rules:
         y = y_of[rule]
         mine = [d for d in decisions if d.get("rule") == rule]
@@ -692,7 +728,7 @@ def _timeline_figure(r: _Renderer, decisions: list[_Decision], xlim: Any) -> str
                 spans.append((active_from, d.end, color))
                 active_from = None
         if active_from is not None:
-            spans.append((active_from, xlim[1], color))
+            spans.append((active_from, xlim.hi, color))
         for a, b, c in spans:
             left = float(mdates.date2num(a))
             width = float(mdates.date2num(b)) - left
@@ -712,12 +748,12 @@ def _timeline_figure(r: _Renderer, decisions: list[_Decision], xlim: Any) -> str
                 zorder=4,
             )
             acts = d.doc.get("actions")
-            if d.get("status") != "resolved" and isinstance(acts, list) and acts:
+            if annotate and d.get("status") != "resolved" and isinstance(acts, list) and acts:
                 text = ", ".join(_action_text(a) for a in acts if isinstance(a, Mapping))
                 if len(text) > 60:
                     text = text[:59] + "…"  # the table below has all of it
                 # Near the right edge the text runs leftwards so it stays inside the figure.
-                right = (d.end - xlim[0]) / (xlim[1] - xlim[0]) > 0.6
+                right = (d.end - xlim.lo) / (xlim.hi - xlim.lo) > 0.6
                 ax.annotate(
                     text,
                     (d.end, y),
@@ -766,7 +802,7 @@ def _timeline_figure(r: _Renderer, decisions: list[_Decision], xlim: Any) -> str
         frameon=False,
         borderaxespad=0.2,
     )
-    return r.svg(fig)
+    return r.svg(fig), annotate
 
 
 # -- captions from evidence ------------------------------------------------------------------
@@ -800,7 +836,8 @@ def _evidence_note(kind: str, res: Mapping[str, Any]) -> str:
     else:
         for t in (ev.get("top") or [])[:5]:
             if isinstance(t, Mapping) and "feature" in t:
-                parts.append(f"{t['feature']} ({_num(t.get('statistic'))})")
+                stat = t.get("statistic")
+                parts.append(f"{t['feature']}" + (f" ({_num(stat)})" if stat is not None else ""))
     return "; ".join(parts)
 
 
@@ -853,11 +890,23 @@ def _decision_table(decisions: list[_Decision]) -> str:
     )
 
 
-def _xlim(windows: list[_Window], decisions: list[_Decision]) -> tuple[datetime, datetime]:
+def _xlim(windows: list[_Window], decisions: list[_Decision]) -> _TimeAxis:
     times = [w.start for w in windows] + [w.end for w in windows] + [d.end for d in decisions]
     lo, hi = min(times), max(times)
     pad = max((hi - lo) * 0.02, timedelta(minutes=1))
-    return lo - pad, hi + pad
+    # Version switches as seen on the prediction stream (its windows carry the version used).
+    switches: list[tuple[datetime, str]] = []
+    last: str | None = None
+    for w in sorted(
+        (w for w in windows if w.stream == "predictions"), key=lambda w: (w.start, w.index)
+    ):
+        v = w.doc.get("model_version")
+        if v is None:
+            continue
+        if last is not None and str(v) != last:
+            switches.append((w.start, str(v)))
+        last = str(v)
+    return _TimeAxis(lo - pad, hi + pad, tuple(switches))
 
 
 def _model_section(
@@ -882,11 +931,17 @@ def _model_section(
 
     parts.append("<h3>Decisions over time</h3>")
     if decisions:
+        svg, annotated = _timeline_figure(r, decisions, xlim)
+        actions = (
+            "text the actions taken"
+            if annotated
+            else "the actions taken are in the table below (too many to write here)"
+        )
         parts.append(
-            f'<figure class="timeline">{_timeline_figure(r, decisions, xlim)}<figcaption>'
+            f'<figure class="timeline">{svg}<figcaption>'
             "One row per rule at its window's end: filled circle firing, square resolved, cross "
             "suppressed (notifications held back; see the reasons below); colour is the "
-            "severity, shading the time the rule was active, text the actions taken."
+            f"severity, shading the time the rule was active, {actions}."
             "</figcaption></figure>"
         )
     else:

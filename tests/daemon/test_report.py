@@ -386,3 +386,65 @@ def test_chromium_renders_a_readable_page(report: Path, tmp_path: Path) -> None:
         # Content runs down the page: the lower half holds plots too.
         lower = rgb.crop((0, 1500, 1400, 3000)).getcolors(maxcolors=1_000_000) or []
         assert len(lower) > 100
+
+
+def _prediction_windows(n: int) -> list[dict[str, Any]]:
+    """Prediction windows of a ``ks`` drift detector and a cusum; version 2 from window 6."""
+    out = []
+    for i in range(n):
+        p = 10.0 ** -(i * 3) if i >= 7 else 0.5
+        out.append(
+            {
+                "model": "fraud",
+                "stream": "predictions",
+                "index": i,
+                "start": f"2026-02-01T{i:02d}:00:00Z",
+                "end": f"2026-02-01T{i:02d}:59:59Z",
+                "count": 1000,
+                "model_version": "2" if i >= 6 else "1",
+                "results": {
+                    "amounts": {
+                        "name": "amounts",
+                        "kind": "feature_drift",
+                        "triggered": p < 0.05,
+                        "statistic": 0.01 * i,
+                        "threshold": 0.05,
+                        "p_value": p,
+                        "n": 1000,
+                        "evidence": {"method": "ks", "top": [{"feature": "amount"}]},
+                    },
+                    "scores": {
+                        "name": "scores",
+                        "kind": "cusum",
+                        "triggered": i == 9,
+                        "statistic": float(i),
+                        "threshold": 8.0,
+                        "p_value": None,
+                        "n": 1000,
+                        "evidence": {},
+                    },
+                },
+                "join": {"predictions": 1000 * (i + 1), "matched": 300 * i},
+                "late": 0,
+            }
+        )
+    return out
+
+
+def test_test_based_drift_is_drawn_as_evidence_strength() -> None:
+    """A ks/chi2 detector is drawn as -log10 p against -log10 of its level, not the effect."""
+    text = render_report(_prediction_windows(10), [])
+    fig = text[text.index('data-detector="amounts"') :]
+    fig = fig[: fig.index("</figure>")]
+    assert "−log10 adjusted p" in fig
+    assert "Triggered in 3 of 10 windows." in fig
+
+
+def test_model_version_switch_is_marked_on_the_plots() -> None:
+    """When the prediction windows change model version, every time plot marks the switch."""
+    text = render_report(_prediction_windows(10), [])
+    figures = re.findall(r"<figure.*?</figure>", text, flags=re.S)
+    assert len(figures) == 3  # two detectors and the label coverage
+    assert all(" version 2" in f for f in figures)
+    same = render_report([w for w in _prediction_windows(10) if w["model_version"] == "1"], [])
+    assert not any(" version " in f for f in re.findall(r"<figure.*?</figure>", same, re.S))
