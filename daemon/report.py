@@ -43,6 +43,7 @@ _TRIGGER_COLOR = "#cf222e"
 _TEST_METHODS = ("ks", "chi2")  # feature/prediction drift: threshold is an FDR level on p
 _P_CAP = 20.0  # -log10 p is drawn up to this, so a 1e-190 does not flatten the threshold
 _MAX_SLICES = 8
+_MAX_DOTS = 150
 _MAX_ANNOTATIONS = 30  # decisions with actions written on the timeline; beyond, the table
 _FIG_WIDTH = 10.0
 _MARGINS = {"left": 0.085, "right": 0.975}  # fixed, so stacked plots share their time axis
@@ -243,6 +244,7 @@ class _Renderer:
             fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": "driftwarden report"})
         text = buf.getvalue()
         text = text[text.index("<svg") :]
+        text = re.sub(r"\s*<metadata>.*?</metadata>", "", text, count=1, flags=re.S)
         # Several SVGs share one HTML document: prefix every id and every reference to it.
         ids = set(re.findall(r'\bid="([^"]+)"', text))
         prefix = f"{salt}-"
@@ -438,7 +440,8 @@ def _detector_figure(
             label=spec.ylabel,
         )
     else:
-        ax.plot(xs, ys, color=_STAT_COLOR, lw=1.4, marker="o", ms=3, label=spec.ylabel)  # type: ignore[arg-type]
+        dots = "o" if len(xs) <= _MAX_DOTS else None  # many windows: a line reads better
+        ax.plot(xs, ys, color=_STAT_COLOR, lw=1.4, marker=dots, ms=3, label=spec.ylabel)  # type: ignore[arg-type]
         tx = [x for x, y, t in zip(xs, ys, trig, strict=True) if t and not math.isnan(y)]
         ty = [y for y, t in zip(ys, trig, strict=True) if t and not math.isnan(y)]
         if tx:
