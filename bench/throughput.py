@@ -52,10 +52,22 @@ import orjson
 import pandas as pd
 import yaml
 
-from driftwarden.daemon.app import build_daemon
-from driftwarden.daemon.events import LABEL_SCHEMA, PREDICTION_SCHEMA, format_time
+from driftwarden.daemon.app import build_daemon, load_policy_set, options_from
+from driftwarden.daemon.checkpoint import LocalCheckpointStore
+from driftwarden.daemon.events import (
+    LABEL_SCHEMA,
+    PREDICTION_SCHEMA,
+    PredictionEvent,
+    decode,
+    format_time,
+)
 from driftwarden.daemon.logs import configure as configure_logs
+from driftwarden.daemon.profiles import ProfileLoader
+from driftwarden.daemon.runner import Daemon
 from driftwarden.daemon.settings import load_settings
+from driftwarden.daemon.sinks import MemorySink
+from driftwarden.daemon.sources import RawRecord, Source
+from driftwarden.detectors.batch import Batch
 from driftwarden.detectors.profile import build_profile
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -390,6 +402,98 @@ def daemon_ingest(
     return Measurement("daemon", summary.valid, end - start, end - began, "; ".join(notes))
 
 
+# --------------------------------------------------------------------------- Kafka-free stages
+
+
+class _ListSource(Source):
+    """Prepared records in poll-sized chunks: the daemon's loop with Kafka taken out."""
+
+    def __init__(self, records: list[RawRecord], roles: dict[str, str | None]) -> None:
+        self.roles = roles
+        self._records = records
+        self._next = 0
+
+    def poll(self, max_records: int, timeout_s: float) -> list[RawRecord]:
+        chunk = self._records[self._next : self._next + max_records]
+        self._next += len(chunk)
+        return chunk
+
+    def seek(self, offsets: dict[tuple[str, int], int]) -> None:
+        return None  # a fresh state: start at the beginning
+
+    @property
+    def exhausted(self) -> bool:
+        return self._next >= len(self._records)
+
+
+def stages(base: Path, n_per_model: int, models: int, label_share: float, partitions: int) -> None:
+    """Print µs per record of each ingest stage, in memory (no Kafka, no profiler)."""
+    names = tuple(f"bench-{k}" for k in range(models))
+    streams = [_ModelStream(m, n_per_model, 100 + k, label_share) for k, m in enumerate(names)]
+    roles: dict[str, str | None] = {"predictions": "predictions", "labels": "labels"}
+    raw: list[RawRecord] = []
+    for k, i, is_label in _publication_order(streams, n_per_model).tolist():
+        s = streams[k]
+        topic = "labels" if is_label else "predictions"
+        value = s.label(i) if is_label else s.prediction(i)
+        # Partitions as Kafka's keying would spread them: one model stays in one partition.
+        raw.append(RawRecord(topic, k % partitions, i, names[k].encode(), value, None))
+    n = len(raw)
+    rows: list[tuple[str, float]] = []
+
+    t0 = time.perf_counter()
+    for r in raw:
+        orjson.loads(r.value)
+    rows.append(("orjson.loads", time.perf_counter() - t0))
+
+    t0 = time.perf_counter()
+    decoded = [
+        decode(r.value, expect=PREDICTION_SCHEMA if r.topic == "predictions" else None) for r in raw
+    ]
+    rows.append(("events.decode (loads + validation)", time.perf_counter() - t0))
+
+    by_model: dict[str, list[dict[str, Any]]] = {}
+    for ev in decoded:
+        if isinstance(ev, PredictionEvent):
+            by_model.setdefault(ev.model, []).append(ev.record())
+    preds = sum(len(v) for v in by_model.values())
+    t0 = time.perf_counter()
+    for recs in by_model.values():
+        for j in range(0, len(recs), 500):
+            Batch.from_records(recs[j : j + 500])
+    took = time.perf_counter() - t0
+    rows.append(("Batch.from_records (prediction batches of 500)", took))
+
+    settings = load_settings(_daemon_config(base, "127.0.0.1:9", _stage_work(), "stages"), env={})
+    policies = load_policy_set(settings["policies"])
+    daemon = Daemon(
+        source_factory=lambda d: _ListSource(raw, roles),
+        sink=MemorySink(),
+        store=LocalCheckpointStore(settings["state"]["dir"]),
+        policies=policies,
+        profile_loader=ProfileLoader(policies),
+        options=options_from(settings),
+    )
+    daemon.assign(sorted({r.partition for r in raw}))
+    t0 = time.perf_counter()
+    summary = daemon.run(max_events=n, timeout_s=600.0)
+    rows.append(("Daemon.run in memory (all but Kafka)", time.perf_counter() - t0))
+    if summary.valid != n:
+        print(f"  stages: the in-memory daemon handled {summary.valid} of {n} records")
+
+    print(f"\nstages in memory, {n} records ({preds} predictions), no profiler:")
+    print(f"{'stage':<48} {'us/record':>10} {'rec/s':>10}")
+    for label, seconds in rows:
+        print(f"{label:<48} {1e6 * seconds / n:>10.1f} {n / seconds:>10,.0f}")
+
+
+def _stage_work() -> Workload:
+    topics = {k: k for k in ("predictions", "labels")}
+    topics.update({k: f"bench-{k}" for k in ("dlq", "decisions", "windows", "alerts")})
+    topics.update({k: f"bench-{k}" for k in ("routing", "state")})
+    return Workload(topics, 0, 0, (), 0.0)
+
+
 # --------------------------------------------------------------------------- broker
 
 
@@ -500,6 +604,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-poll-records", type=int, default=2000, help="for the bare consumer")
     ap.add_argument("--bootstrap", help="use this Kafka cluster instead of starting a broker")
     ap.add_argument("--profile", action="store_true", help="one more (b) run under cProfile")
+    ap.add_argument("--profile-out", type=Path, help="also save the pstats file here")
+    ap.add_argument(
+        "--stages",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also time each ingest stage in memory on N predictions (no Kafka, no profiler)",
+    )
+    ap.add_argument(
+        "--stages-only", action="store_true", help="only the in-memory stages (no broker)"
+    )
     ap.add_argument("--top", type=int, default=25, help="functions shown per profile listing")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per consumer run")
     ap.add_argument("--workdir", type=Path, help="keep the broker and state here (default: temp)")
@@ -536,6 +651,15 @@ def main(argv: list[str] | None = None) -> int:
             created_at="-",
         ).save(base / "policies" / "profile.json")
 
+        if args.stages_only:
+            stages(
+                base,
+                max(1, (args.stages or args.events) // args.models),
+                args.models,
+                args.label_share,
+                args.partitions,
+            )
+            return 0
         with kafka(args.bootstrap, base) as bootstrap:
             n_per_model = args.events // args.models
             t0 = time.perf_counter()
@@ -584,6 +708,17 @@ def main(argv: list[str] | None = None) -> int:
         if profiler is not None:
             print(_profile_report(profiler, args.top))
             print(_own_code_report(profiler, args.top))
+            if args.profile_out:
+                profiler.dump_stats(args.profile_out)
+                print(f"\npstats saved to {args.profile_out}")
+        if args.stages:
+            stages(
+                base,
+                max(1, args.stages // args.models),
+                args.models,
+                args.label_share,
+                args.partitions,
+            )
         return 1 if incomplete else 0
     finally:
         if args.workdir is None:
