@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
+import gc
 import importlib.util
 import io
 import logging
@@ -288,6 +289,33 @@ def produce(
 # --------------------------------------------------------------------------- the two paths
 
 
+class GcMeter:
+    """Seconds spent in the cyclic garbage collector while active (cProfile cannot see it)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.collections = 0
+        self._t0 = 0.0
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._t0
+            self.collections += 1
+
+    def __enter__(self) -> GcMeter:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._callback)
+
+    def note(self, total_s: float) -> str:
+        share = 100 * self.seconds / total_s if total_s > 0 else 0.0
+        return f"gc {self.seconds:.2f} s ({share:.0f} %, {self.collections} collections)"
+
+
 @dataclass(frozen=True)
 class Measurement:
     """One consumer run: records read, seconds from first data to the end, and wall seconds."""
@@ -325,18 +353,21 @@ def bare_consumer(
     seen = 0
     first: float | None = None
     try:
-        while seen < work.records and time.monotonic() < deadline:
-            batches = consumer.poll(timeout_ms=500, max_records=max_poll_records)
-            if batches and first is None:
-                first = time.perf_counter()
-            for recs in batches.values():
-                for r in recs:
-                    orjson.loads(r.value)
-                seen += len(recs)
+        with GcMeter() as meter:
+            while seen < work.records and time.monotonic() < deadline:
+                batches = consumer.poll(timeout_ms=500, max_records=max_poll_records)
+                if batches and first is None:
+                    first = time.perf_counter()
+                for recs in batches.values():
+                    for r in recs:
+                        orjson.loads(r.value)
+                    seen += len(recs)
         end = time.perf_counter()
     finally:
         consumer.close(autocommit=False)
-    note = "" if seen == work.records else f"INCOMPLETE: read {seen} of {work.records}"
+    note = meter.note(end - began)
+    if seen != work.records:
+        note = f"INCOMPLETE: read {seen} of {work.records}; {note}"
     return Measurement("bare", seen, end - (first or end), end - began, note)
 
 
@@ -383,11 +414,12 @@ def daemon_ingest(
     # Instrumented from outside: the daemon's code is measured as it is.
     daemon.source.poll = timed_poll
     try:
-        if profiler is not None:
-            profiler.enable()
-        summary = daemon.run(max_events=work.records, timeout_s=timeout_s)
-        if profiler is not None:
-            profiler.disable()
+        with GcMeter() as meter:
+            if profiler is not None:
+                profiler.enable()
+            summary = daemon.run(max_events=work.records, timeout_s=timeout_s)
+            if profiler is not None:
+                profiler.disable()
         end = time.perf_counter()
     finally:
         daemon.sink.close()
@@ -398,6 +430,7 @@ def daemon_ingest(
     if summary.invalid:
         notes.append(f"{summary.invalid} invalid")
     notes.append(f"{summary.windows} windows, {summary.decisions} decisions")
+    notes.append(meter.note(end - began))
     start = first[0] if first else end
     return Measurement("daemon", summary.valid, end - start, end - began, "; ".join(notes))
 
@@ -476,15 +509,19 @@ def stages(base: Path, n_per_model: int, models: int, label_share: float, partit
     )
     daemon.assign(sorted({r.partition for r in raw}))
     t0 = time.perf_counter()
-    summary = daemon.run(max_events=n, timeout_s=600.0)
-    rows.append(("Daemon.run in memory (all but Kafka)", time.perf_counter() - t0))
+    with GcMeter() as meter:
+        summary = daemon.run(max_events=n, timeout_s=600.0)
+    took = time.perf_counter() - t0
+    rows.append(("Daemon.run in memory (all but Kafka)", took))
+    rows.append(("  of which cyclic gc pauses", meter.seconds))
     if summary.valid != n:
         print(f"  stages: the in-memory daemon handled {summary.valid} of {n} records")
 
     print(f"\nstages in memory, {n} records ({preds} predictions), no profiler:")
     print(f"{'stage':<48} {'us/record':>10} {'rec/s':>10}")
     for label, seconds in rows:
-        print(f"{label:<48} {1e6 * seconds / n:>10.1f} {n / seconds:>10,.0f}")
+        rate = "" if label.startswith(" ") or seconds <= 0 else f"{n / seconds:,.0f}"
+        print(f"{label:<48} {1e6 * seconds / n:>10.1f} {rate:>10}")
 
 
 def _stage_work() -> Workload:
