@@ -10,9 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from driftwarden.detectors.profile import ReferenceProfile
 from driftwarden.policies.loader import load_policies
-from driftwarden.policies.model import PolicySet
+from driftwarden.policies.loader import load_policies as _load
+from driftwarden.policies.model import PolicyError, PolicySet
 
 from .checkpoint import LocalCheckpointStore
 from .profiles import ProfileLoader
@@ -21,7 +24,9 @@ from .settings import Settings, parse_duration
 from .sinks import FileSink, KafkaSink, Sink
 from .sources import FileSource, KafkaSource, Source
 
-__all__ = ["StartupError", "build_daemon", "load_policy_set", "options_from"]
+__all__ = ["StartupError", "attach_scheduler", "build_daemon", "load_policy_set", "options_from"]
+
+log = structlog.get_logger(__name__)
 
 
 class StartupError(RuntimeError):
@@ -74,6 +79,7 @@ def build_daemon(
     profile: ReferenceProfile | None = None,
     events_path: str | None = None,
     with_state: bool = True,
+    with_actions: bool = True,
     **daemon_kwargs: Any,
 ) -> Daemon:
     """A :class:`Daemon` wired from settings (Kafka or file source, local checkpoints)."""
@@ -115,12 +121,132 @@ def build_daemon(
             on_revoke=daemon.revoke,
         )
 
-    return Daemon(
+    executor = None
+    on_labeled = None
+    holder: dict[str, Any] = {"policies": policies}
+    if with_state and with_actions:
+        executor, on_labeled = _actions(settings, policies, sink, loader, holder)
+    daemon = Daemon(
         source_factory=source_factory,
         sink=sink,
         store=store,
         policies=policies,
         profile_loader=loader,
         options=opts,
+        executor=executor,
+        on_labeled=on_labeled,
         **daemon_kwargs,
     )
+    if executor is not None:
+        executor.metrics = daemon.metrics
+
+    def follow(new: PolicySet) -> None:
+        loader.policies = new
+        holder["policies"] = new
+
+    daemon.policy_listeners.append(follow)
+    return daemon
+
+
+def _actions(
+    settings: Settings,
+    policies: PolicySet,
+    sink: Sink,
+    loader: ProfileLoader,
+    holder: dict[str, Any],
+) -> tuple[Any, Any]:
+    """The action executor, the labeled store and (with MLflow) the retrain worker."""
+    from driftwarden.retrain.labeled_store import LabeledStore
+
+    from .actions import ActionExecutor
+    from .wiring import RetrainLauncher
+
+    d = settings.data
+    state_dir = Path(d["state"]["dir"])
+    store = LabeledStore(state_dir / "labeled")
+    uri = d["mlflow"]["tracking_uri"]
+    registry_factory = None
+    launcher = None
+    if uri:
+        from driftwarden.retrain.pipeline import RetrainWorker
+        from driftwarden.retrain.registry import Registry
+
+        def registry_factory() -> Registry:
+            return Registry(uri)
+
+        from importlib.metadata import version
+
+        worker = RetrainWorker(
+            registry=Registry(uri),
+            store=store,
+            code_version=f"driftwarden {version('driftwarden')}",
+        )
+        config_dir = str(Path(d["policies"]).resolve().parent)
+        launcher = RetrainLauncher(
+            worker,
+            lambda: holder["policies"],
+            loader,
+            sink=sink,
+            decisions_topic=d["kafka"]["topics"]["decisions"],
+            search_paths=[config_dir],
+        )
+    try:
+        executor = ActionExecutor(
+            state_dir / "outbox.sqlite",
+            sink,
+            policies,
+            topics=dict(d["kafka"]["topics"]),
+            registry_factory=registry_factory,
+            retrain_launcher=launcher,
+        )
+    except PolicyError as exc:
+        raise StartupError(str(exc)) from None
+
+    def on_labeled(model: str, rows: list[dict[str, Any]]) -> None:
+        try:
+            store.append(model, rows)
+        except ValueError as exc:  # e.g. a model name that cannot name a folder
+            log.warning("labeled examples not stored", model=model, error=str(exc))
+
+    return executor, on_labeled
+
+
+def attach_scheduler(daemon: Daemon, settings: Settings) -> Any:
+    """Start the clock-driven jobs: action ticks, policy hot reload, freshness."""
+    import time
+
+    from .wiring import Scheduler, policy_files_signature
+
+    d = settings.data
+    sched = Scheduler(daemon.work)
+    if daemon.executor is not None:
+        sched.every(parse_duration(d["scheduler"]["outbox"]), daemon.tick, "actions")
+    policy_dir = d["policies"]
+    seen = {"sig": policy_files_signature(policy_dir)}
+
+    def reload() -> None:
+        sig = policy_files_signature(policy_dir)
+        if sig == seen["sig"]:
+            return
+        seen["sig"] = sig
+        policies, errors = _load(policy_dir)
+        if errors:
+            daemon.metrics.policy_reload_errors.inc()
+            log.error("policy reload failed; the last good policies stay in force", errors=errors)
+            return
+        daemon.set_policies(policies)
+
+    sched.every(parse_duration(d["scheduler"]["policy_reload"]), reload, "policy-reload")
+    stale_after = parse_duration(d["scheduler"]["freshness"])
+
+    def freshness() -> None:
+        now = time.time()
+        for model, last in daemon.last_event_wall.items():
+            age = now - last
+            daemon.metrics.seconds_since_event.labels(model).set(age)
+            if age > stale_after:
+                log.warning("no events for this model", model=model, seconds=round(age))
+
+    sched.every(min(stale_after, 60.0), freshness, "freshness")
+    sched.start()
+    return sched

@@ -37,7 +37,7 @@ def _settings(args: argparse.Namespace) -> Any:
 
 # -- run -------------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
-    from .app import build_daemon
+    from .app import attach_scheduler, build_daemon
     from .http import HealthServer
     from .logs import configure
 
@@ -55,9 +55,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         server.start()
     daemon.install_signal_handlers()
+    scheduler = attach_scheduler(daemon, settings)
     try:
-        summary = daemon.run(max_events=args.max_events, timeout_s=args.timeout)
+        summary = daemon.run(
+            max_events=args.max_events, timeout_s=args.timeout, idle_timeout_s=args.idle_timeout
+        )
     finally:
+        scheduler.shutdown()
         if server is not None:
             server.stop()
         daemon.sink.close()
@@ -191,9 +195,13 @@ def cmd_profile(args: argparse.Namespace) -> int:
             f"profile of {args.model} ({len(profile.features)} features, {profile.n_rows} rows) → {args.out}"
         )
     else:
-        from driftwarden.retrain.registry import log_profile
+        from mlflow.tracking import MlflowClient
 
-        log_profile(args.tracking_uri, args.run_id, profile)
+        if not args.tracking_uri:
+            return _fail("--run-id needs --tracking-uri or MLFLOW_TRACKING_URI.")
+        MlflowClient(args.tracking_uri).log_text(
+            args.run_id, profile.to_json(), "driftwarden/profile.json"
+        )
         print(f"profile of {args.model} logged to run {args.run_id} as driftwarden/profile.json")
     return 0
 
@@ -276,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--events", help="read events from this JSONL file instead of Kafka")
     run.add_argument("--max-events", type=int, help="stop after this many records (bounded runs)")
     run.add_argument("--timeout", type=float, help="stop after this many seconds")
+    run.add_argument(
+        "--idle-timeout", type=float, help="stop after this many seconds without events"
+    )
     run.set_defaults(func=cmd_run)
 
     val = sub.add_parser("validate", help="check config and policy files")

@@ -61,6 +61,17 @@ class Metrics:
         self.join = Gauge(
             "driftwarden_join", "Join counters by model.", ["model", "counter"], registry=r
         )
+        self.policy_reload_errors = Counter(
+            "driftwarden_policy_reload_errors_total",
+            "Policy reloads refused (the last good policies stay).",
+            registry=r,
+        )
+        self.seconds_since_event = Gauge(
+            "driftwarden_seconds_since_last_event",
+            "Wall-clock seconds since the model's last event.",
+            ["model"],
+            registry=r,
+        )
         self.checkpoint_seconds = Histogram(
             "driftwarden_checkpoint_seconds",
             "Time to write a checkpoint and commit offsets.",

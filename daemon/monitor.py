@@ -9,10 +9,15 @@ The policy's window is the *prediction* window: when it closes, the policy is ev
 that window's prediction-stream results plus the latest closed *labeled* window's results
 (labels come late; the last known slice performance and error-stream verdict hold until the
 next labeled window closes).
+
+A window summary holds the window's bounds, count and detector results — all functions of the
+events alone — plus ``join``, a snapshot of the cumulative join counters when it closed, which
+depends on how far the other topic had been read (processing time, not event time).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,11 +56,15 @@ def _specs(policy: Policy) -> tuple[WindowSpec, WindowSpec]:
     w = policy.window
     late = w.allowed_lateness_s
     pred = WindowSpec(events=w.events, duration_s=w.duration_s, lateness_s=late)
-    if w.labeled_events is None and w.labeled_duration_s is None:
-        return pred, pred
-    return pred, WindowSpec(
-        events=w.labeled_events, duration_s=w.labeled_duration_s, lateness_s=late
+    events, duration = w.labeled_events, w.labeled_duration_s
+    if events is None and duration is None:
+        events, duration = w.events, w.duration_s
+    # Labeled records come from two interleaved topics: hold duration windows and feed them
+    # in event-time order, so replays and restarts feed order-sensitive detectors identically.
+    lab = WindowSpec(
+        events=events, duration_s=duration, lateness_s=late, ordered=duration is not None
     )
+    return pred, lab
 
 
 class ModelMonitor:
@@ -83,8 +92,32 @@ class ModelMonitor:
         self.last_labeled: dict[str, DetectorResult] = {}
         self.events = 0
         self.labels = 0
+        # Event-time progress of each input stream (labeled windows close on the smaller).
+        self.pred_watermark = -math.inf
+        self.label_watermark = -math.inf
         self._labeled_index = 0
-        self._pending_pred: list[dict[str, Any]] = []
+
+    def set_policy(self, policy: Policy) -> None:
+        """Switch to an edited policy (hot reload).
+
+        Detectors are rebuilt from the new policy at once (their open windows start afresh); the
+        join buffer, counters and policy state are kept. A changed window size starts new
+        windows; records of the current ones are dropped (logged).
+        """
+        old_specs = _specs(self.policy)
+        self.policy = policy
+        self.detectors = {}
+        self.profile_version = None
+        self.last_labeled = {}
+        new_specs = _specs(policy)
+        if new_specs != old_specs:
+            log.warning(
+                "window spec changed; open windows restart",
+                model=self.model,
+                dropped=self.pred_windows.count + self.lab_windows.count,
+            )
+            self.pred_windows = Windower(new_specs[0])
+            self.lab_windows = Windower(new_specs[1])
 
     # -- detectors -------------------------------------------------------------------------
     def _ensure_detectors(self, model_version: str | None) -> None:
@@ -129,10 +162,12 @@ class ModelMonitor:
             if isinstance(ev, PredictionEvent):
                 rec = ev.record()
                 self.events += 1
+                self.pred_watermark = max(self.pred_watermark, ev.timestamp)
                 preds.append(rec)
                 joined = self.join.add_prediction(ev.prediction_id, rec)
             else:
                 self.labels += 1
+                self.label_watermark = max(self.label_watermark, ev.timestamp)
                 joined = self.join.add_label(ev.prediction_id, ev.label, ev.timestamp)
             if joined is not None:
                 labeled.append(joined)
@@ -141,7 +176,8 @@ class ModelMonitor:
         elif labeled and not self.detectors:
             self._ensure_detectors(labeled[0].get("model_version"))
         # Labeled first, so a prediction window closing now sees the freshest labeled verdict.
-        for feed, closed in self.lab_windows.add_many(labeled):
+        both = min(self.pred_watermark, self.label_watermark)
+        for feed, closed in self.lab_windows.add_many(labeled, watermark=both):
             self._feed("labeled", feed)
             if closed is not None:
                 results = self._close("labeled", closed)
@@ -203,6 +239,8 @@ class ModelMonitor:
             "profile_version": self.profile_version,
             "events": self.events,
             "labels": self.labels,
+            "pred_watermark": _finite(self.pred_watermark),
+            "label_watermark": _finite(self.label_watermark),
             "join": self.join.state(),
             "pred_windows": self.pred_windows.state(),
             "lab_windows": self.lab_windows.state(),
@@ -220,6 +258,8 @@ class ModelMonitor:
             )
         self.events = int(state["events"])
         self.labels = int(state["labels"])
+        self.pred_watermark = _from_finite(state["pred_watermark"])
+        self.label_watermark = _from_finite(state["label_watermark"])
         self.join = JoinBuffer.from_state(
             state["join"], ttl_s=self.join.ttl_s, max_entries=self.join.max_entries
         )
@@ -236,3 +276,11 @@ class ModelMonitor:
             k: DetectorResult.from_dict(v) for k, v in state["last_labeled"].items()
         }
         self.policy_state = PolicyState.from_dict(state["policy_state"])
+
+
+def _finite(x: float) -> float | None:
+    return None if math.isinf(x) else x
+
+
+def _from_finite(x: float | None) -> float:
+    return -math.inf if x is None else float(x)

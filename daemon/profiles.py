@@ -98,7 +98,8 @@ class ProfileLoader:
                 candidates.append(aliased)
         for v in candidates:
             try:
-                return self._registry.load_profile(name, v)  # type: ignore[no-any-return]
+                profile: ReferenceProfile = self._registry.load_profile(name, v)
+                return profile
             except Exception as exc:
                 errors.append(f"version {v}: {exc}")
         raise ProfileMissing(

@@ -95,6 +95,7 @@ class Daemon:
         metrics: Metrics | None = None,
         on_decisions: Callable[[list[Decision]], None] | None = None,
         on_labeled: Callable[[str, list[dict[str, Any]]], None] | None = None,
+        executor: Any = None,
     ) -> None:
         self.sink = sink
         self.store = store
@@ -104,13 +105,22 @@ class Daemon:
         self.metrics = metrics or Metrics()
         self.on_decisions = on_decisions
         self.on_labeled = on_labeled
+        # Executes decided actions (daemon.actions.ActionExecutor); its state is checkpointed.
+        self.executor = executor
+        #: called with the new PolicySet after a successful hot reload
+        self.policy_listeners: list[Callable[[PolicySet], None]] = []
         self.units: dict[int, Unit] = {}
         self.work: queue.Queue[Callable[[], None]] = queue.Queue()
         self._stop = threading.Event()
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
         self._warned: set[str] = set()
+        self._closed = False
         self.summary = RunSummary()
+        if executor is not None and store is not None:
+            saved = store.load("actions")
+            if saved is not None:
+                executor.restore(saved["executor"])
         self.ready = False
         self.last_event_wall: dict[str, float] = {}
         self.source = source_factory(self)
@@ -129,7 +139,8 @@ class Daemon:
     def revoke(self, partitions: list[int]) -> None:
         """Checkpoint and drop the units of revoked partitions."""
         gone = [p for p in partitions if p in self.units]
-        self.checkpoint(gone)
+        if not self._closed:
+            self.checkpoint(gone, wait=False)
         for p in gone:
             del self.units[p]
         log.info("partitions revoked", partitions=partitions)
@@ -170,7 +181,7 @@ class Daemon:
         )
 
     # -- checkpoint ------------------------------------------------------------------------
-    def checkpoint(self, partitions: list[int] | None = None) -> None:
+    def checkpoint(self, partitions: list[int] | None = None, *, wait: bool = True) -> None:
         """Flush outputs, save state with its offsets, then commit the offsets."""
         t0 = time.perf_counter()
         parts = sorted(self.units) if partitions is None else partitions
@@ -190,7 +201,9 @@ class Daemon:
                     },
                 )
             offsets.update(unit.offsets)
-        self.source.commit(offsets)
+        if self.executor is not None and self.store is not None:
+            self.store.save("actions", {"executor": self.executor.state()})
+        self.source.commit(offsets, wait=wait)
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
         self.summary.checkpoints += 1
@@ -212,9 +225,11 @@ class Daemon:
         timeout_s: float | None = None,
         idle_timeout_s: float | None = None,
     ) -> RunSummary:
-        """Process until stopped, ``max_events`` records, ``timeout_s`` or ``idle_timeout_s``."""
+        """Process until stopped, ``max_events`` records, ``timeout_s``, or ``idle_timeout_s``
+        without records once records have started to arrive."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        last_data = time.monotonic()
+        # Idle time counts from the first record: joining a consumer group can take a while.
+        last_data: float | None = None
         self.ready = True
         try:
             while not self._stop.is_set():
@@ -238,16 +253,48 @@ class Daemon:
                 if not records and self.source.exhausted:
                     self.summary.stopped_by = "end of input"
                     break
-                if idle_timeout_s is not None and now - last_data >= idle_timeout_s:
+                if (
+                    idle_timeout_s is not None
+                    and last_data is not None
+                    and now - last_data >= idle_timeout_s
+                ):
                     self.summary.stopped_by = "idle"
                     break
             else:
                 self.summary.stopped_by = "signal"
             self._drain_work()
+            self.tick()
             self.checkpoint()
+            # State and offsets are final: a revocation while closing has nothing to add.
+            self._closed = True
         finally:
             self.ready = False
         return self.summary
+
+    def tick(self) -> None:
+        """Run the actions that are due (the scheduler calls this through the work queue)."""
+        if self.executor is None:
+            return
+        report = self.executor.tick()
+        for (kind, outcome), n in getattr(report, "counts", {}).items():
+            log.debug("actions", kind=kind, outcome=outcome, n=n)
+
+    def set_policies(self, policies: PolicySet) -> None:
+        """Hot reload: new monitors use the new policies; existing ones switch at once."""
+        self.policies = policies
+        if self.executor is not None:
+            self.executor.set_policies(policies)
+        for listener in self.policy_listeners:
+            listener(policies)
+        for unit in self.units.values():
+            for model, mon in list(unit.models.items()):
+                new = policies.for_model(model)
+                if new is None:
+                    log.warning("model no longer has a policy; its state is dropped", model=model)
+                    del unit.models[model]
+                elif new != mon.policy:
+                    mon.set_policy(new)
+        log.info("policies reloaded", policies=len(policies))
 
     def _checkpoint_due(self) -> bool:
         if self._since_checkpoint == 0:
@@ -386,3 +433,5 @@ class Daemon:
             self.on_labeled(model, out.labeled)
         if out.decisions and self.on_decisions is not None:
             self.on_decisions(out.decisions)
+        if out.decisions and self.executor is not None:
+            self.executor.on_decisions(out.decisions)

@@ -45,8 +45,12 @@ class Source(ABC):
     def seek(self, offsets: dict[tuple[str, int], int]) -> None:
         """Resume from these next offsets (per topic, partition)."""
 
-    def commit(self, offsets: dict[tuple[str, int], int]) -> None:
-        """Record that everything before these offsets is covered by a durable checkpoint."""
+    def commit(self, offsets: dict[tuple[str, int], int], *, wait: bool = True) -> None:
+        """Record that everything before these offsets is covered by a durable checkpoint.
+
+        ``wait=False`` must be used inside rebalance callbacks (they run on the client's IO
+        thread, where blocking consumer calls are refused).
+        """
 
     @property
     def exhausted(self) -> bool:
@@ -159,7 +163,7 @@ class KafkaSource(Source):
         )
         source = self
 
-        class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+        class _Listener(ConsumerRebalanceListener):
             def on_partitions_revoked(self, revoked: Any) -> None:
                 parts = sorted({tp.partition for tp in revoked})
                 if parts:
@@ -193,7 +197,7 @@ class KafkaSource(Source):
             if tp in assigned:
                 self._consumer.seek(tp, offset)
 
-    def commit(self, offsets: dict[tuple[str, int], int]) -> None:
+    def commit(self, offsets: dict[tuple[str, int], int], *, wait: bool = True) -> None:
         from kafka import TopicPartition
         from kafka.structs import OffsetAndMetadata
 
@@ -203,8 +207,11 @@ class KafkaSource(Source):
             for (t, p), o in offsets.items()
             if TopicPartition(t, p) in assigned
         }
-        if todo:
+        if todo and wait:
             self._consumer.commit(todo)
+        elif todo:
+            # The checkpoint holds the same offsets, so a lost async commit loses nothing.
+            self._consumer.commit_async(todo)
 
     def lag(self) -> dict[tuple[str, int], int]:
         """Records behind the end of each assigned partition (for the lag gauge)."""

@@ -26,10 +26,16 @@ class WindowSpec:
     events: int | None = None
     duration_s: float | None = None
     lateness_s: float = 0.0
+    #: duration windows only: hold each window's records and feed them at close in
+    #: (event time, prediction_id) order, so order-sensitive detectors see one order however
+    #: the inputs interleaved (costs the window's records in memory).
+    ordered: bool = False
 
     def __post_init__(self) -> None:
         if (self.events is None) == (self.duration_s is None):
             raise ValueError("a window needs exactly one of events or duration.")
+        if self.ordered and self.duration_s is None:
+            raise ValueError("ordered applies to duration windows only.")
         if self.events is not None and self.events < 1:
             raise ValueError("window events must be at least 1.")
         if self.duration_s is not None and self.duration_s <= 0:
@@ -57,16 +63,24 @@ class Windower:
     last_ts: float = -math.inf
     watermark: float = -math.inf
     late: int = 0
+    started: bool = False
+    held: list[dict[str, Any]] = field(default_factory=list)
     future: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
 
     def add_many(
-        self, records: list[dict[str, Any]]
+        self, records: list[dict[str, Any]], watermark: float | None = None
     ) -> list[tuple[list[dict[str, Any]], ClosedWindow | None]]:
         """Add records in arrival order.
 
         Returns a list of steps ``(feed, closed)``: feed these records to the open window,
         then (if ``closed`` is set) read the results of that window and reset. The last step's
         ``closed`` is None when the batch ends with a window still open.
+
+        ``watermark`` (duration windows only) is an event time the caller guarantees complete
+        input up to; without it the watermark is the largest record time seen. The labeled
+        stream passes the smaller of the prediction and label watermarks, because a joined
+        record needs both sides: then which records share a window does not depend on how the
+        two topics interleave.
         """
         steps: list[tuple[list[dict[str, Any]], ClosedWindow | None]] = []
         feed: list[dict[str, Any]] = []
@@ -84,27 +98,55 @@ class Windower:
         for rec in records:
             ts = rec["timestamp"]
             k = math.floor(ts / d)
-            if self.count == 0 and not self.future and self.watermark == -math.inf:
-                self.index = k  # the first window is where the first event falls
-            if k < self.index:
+            if self.started and k < self.index:
                 self.late += 1
-            elif k == self.index:
-                feed.append(rec)
+            elif self.started and k == self.index:
+                (self.held if self.spec.ordered else feed).append(rec)
                 self._note(ts)
             else:
                 self.future.setdefault(k, []).append(rec)
-            self.watermark = max(self.watermark, ts)
-            while self.watermark >= (self.index + 1) * d + self.spec.lateness_s:
-                steps.append((feed, self._close(self.index * d, (self.index + 1) * d)))
-                feed = []
-                # Jump over empty windows straight to the next one that has records waiting.
-                self.index = min(self.future) if self.future else math.floor(self.watermark / d)
-                waiting = self.future.pop(self.index, [])
-                for w in waiting:
-                    self._note(w["timestamp"])
-                feed.extend(waiting)
+            if watermark is None:
+                self.watermark = max(self.watermark, ts)
+                feed = self._close_due(d, feed, steps)
+        if watermark is not None:
+            self.watermark = max(self.watermark, watermark)
+            feed = self._close_due(d, feed, steps)
         steps.append((feed, None))
         return steps
+
+    def _close_due(
+        self,
+        d: float,
+        feed: list[dict[str, Any]],
+        steps: list[tuple[list[dict[str, Any]], ClosedWindow | None]],
+    ) -> list[dict[str, Any]]:
+        if not self.started:
+            # The first window is fixed only once the watermark shows it complete: a record of
+            # an earlier window may still arrive from the other input until then.
+            if (
+                not self.future
+                or self.watermark < (min(self.future) + 1) * d + self.spec.lateness_s
+            ):
+                return feed
+            self.started = True
+            self.index = min(self.future)
+            for w in self.future[self.index]:
+                self._note(w["timestamp"])
+            (self.held if self.spec.ordered else feed).extend(self.future.pop(self.index))
+        while self.watermark >= (self.index + 1) * d + self.spec.lateness_s:
+            if self.count:
+                if self.spec.ordered:
+                    feed = sorted(self.held, key=_order)
+                    self.held = []
+                steps.append((feed, self._close(self.index * d, (self.index + 1) * d)))
+            feed = []
+            # Jump over empty windows straight to the next one that has records waiting.
+            self.index = min(self.future) if self.future else math.floor(self.watermark / d)
+            waiting = self.future.pop(self.index, [])
+            for w in waiting:
+                self._note(w["timestamp"])
+            (self.held if self.spec.ordered else feed).extend(waiting)
+        return feed
 
     def _note(self, ts: float) -> None:
         self.count += 1
@@ -130,7 +172,12 @@ class Windower:
             "last_ts": None if self.last_ts == -math.inf else self.last_ts,
             "watermark": None if self.watermark == -math.inf else self.watermark,
             "late": self.late,
-            "future": [[k, v] for k, v in sorted(self.future.items())],
+            "started": self.started,
+            "held": sorted(self.held, key=_order),
+            "future": [
+                [k, sorted(v, key=_order) if self.spec.ordered else v]
+                for k, v in sorted(self.future.items())
+            ],
         }
 
     @classmethod
@@ -146,5 +193,11 @@ class Windower:
         w.last_ts = -math.inf if state["last_ts"] is None else float(state["last_ts"])
         w.watermark = -math.inf if state["watermark"] is None else float(state["watermark"])
         w.late = int(state["late"])
+        w.started = bool(state["started"])
+        w.held = list(state["held"])
         w.future = {int(k): list(v) for k, v in state["future"]}
         return w
+
+
+def _order(rec: dict[str, Any]) -> tuple[float, str]:
+    return (rec["timestamp"], str(rec.get("prediction_id", "")))

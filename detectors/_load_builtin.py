@@ -5,5 +5,6 @@ from . import (  # noqa: F401
     data_quality,
     feature_drift,
     prediction_drift,
+    sequential,
     slice_performance,
 )

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from .stats import value_key
+
 __all__ = ["Batch", "FeatureColumn"]
 
 
@@ -44,10 +46,12 @@ class FeatureColumn:
     @property
     def present_text(self) -> np.ndarray:
         """Mask of rows holding a string (or bool)."""
-        return np.not_equal(self.text, None)
+        return np.not_equal(self.text, np.array(None))
 
     @classmethod
-    def from_values(cls, values: Sequence[Any], absent: Sequence[bool] | None = None) -> FeatureColumn:
+    def from_values(
+        cls, values: Sequence[Any], absent: Sequence[bool] | None = None
+    ) -> FeatureColumn:
         """Build a column from raw values (``_ABSENT`` marks a missing key)."""
         n = len(values)
         numeric = np.full(n, np.nan, dtype=np.float64)
@@ -138,8 +142,11 @@ class Batch:
         for s in segs:
             for k in s:
                 seg_names.setdefault(k, None)
+        # Segment values use the profile's key form, so ``True`` meets its baseline ``"true"``.
         segments = {
-            k: np.array([None if s.get(k) is None else str(s.get(k)) for s in segs], dtype=object)
+            k: np.array(
+                [None if s.get(k) is None else value_key(s.get(k)) for s in segs], dtype=object
+            )
             for k in seg_names
         }
 
@@ -184,9 +191,7 @@ class Batch:
                 absent=np.concatenate([c.absent for c in cols]),
             )
         segments = {
-            k: np.concatenate(
-                [b.segments.get(k, np.full(b.n, None, dtype=object)) for b in parts]
-            )
+            k: np.concatenate([b.segments.get(k, np.full(b.n, None, dtype=object)) for b in parts])
             for k in seg_names
         }
         return cls(
@@ -199,7 +204,8 @@ class Batch:
             timestamp=np.concatenate([b.timestamp for b in parts]),
             model_version=np.concatenate(
                 [
-                    b.model_version if b.model_version.shape[0] == b.n
+                    b.model_version
+                    if b.model_version.shape[0] == b.n
                     else np.full(b.n, None, dtype=object)
                     for b in parts
                 ]

@@ -26,7 +26,9 @@ def test_checkpoint_unknown_version_is_refused(tmp_path: Path) -> None:
     (tmp_path / "checkpoint-p0.json").write_text(
         json.dumps({"format": "driftwarden.checkpoint", "version": 99})
     )
-    with pytest.raises(CheckpointError, match="checkpoint version 99; this driftwarden reads version 1"):
+    with pytest.raises(
+        CheckpointError, match="checkpoint version 99; this driftwarden reads version 1"
+    ):
         LocalCheckpointStore(tmp_path).load("p0")
 
 
@@ -34,7 +36,9 @@ def test_settings_env_override_and_unknown_key(tmp_path: Path) -> None:
     """DRIFTWARDEN_A__B overrides a.b; an unknown key is an error naming file and key."""
     cfg = tmp_path / "driftwarden.yaml"
     cfg.write_text("kafka:\n  group_id: g1\n")
-    s = load_settings(cfg, env={"DRIFTWARDEN_KAFKA__GROUP_ID": "g2", "DRIFTWARDEN_HTTP__PORT": "9999"})
+    s = load_settings(
+        cfg, env={"DRIFTWARDEN_KAFKA__GROUP_ID": "g2", "DRIFTWARDEN_HTTP__PORT": "9999"}
+    )
     assert s["kafka"]["group_id"] == "g2" and s["http"]["port"] == 9999
     cfg.write_text("kafka:\n  group: g1\n")
     with pytest.raises(ConfigError, match=r"driftwarden.yaml: kafka.group: unknown key"):

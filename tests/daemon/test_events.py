@@ -95,8 +95,15 @@ def test_oversized_and_wrong_topic() -> None:
 
 def test_label_must_not_be_null() -> None:
     """A label event without a usable label is refused."""
-    raw = orjson.dumps({"schema": LABEL_SCHEMA, "prediction_id": "a", "model": "m",
-                        "timestamp": "2026-01-01T00:00:00Z", "label": None})
+    raw = orjson.dumps(
+        {
+            "schema": LABEL_SCHEMA,
+            "prediction_id": "a",
+            "model": "m",
+            "timestamp": "2026-01-01T00:00:00Z",
+            "label": None,
+        }
+    )
     with pytest.raises(InvalidEvent, match="'label' must be"):
         decode(raw)
 

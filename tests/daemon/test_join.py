@@ -8,8 +8,14 @@ from driftwarden.daemon.join import JoinBuffer
 
 
 def rec(pid: str, ts: float) -> dict:
-    return {"prediction_id": pid, "timestamp": ts, "features": {"x": 1}, "prediction": {"label": 1},
-            "segment": {}, "model_version": "1"}
+    return {
+        "prediction_id": pid,
+        "timestamp": ts,
+        "features": {"x": 1},
+        "prediction": {"label": 1},
+        "segment": {},
+        "model_version": "1",
+    }
 
 
 def test_late_and_early_labels_match() -> None:
@@ -58,7 +64,9 @@ def test_state_round_trip_gives_identical_later_behaviour() -> None:
     for i in range(10):
         a.add_prediction(f"p{i}", rec(f"p{i}", float(i)))
     a.add_label("q", 1, 5.0)
-    b = JoinBuffer.from_state(orjson.loads(orjson.dumps(a.state())), ttl_s=30, max_entries=a.max_entries)
+    b = JoinBuffer.from_state(
+        orjson.loads(orjson.dumps(a.state())), ttl_s=30, max_entries=a.max_entries
+    )
     for buf in (a, b):
         buf.add_label("p3", 0, 12.0)
         buf.add_prediction("q", rec("q", 4.0))

@@ -1,0 +1,167 @@
+"""Connecting the daemon's loop to actions, retraining and the scheduler.
+
+* :class:`RetrainLauncher` — the outbox's ``retrain`` handler: submits the request to the
+  :class:`~driftwarden.retrain.pipeline.RetrainWorker` (off the main loop, one at a time per
+  model), answers "retry" while it runs, records the outcome, and lets a registry outage be
+  retried later (the action key keeps it to one registered version).
+* :class:`Scheduler` — APScheduler 3.x jobs for what only a clock can see (outbox ticks, policy
+  reload, freshness). Jobs never touch state: they only put work on the daemon's queue, which
+  the main loop drains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import orjson
+import structlog
+
+from driftwarden.policies.model import PolicySet
+from driftwarden.policies.receivers.base import Delivery
+
+from .sinks import Sink
+
+__all__ = ["RetrainLauncher", "Scheduler"]
+
+log = structlog.get_logger(__name__)
+
+
+class RetrainLauncher:
+    """Outbox handler for ``retrain`` actions (see the module docstring)."""
+
+    def __init__(
+        self,
+        worker: Any,
+        policies: Callable[[], PolicySet],
+        profile_loader: Callable[[str, str | None], Any],
+        *,
+        sink: Sink,
+        decisions_topic: str,
+        search_paths: list[str],
+    ) -> None:
+        self.worker = worker
+        self.policies = policies
+        self.profile_loader = profile_loader
+        self.sink = sink
+        self.decisions_topic = decisions_topic
+        self.search_paths = search_paths
+        self._futures: dict[str, Future[Any]] = {}
+        self.outcomes: list[dict[str, Any]] = []
+
+    def _request(self, decision: Mapping[str, Any], action: Mapping[str, Any]) -> Any:
+        from driftwarden.retrain.pipeline import RetrainRequest
+
+        model = str(decision["model"])
+        policy = self.policies().for_model(model)
+        if policy is None:
+            raise ValueError(f"no policy matches model {model!r} any more.")
+        profile = self.profile_loader(model, None)
+        dq = next((dict(d.params) for d in policy.detectors if d.type == "data_quality"), {})
+        segments = sorted((profile.metrics or {}).get("slices", {}))
+        paths = [str(Path(policy.source).parent), *self.search_paths]
+        return RetrainRequest.from_decision(
+            decision,
+            action,
+            target="label",
+            features=list(profile.features),
+            segments=segments,
+            data_quality=dq,
+            search_paths=paths,
+        )
+
+    def __call__(self, decision: Mapping[str, Any], action: Mapping[str, Any]) -> Delivery:
+        from driftwarden.retrain.registry import Unavailable
+
+        key = str(action["key"])
+        fut = self._futures.get(key)
+        if fut is None:
+            try:
+                request = self._request(decision, action)
+            except Exception as exc:  # a request that cannot be built will never succeed
+                return Delivery.dead(f"retrain request for {decision.get('model')!r}: {exc}")
+            self._futures[key] = self.worker.submit(request)
+            log.info("retrain submitted", model=decision.get("model"), key=key)
+            return Delivery.retry("retrain running")
+        if not fut.done():
+            return Delivery.retry("retrain running")
+        del self._futures[key]
+        err = fut.exception()
+        if isinstance(err, Unavailable):
+            return Delivery.retry(f"MLflow unavailable: {err}")
+        if err is not None:
+            return Delivery.dead(f"retrain failed: {type(err).__name__}: {err}")
+        outcome = fut.result().to_dict()
+        record = {
+            "record": "retrain_outcome",
+            "model": decision.get("model"),
+            "rule": decision.get("rule"),
+            "trigger": decision.get("key"),
+            "action_key": key,
+            **{
+                k: outcome.get(k) for k in ("status", "version", "run_id", "reasons", "alias_moves")
+            },
+        }
+        self.outcomes.append(record)
+        self.sink.publish(
+            self.decisions_topic,
+            str(decision.get("model")),
+            orjson.dumps(record, option=orjson.OPT_SORT_KEYS, default=str),
+        )
+        log.info(
+            "retrain finished",
+            model=decision.get("model"),
+            status=record["status"],
+            version=record["version"],
+            reasons=record["reasons"],
+        )
+        return Delivery.success()
+
+
+class Scheduler:
+    """A background APScheduler whose jobs enqueue callables on ``work`` (one state thread)."""
+
+    def __init__(self, work: Any) -> None:
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        self.work = work
+        self._sched = BackgroundScheduler(daemon=True, timezone="UTC")
+
+    def every(self, seconds: float, job: Callable[[], None], name: str) -> None:
+        """Enqueue ``job`` on the main loop every ``seconds`` (skipped if the last is queued)."""
+        pending = {"queued": False}
+
+        def run() -> None:
+            pending["queued"] = False
+            job()
+
+        def enqueue() -> None:
+            if not pending["queued"]:
+                pending["queued"] = True
+                self.work.put(run)
+
+        self._sched.add_job(
+            enqueue, "interval", seconds=seconds, id=name, name=name, coalesce=True, max_instances=1
+        )
+
+    def start(self) -> None:
+        self._sched.start()
+
+    def shutdown(self) -> None:
+        self._sched.shutdown(wait=False)
+
+
+def policy_files_signature(path: str | Path) -> tuple[tuple[str, float, int], ...]:
+    """(name, mtime, size) of every policy file: a cheap change check for hot reload."""
+    p = Path(path)
+    files = sorted(p.glob("*.y*ml")) if p.is_dir() else [p]
+    out = []
+    for f in files:
+        try:
+            st = f.stat()
+        except FileNotFoundError:
+            continue
+        out.append((str(f), st.st_mtime, st.st_size))
+    return tuple(out)
