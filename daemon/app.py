@@ -237,6 +237,23 @@ def attach_scheduler(daemon: Daemon, settings: Settings) -> Any:
         daemon.set_policies(policies)
 
     sched.every(parse_duration(d["scheduler"]["policy_reload"]), reload, "policy-reload")
+    silences = Path(d["state"]["dir"]) / "silences.json"
+    seen_silences = {"sig": None}
+
+    def reload_silences() -> None:
+        from driftwarden.policies.silences import SilenceSet, load_silences
+
+        sig = policy_files_signature(silences)
+        if sig == seen_silences["sig"]:
+            return
+        seen_silences["sig"] = sig  # type: ignore[assignment]
+        try:
+            daemon.set_silences(SilenceSet(tuple(load_silences(silences))))
+        except PolicyError as exc:
+            log.error("silences not reloaded", error=str(exc))
+
+    reload_silences()
+    sched.every(parse_duration(d["scheduler"]["policy_reload"]), reload_silences, "silences")
     stale_after = parse_duration(d["scheduler"]["freshness"])
 
     def freshness() -> None:

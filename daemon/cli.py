@@ -118,7 +118,11 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 # -- replay ----------------------------------------------------------------------------------
 def replay(
-    policies_dir: str, events: str, out: str, profile_path: str | None = None
+    policies_dir: str,
+    events: str,
+    out: str,
+    profile_path: str | None = None,
+    windows_out: str | None = None,
 ) -> dict[str, Any]:
     """Run the pipeline over recorded events (event time), write decisions; returns a summary."""
     from driftwarden.detectors.profile import ReferenceProfile
@@ -145,6 +149,10 @@ def replay(
         for d in decisions:
             fh.write(orjson.dumps(d, option=orjson.OPT_SORT_KEYS) + b"\n")
     windows = sink.values(settings.topics["windows"])
+    if windows_out:
+        with open(windows_out, "wb") as fh:
+            for w in windows:
+                fh.write(orjson.dumps(w, option=orjson.OPT_SORT_KEYS) + b"\n")
     by_rule = Counter(f"{d['model']}/{d['rule']}:{d['status']}" for d in decisions)
     return {
         "events": summary.records,
@@ -158,13 +166,58 @@ def replay(
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    summary = replay(args.policies, args.events, args.out, args.profile)
+    summary = replay(args.policies, args.events, args.out, args.profile, args.windows_out)
     print(
         f"replayed {summary['events']} events ({summary['invalid']} invalid) "
         f"into {summary['windows']} windows and {summary['decisions']} decisions → {summary['out']}"
     )
     for k, v in summary["by_rule"].items():
         print(f"  {k}: {v}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import build_report, load_jsonl
+
+    for p in (args.windows, args.decisions):
+        if not Path(p).is_file():
+            return _fail(f"{p} does not exist.")
+    decisions = [d for d in load_jsonl(args.decisions) if d.get("record") is None]
+    path = build_report(load_jsonl(args.windows), decisions, args.out, title=args.title)
+    print(f"report → {path}")
+    return 0
+
+
+def silences_path(settings: Any) -> Path:
+    """Where the daemon and the CLI keep silences."""
+    return Path(settings["state"]["dir"]) / "silences.json"
+
+
+def cmd_silence(args: argparse.Namespace) -> int:
+    import time
+
+    from driftwarden.policies.silences import add_silence, expire_silence, load_silences
+
+    from .settings import parse_duration
+
+    path = silences_path(_settings(args))
+    now = time.time()
+    if args.silence_command == "add":
+        s = add_silence(
+            path,
+            model=args.model,
+            rule=args.rule,
+            starts_at=now,
+            ends_at=now + parse_duration(args.duration, "--for"),
+            created_by=args.by,
+            comment=args.comment,
+        )
+        print(json.dumps(s.to_dict(), sort_keys=True))
+    elif args.silence_command == "list":
+        for s in load_silences(path):
+            print(json.dumps({**s.to_dict(), "active": s.active(now)}, sort_keys=True))
+    else:
+        print(json.dumps(expire_silence(path, args.id, now).to_dict(), sort_keys=True))
     return 0
 
 
@@ -303,8 +356,32 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--policies", required=True)
     rep.add_argument("--events", required=True)
     rep.add_argument("--profile", help="use this profile file for every model")
-    rep.add_argument("--out", required=True)
+    rep.add_argument("--out", required=True, help="decisions, one JSON object per line")
+    rep.add_argument("--windows-out", help="also write the window summaries (for `report`)")
     rep.set_defaults(func=cmd_replay)
+
+    rp = sub.add_parser("report", help="static HTML report from window summaries and decisions")
+    rp.add_argument("--windows", required=True, help="window summaries (JSONL)")
+    rp.add_argument("--decisions", required=True, help="decisions (JSONL)")
+    rp.add_argument("--out", required=True, help="the HTML file to write")
+    rp.add_argument("--title", default="driftwarden report")
+    rp.set_defaults(func=cmd_report)
+
+    si = sub.add_parser("silence", help="mute a model's or rule's notifications for a while")
+    si_sub = si.add_subparsers(dest="silence_command", required=True)
+    sa = si_sub.add_parser("add", help="add a silence")
+    sa.add_argument("--model", default="*", help="model name or glob")
+    sa.add_argument("--rule", default="*", help="rule name or glob")
+    sa.add_argument("--for", dest="duration", required=True, help="how long, e.g. 2h")
+    sa.add_argument("--comment", required=True, help="why (shown in every muted decision)")
+    sa.add_argument("--by", default=os.environ.get("USER", "cli"))
+    sa.add_argument("--config")
+    sl = si_sub.add_parser("list", help="list silences")
+    sl.add_argument("--config")
+    se = si_sub.add_parser("expire", help="end a silence now")
+    se.add_argument("id")
+    se.add_argument("--config")
+    si.set_defaults(func=cmd_silence)
 
     prof = sub.add_parser("profile", help="build a reference profile from a CSV/parquet table")
     prof.add_argument("--data", required=True)
@@ -351,6 +428,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .settings import ConfigError
 
     args = build_parser().parse_args(argv)
+    if args.command != "run":  # `run` configures logging from its settings
+        from .logs import configure
+
+        configure("warning", json_logs=False)
     try:
         return int(args.func(args))
     except (

@@ -87,6 +87,8 @@ class ModelMonitor:
         self.pred_windows = Windower(pred_spec)
         self.lab_windows = Windower(lab_spec)
         self.policy_state = PolicyState()
+        #: silences (policies.silences.SilenceSet) consulted by the evaluator; set by the daemon
+        self.muter: Any = None
         self.profile_version: str | None = None
         self.detectors: dict[str, Detector] = {}
         self.last_labeled: dict[str, DetectorResult] = {}
@@ -209,7 +211,7 @@ class ModelMonitor:
                 )
         window = WindowInfo.from_epoch(closed.index, closed.start, closed.end)
         decisions, self.policy_state = evaluate(
-            self.policy, self.model, window, merged, self.policy_state, closed.end
+            self.policy, self.model, window, merged, self.policy_state, closed.end, self.muter
         )
         return decisions
 

@@ -107,6 +107,7 @@ class Daemon:
         self.on_labeled = on_labeled
         # Executes decided actions (daemon.actions.ActionExecutor); its state is checkpointed.
         self.executor = executor
+        self.muter: Any = None
         #: called with the new PolicySet after a successful hot reload
         self.policy_listeners: list[Callable[[PolicySet], None]] = []
         self.units: dict[int, Unit] = {}
@@ -172,13 +173,22 @@ class Daemon:
         return unit
 
     def _new_monitor(self, model: str, policy: Any) -> ModelMonitor:
-        return ModelMonitor(
+        mon = ModelMonitor(
             model,
             policy,
             self.profile_loader,
             join_ttl_s=self.opts.join_ttl_s,
             join_max_entries=self.opts.join_max_entries,
         )
+        mon.muter = self.muter
+        return mon
+
+    def set_silences(self, muter: Any) -> None:
+        """Use these silences from the next evaluation on (every model)."""
+        self.muter = muter
+        for unit in self.units.values():
+            for mon in unit.models.values():
+                mon.muter = muter
 
     # -- checkpoint ------------------------------------------------------------------------
     def checkpoint(self, partitions: list[int] | None = None, *, wait: bool = True) -> None:
