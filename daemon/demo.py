@@ -91,7 +91,9 @@ def train_logistic(
     train: pd.DataFrame, *, target: str, features: list[str], params: Mapping[str, Any]
 ) -> Any:
     """The demo policy's trainer: the example churn trainer with a logistic model (fast)."""
-    return churn.train(train, target=target, features=features, params={"kind": "logistic", **params})
+    return churn.train(
+        train, target=target, features=features, params={"kind": "logistic", **params}
+    )
 
 
 class InProcessSource(Source):
@@ -363,9 +365,7 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 def _manual_retrain(policy: Policy, at: float) -> Decision:
     """An operator's retrain request, with the ``drifted`` rule's trainer and gates."""
-    params = next(
-        (dict(p) for r in policy.rules for t, p in r.actions if t == "retrain"), None
-    )
+    params = next((dict(p) for r in policy.rules for t, p in r.actions if t == "retrain"), None)
     if params is None:
         raise StartupError(f"{policy.source}: the demo policy has no retrain action to reuse.")
     end = iso_utc(at)
@@ -416,7 +416,6 @@ class _Narrator:
                 f"{rec['version']}) [{rec['action']}]"
             )
 
-
     def _metrics(self, run_id: Any) -> dict[str, float]:
         if not run_id:
             return {}
@@ -454,9 +453,15 @@ def _evidence_text(d: Mapping[str, Any]) -> str:
         e = ev[name]
         if not isinstance(e, Mapping) or not (d.get("detectors") or {}).get(name):
             continue
-        top = (e.get("evidence") or {}).get("top") if isinstance(e.get("evidence"), Mapping) else None
-        if top:
-            parts.append(f"{name}: {orjson.dumps(top[0]).decode()[:160]}")
+        top = (
+            (e.get("evidence") or {}).get("top") if isinstance(e.get("evidence"), Mapping) else None
+        )
+        if top and isinstance(top[0], Mapping):
+            t = top[0]
+            what = ", ".join(t.get("checks") or []) or "drift"
+            stat = t.get("statistic")
+            extra = f" {stat:.3f}" if isinstance(stat, (int, float)) else ""
+            parts.append(f"{name}: {what} on {t.get('feature')}{extra}")
         elif e.get("statistic") is not None:
             parts.append(f"{name}: statistic {e['statistic']:.3g}")
     return "; ".join(parts)
@@ -556,7 +561,10 @@ def run_demo(directory: Path, *, out: TextIO = sys.stdout) -> DemoResult:
             "incident: an upstream pipeline fills missing days_since_last_login with 0",
             [churn.generate(BATCH, seed=200 + i, null_as_zero=0.4) for i in range(2)],
         ),
-        ("pipeline fixed: clean traffic again", [churn.generate(BATCH, seed=300 + i) for i in range(3)]),
+        (
+            "pipeline fixed: clean traffic again",
+            [churn.generate(BATCH, seed=300 + i) for i in range(3)],
+        ),
         (
             "population shift: login gaps grow (shift=0.6)",
             [churn.generate(BATCH, seed=400 + i, shift=0.6) for i in range(3)],
@@ -601,7 +609,8 @@ def run_demo(directory: Path, *, out: TextIO = sys.stdout) -> DemoResult:
     )
     seconds = time.perf_counter() - started
     aliases = {
-        a: registry.version_by_alias(MODEL, a) for a in ("champion", "previous", "serving", "challenger")
+        a: registry.version_by_alias(MODEL, a)
+        for a in ("champion", "previous", "serving", "challenger")
     }
     story.say(
         "\n== registry now: "
