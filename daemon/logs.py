@@ -34,7 +34,7 @@ def configure(level: str = "info", json_logs: bool = True) -> None:
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=False,
     )
     # Third-party libraries log through stdlib logging: keep them quiet unless they warn.
     logging.basicConfig(stream=sys.stderr, level=max(lvl, logging.WARNING), format="%(message)s")
