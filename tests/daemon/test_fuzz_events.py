@@ -24,8 +24,9 @@ from typing import Any, TypeAlias
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import event as note_event
+from hypothesis import event as hypothesis_event
 from hypothesis import strategies as st
+from hypothesis.control import currently_in_test_context
 
 from driftwarden.daemon.client import label_event, prediction_event
 from driftwarden.daemon.events import (
@@ -56,6 +57,12 @@ Event: TypeAlias = PredictionEvent | LabelEvent
 
 
 # --- the property every input must satisfy ------------------------------------------------------
+
+
+def note_event(text: str) -> None:
+    """Record an event for --hypothesis-show-statistics (a no-op outside a @given test)."""
+    if currently_in_test_context():
+        hypothesis_event(text)
 
 
 def check(raw: bytes, *, expect: str | None = None, max_bytes: int = DEFAULT_MAX_BYTES) -> Any:
