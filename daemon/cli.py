@@ -221,6 +221,24 @@ def cmd_silence(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    import shutil
+
+    from .demo import run_demo
+    from .logs import configure
+
+    configure("error", json_logs=False)  # the demo tells its own story on stdout
+    directory = Path(args.dir)
+    if args.dir == DEMO_DIR and (directory / "mlflow.db").exists():
+        # The default directory holds an earlier demo: start afresh (an explicit --dir is kept).
+        shutil.rmtree(directory)
+    run_demo(directory)
+    return 0
+
+
+DEMO_DIR = ".driftwarden/demo"
+
+
 # -- profile ---------------------------------------------------------------------------------
 def cmd_profile(args: argparse.Namespace) -> int:
     from driftwarden.detectors.profile import build_profile, read_table
@@ -409,6 +427,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--reason", required=True)
         p.add_argument("--tracking-uri")
         p.set_defaults(func=func)
+
+    dm = sub.add_parser("demo", help="the whole loop on embedded defaults, with a report")
+    dm.add_argument("--dir", default=DEMO_DIR, help=f"where to put it (default {DEMO_DIR})")
+    dm.set_defaults(func=cmd_demo)
 
     st = sub.add_parser("status", help="per-model state from the last checkpoints")
     st.add_argument("--config")

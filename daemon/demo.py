@@ -30,6 +30,7 @@ empty, so the story reads in order (the daemon itself never waits for its action
 from __future__ import annotations
 
 import copy
+import importlib.resources
 import sys
 import time
 from collections.abc import Iterable, Mapping
@@ -76,7 +77,8 @@ MODEL = "churn"
 #: predictions per batch the demo's serving app scores with one model version (= one window)
 BATCH = 500
 #: the demo's policy (config/demo/policies in the source tree)
-DEMO_POLICIES = Path(__file__).resolve().parent.parent / "config" / "demo" / "policies"
+# Shipped inside the package (config/examples is installed as driftwarden.examples).
+DEMO_POLICIES = Path(str(importlib.resources.files("driftwarden.examples") / "demo" / "policies"))
 # Event time of the first prediction (2026-11-18T00:00:00Z) and the gap between predictions.
 T0 = 1_795_046_400.0
 STEP_S = 2.0
