@@ -163,7 +163,12 @@ def _actions(
 
     d = settings.data
     state_dir = Path(d["state"]["dir"])
-    store = LabeledStore(state_dir / "labeled")
+    age = d["retrain"]["labeled_max_age"]
+    store = LabeledStore(
+        state_dir / "labeled",
+        max_rows_per_model=int(d["retrain"]["labeled_rows"]),
+        max_age_s=None if age is None else parse_duration(age),
+    )
     uri = d["mlflow"]["tracking_uri"]
     registry_factory = None
     launcher = None

@@ -106,12 +106,16 @@ def _text(obj: dict[str, Any], key: str, *, allow_int: bool = False) -> str:
     return v
 
 
+_PLAIN = frozenset({str, int, bool, type(None)})
+
+
 def _scalar_ok(v: Any) -> bool:
-    if v is None or isinstance(v, (str, bool)):
+    t = type(v)
+    if t in _PLAIN:  # exact types first: the hot path for every feature value
         return True
-    if isinstance(v, int):
-        return True
-    return isinstance(v, float) and math.isfinite(v)
+    if t is float:
+        return math.isfinite(v)
+    return isinstance(v, (str, int)) or (isinstance(v, float) and math.isfinite(v))
 
 
 def _flat_object(obj: dict[str, Any], key: str, *, required: bool) -> dict[str, Any]:

@@ -52,6 +52,8 @@ DEFAULTS: dict[str, Any] = {
     "limits": {"max_message_bytes": 1048576},
     "http": {"enabled": True, "host": "127.0.0.1", "port": 9308},
     "mlflow": {"tracking_uri": None},
+    # The labeled store retrains draw their recent rows from (per model, newest kept).
+    "retrain": {"labeled_rows": 50000, "labeled_max_age": None},
     "scheduler": {"policy_reload": "10s", "outbox": "2s", "alert_resend": "60s", "freshness": "5m"},
     "log": {"level": "info", "json": True},
 }
@@ -165,6 +167,11 @@ def _check(data: dict[str, Any], errors: list[str], src: str) -> None:
         errors.append(f"{src}: file.events: the file source needs an events file (JSONL)")
     if data["state"]["backend"] not in ("local",):
         errors.append(f"{src}: state.backend: must be 'local' (got {data['state']['backend']!r})")
+    if data["retrain"]["labeled_max_age"] is not None:
+        try:
+            parse_duration(data["retrain"]["labeled_max_age"], f"{src}: retrain.labeled_max_age")
+        except ConfigError as exc:
+            errors.append(str(exc))
     for section, key in (
         ("checkpoint", "every"),
         ("join", "ttl"),
@@ -183,6 +190,7 @@ def _check(data: dict[str, Any], errors: list[str], src: str) -> None:
         ("limits", "max_message_bytes"),
         ("checkpoint", "every_events"),
         ("http", "port"),
+        ("retrain", "labeled_rows"),
     ):
         v = data[section][key]
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:

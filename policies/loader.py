@@ -503,9 +503,15 @@ def _actions(
             if r is None:
                 continue
             n_err = len(doc.errors)
-            _keys(doc, r, ap, ("trainer", "gates", "promote"), required=("trainer",))
+            _keys(
+                doc, r, ap, ("trainer", "gates", "promote", "data", "params"), required=("trainer",)
+            )
             if "trainer" in r:
                 _str(doc, r["trainer"], (*ap, "trainer"))
+            if "data" in r:
+                _retrain_data(doc, r["data"], (*ap, "data"))
+            if "params" in r:
+                _mapping(doc, r["params"], (*ap, "params"))
             if r.get("promote", "manual") not in PROMOTE:
                 doc.err(
                     (*ap, "promote"),
@@ -516,6 +522,18 @@ def _actions(
             if len(doc.errors) == n_err:
                 out.append(("retrain", {"promote": "manual", **r}))
     return tuple(out)
+
+
+def _retrain_data(doc: _Doc, v: Any, path: Path_) -> None:
+    """``data: {reference: <table path> | champion, recent: N}`` of a retrain action."""
+    d = _mapping(doc, v, path)
+    if d is None:
+        return
+    _keys(doc, d, path, ("reference", "recent"))
+    if "reference" in d:
+        _str(doc, d["reference"], (*path, "reference"))
+    if "recent" in d:
+        _int(doc, d["recent"], (*path, "recent"), 1)
 
 
 def _gates(doc: _Doc, v: Any, path: Path_) -> None:
