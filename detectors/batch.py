@@ -59,13 +59,24 @@ class FeatureColumn:
         null = np.zeros(n, dtype=bool)
         absent_arr = np.zeros(n, dtype=bool) if absent is None else np.asarray(absent, dtype=bool)
         for i, v in enumerate(values):
-            if v is _ABSENT:
-                absent_arr[i] = True
+            t = type(v)
+            # Exact types first (what JSON decoding yields), the general checks last.
+            if t is float:
+                if v - v == 0.0:  # finite: inf - inf and nan - nan are nan
+                    numeric[i] = v
+            elif t is str:
+                text[i] = v
+            elif t is int:
+                numeric[i] = v
             elif v is None:
                 null[i] = True
-            elif isinstance(v, bool):
+            elif v is _ABSENT:
+                absent_arr[i] = True
+            elif t is bool:
                 text[i] = "true" if v else "false"
-            elif isinstance(v, (int, float)):
+            elif isinstance(v, bool | np.bool_):
+                text[i] = "true" if v else "false"
+            elif isinstance(v, int | float | np.integer | np.floating):
                 fv = float(v)
                 if math.isfinite(fv):
                     numeric[i] = fv
