@@ -16,7 +16,7 @@ own venv, ``bench/.venv-anchors`` (created on first use from ``bench/anchors_req
 with ``python3 -m venv`` + pip, reused while that file is unchanged); the data go to them as an
 ``.npz`` in a temporary folder and ``bench/_anchors_runner.py`` times them there::
 
-    .venv/bin/python bench/drift_bench.py --anchors            # install once (~2 min), then ~1 min
+    .venv/bin/python bench/drift_bench.py --anchors            # installs once (~75 s), then ~35 s
     .venv/bin/python bench/drift_bench.py --anchors --repeat 1 --anchor-tools alibi
 """
 
