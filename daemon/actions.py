@@ -402,6 +402,45 @@ class ActionExecutor:
         stream = f"alert/{receiver}/{alert.fingerprint}"
         return self._enqueue(key, kind, payload, stream, now)
 
+    def notify_config_error(self, errors: Sequence[str], now: float | None = None) -> int:
+        """Alert that a policy edit was refused (the last good policies stay in force).
+
+        Goes to every receiver of the policies loaded from the files the errors name, or of
+        every loaded policy when the broken file is new. The same errors alert once.
+        """
+        import hashlib
+
+        now = self.now() if now is None else now
+        files = {e.split(":", 1)[0] for e in errors}
+        chosen = [p for p in self.policies.policies if p.source in files] or list(
+            self.policies.policies
+        )
+        digest = hashlib.sha256("\n".join(sorted(errors)).encode()).hexdigest()[:16]
+        text = "\n".join(errors[:20]) + (
+            f"\n… and {len(errors) - 20} more" if len(errors) > 20 else ""
+        )
+        added = 0
+        for policy in chosen:
+            for name in sorted(self._receivers.get(policy.source, {})):
+                alert = Alert(
+                    fingerprint=f"policy-reload-{digest}",
+                    labels={
+                        "alertname": "DriftwardenPolicyReloadFailed",
+                        "model": policy.model,
+                        "rule": "policy-reload",
+                        "severity": "critical",
+                    },
+                    annotations={
+                        "summary": f"policy edit refused; the last good policy for "
+                        f"{policy.model} stays in force ({len(errors)} error(s))",
+                        "description": text,
+                    },
+                    starts_at=iso_utc(now),
+                )
+                key = f"config/{digest}/{policy.source}/{name}"
+                added += self._notify(key, "alert", policy.model, name, alert, None, now=now)
+        return added
+
     def _alert(self, d: Decision, key: str, receiver: str, now: float) -> int:
         firing = d if d.status == "firing" else replace(d, status="firing")
         alert = alert_from_decision(firing, runbook_base=self.runbook_base)

@@ -7,6 +7,8 @@ traceback and exits 2.
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +16,9 @@ import structlog
 
 from driftwarden.detectors.profile import ReferenceProfile
 from driftwarden.policies.loader import load_policies
-from driftwarden.policies.loader import load_policies as _load
 from driftwarden.policies.model import PolicyError, PolicySet
 
-from .checkpoint import LocalCheckpointStore
+from .checkpoint import CheckpointError, CheckpointStore, LocalCheckpointStore
 from .profiles import ProfileLoader
 from .runner import Daemon, DaemonOptions
 from .settings import Settings, parse_duration
@@ -56,6 +57,25 @@ def load_policy_set(path: str | Path, *, check_files: bool = True) -> PolicySet:
     return policies
 
 
+def _checkpoint_store(settings: Settings) -> CheckpointStore:
+    d = settings.data
+    if d["state"]["backend"] != "kafka":
+        return LocalCheckpointStore(d["state"]["dir"])
+    from .checkpoint_kafka import KafkaCheckpointStore
+
+    k = d["kafka"]
+    try:
+        return KafkaCheckpointStore(
+            k["bootstrap_servers"],
+            k["topics"]["state"],
+            security=dict(k["security"]),
+            client_id=k["client_id"],
+            max_bytes=int(d["state"]["max_bytes"]),
+        )
+    except CheckpointError as exc:
+        raise StartupError(str(exc)) from None
+
+
 def options_from(settings: Settings) -> DaemonOptions:
     """The loop's tuning knobs from the settings."""
     d = settings.data
@@ -87,7 +107,7 @@ def build_daemon(
     policies = policies if policies is not None else load_policy_set(d["policies"])
     loader = ProfileLoader(policies, tracking_uri=d["mlflow"]["tracking_uri"], override=profile)
     opts = options_from(settings)
-    store = LocalCheckpointStore(d["state"]["dir"]) if with_state else None
+    store = _checkpoint_store(settings) if with_state else None
     use_file = events_path is not None or d["source"] == "file"
     if sink is None:
         if use_file:
@@ -126,7 +146,9 @@ def build_daemon(
     holder: dict[str, Any] = {"policies": policies}
     if with_state and with_actions:
         executor, on_labeled = _actions(settings, policies, sink, loader, holder)
+    replica = d["state"]["replica_id"] or socket.gethostname()
     daemon = Daemon(
+        actions_unit="actions" if d["state"]["backend"] == "local" else f"actions-{replica}",
         source_factory=source_factory,
         sink=sink,
         store=store,
@@ -229,17 +251,27 @@ def attach_scheduler(daemon: Daemon, settings: Settings) -> Any:
     policy_dir = d["policies"]
     seen = {"sig": policy_files_signature(policy_dir)}
 
+    def cron_job(policy: Any) -> Callable[[], None]:
+        def job() -> None:
+            daemon.scheduled_retrain(policy, time.time())
+
+        return job
+
+    def schedule_retrains() -> None:
+        sched.remove_prefixed("cron-")
+        for policy in daemon.policies.policies:
+            if policy.schedule is not None:
+                sched.cron(policy.schedule.cron, cron_job(policy), f"cron-{policy.source}")
+
+    schedule_retrains()
+    daemon.policy_listeners.append(lambda _: schedule_retrains())
+
     def reload() -> None:
         sig = policy_files_signature(policy_dir)
         if sig == seen["sig"]:
             return
         seen["sig"] = sig
-        policies, errors = _load(policy_dir)
-        if errors:
-            daemon.metrics.policy_reload_errors.inc()
-            log.error("policy reload failed; the last good policies stay in force", errors=errors)
-            return
-        daemon.set_policies(policies)
+        daemon.reload_policies(policy_dir)
 
     sched.every(parse_duration(d["scheduler"]["policy_reload"]), reload, "policy-reload")
     silences = Path(d["state"]["dir"]) / "silences.json"

@@ -72,6 +72,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             server.stop()
         daemon.sink.close()
         daemon.source.close()
+        if daemon.store is not None:
+            daemon.store.close()
     print(json.dumps(summary.__dict__, sort_keys=True))
     return 0
 
@@ -319,6 +321,75 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retrain(args: argparse.Namespace) -> int:
+    """An operator's retrain, run here and now through the same gated pipeline."""
+    import time
+    from importlib.metadata import version
+
+    from driftwarden.retrain.labeled_store import LabeledStore
+    from driftwarden.retrain.pipeline import load_reference_data, run_retrain
+    from driftwarden.retrain.registry import Registry
+
+    from .app import load_policy_set
+    from .manual import manual_retrain_decision
+    from .profiles import ProfileLoader
+    from .settings import parse_duration
+    from .wiring import retrain_request
+
+    settings = _settings(args)
+    d = settings.data
+    uri = args.tracking_uri or d["mlflow"]["tracking_uri"] or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        return _fail(
+            "retraining needs MLflow: set mlflow.tracking_uri, --tracking-uri or MLFLOW_TRACKING_URI."
+        )
+    policies = load_policy_set(d["policies"])
+    policy = policies.for_model(args.model)
+    if policy is None:
+        return _fail(f"no policy in {d['policies']} matches model {args.model!r}.")
+    try:
+        decision = manual_retrain_decision(
+            policy,
+            args.model,
+            time.time(),
+            requested_by=args.by,
+            reason=args.reason,
+            rule=args.rule,
+        )
+    except ValueError as exc:
+        return _fail(str(exc))
+    profile = ProfileLoader(policies, tracking_uri=uri)(args.model, None)
+    action = decision.actions[0]
+    request = retrain_request(
+        decision.to_dict(),
+        action.to_dict(),
+        policy,
+        profile,
+        [str(Path(d["policies"]).resolve().parent)],
+    )
+    age = d["retrain"]["labeled_max_age"]
+    store = LabeledStore(
+        Path(d["state"]["dir"]) / "labeled",
+        max_rows_per_model=int(d["retrain"]["labeled_rows"]),
+        max_age_s=None if age is None else parse_duration(age),
+    )
+    outcome = run_retrain(
+        request,
+        registry=Registry(uri),
+        store=store,
+        reference_data=load_reference_data(request),
+        code_version=f"driftwarden {version('driftwarden')}",
+    )
+    print(
+        json.dumps(
+            {"decision": decision.to_dict(), "outcome": outcome.to_dict()},
+            sort_keys=True,
+            default=str,
+        )
+    )
+    return 0 if outcome.status == "registered" else 1
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from .checkpoint import LocalCheckpointStore
 
@@ -437,6 +508,15 @@ def build_parser() -> argparse.ArgumentParser:
     dm = sub.add_parser("demo", help="the whole loop on embedded defaults, with a report")
     dm.add_argument("--dir", default=DEMO_DIR, help=f"where to put it (default {DEMO_DIR})")
     dm.set_defaults(func=cmd_demo)
+
+    rt = sub.add_parser("retrain", help="retrain a model now, through every gate")
+    rt.add_argument("model")
+    rt.add_argument("--rule", help="use this rule's retrain action (default: the first one)")
+    rt.add_argument("--reason", required=True, help="why (recorded on the run and the decision)")
+    rt.add_argument("--by", default=os.environ.get("USER", "cli"))
+    rt.add_argument("--config")
+    rt.add_argument("--tracking-uri")
+    rt.set_defaults(func=cmd_retrain)
 
     st = sub.add_parser("status", help="per-model state from the last checkpoints")
     st.add_argument("--config")

@@ -13,6 +13,7 @@ keyed by model name (the daemon keeps a model's state on one partition).
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -20,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from .events import LABEL_SCHEMA, PREDICTION_SCHEMA, decode, format_time
+from .events import LABEL_SCHEMA, PREDICTION_SCHEMA, InvalidEvent, decode, format_time
 
 __all__ = ["DriftwardenClient", "label_event", "prediction_event"]
 
@@ -50,7 +51,12 @@ def prediction_event(
         "prediction": dict(prediction),
         "segment": dict(segment or {}),
     }
-    raw = orjson.dumps(doc)
+    for part in ("features", "prediction", "segment"):
+        for name, v in doc[part].items():  # type: ignore[attr-defined]
+            if isinstance(v, float) and not math.isfinite(v):
+                # JSON has no NaN: it would be published as null and read as a missing value.
+                raise InvalidEvent(f"{part}.{name} must be a finite number, got {v!r}")
+    raw = _encode(doc)
     decode(raw, expect=PREDICTION_SCHEMA)
     return raw
 
@@ -59,7 +65,9 @@ def label_event(
     model: str, prediction_id: str, label: Any, *, timestamp: str | None = None
 ) -> bytes:
     """Encode and validate one label event."""
-    raw = orjson.dumps(
+    if isinstance(label, float) and not math.isfinite(label):
+        raise InvalidEvent(f"label must be a finite number, got {label!r}")
+    raw = _encode(
         {
             "schema": LABEL_SCHEMA,
             "prediction_id": prediction_id,
@@ -70,6 +78,13 @@ def label_event(
     )
     decode(raw, expect=LABEL_SCHEMA)
     return raw
+
+
+def _encode(doc: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(doc)
+    except (TypeError, orjson.JSONEncodeError) as exc:  # lone surrogates, ints over 64 bits, ...
+        raise InvalidEvent(f"event cannot be encoded as JSON: {exc}") from None
 
 
 class DriftwardenClient:

@@ -45,7 +45,7 @@ import pandas as pd
 import structlog
 
 from driftwarden.examples import churn
-from driftwarden.policies.model import Action, Decision, Policy, PolicySet, fingerprint, iso_utc
+from driftwarden.policies.model import Decision, Policy, PolicySet
 from driftwarden.retrain.labeled_store import LabeledStore
 from driftwarden.retrain.pipeline import RetrainRequest, RetrainWorker, run_retrain
 from driftwarden.retrain.registry import Registry
@@ -54,6 +54,7 @@ from .actions import ActionExecutor
 from .app import StartupError, load_policy_set, options_from
 from .checkpoint import LocalCheckpointStore
 from .events import LABEL_SCHEMA, PREDICTION_SCHEMA, format_time
+from .manual import manual_retrain_decision
 from .profiles import ProfileLoader
 from .report import build_report
 from .runner import Daemon
@@ -367,26 +368,16 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 def _manual_retrain(policy: Policy, at: float) -> Decision:
     """An operator's retrain request, with the ``drifted`` rule's trainer and gates."""
-    params = next((dict(p) for r in policy.rules for t, p in r.actions if t == "retrain"), None)
-    if params is None:
-        raise StartupError(f"{policy.source}: the demo policy has no retrain action to reuse.")
-    end = iso_utc(at)
-    key = f"{MODEL}/manual-retrain/{end}"
-    return Decision(
-        model=MODEL,
-        rule="manual-retrain",
-        severity="info",
-        status="firing",
-        window_start=end,
-        window_end=end,
-        window_index=-1,
-        detectors={},
-        actions=(Action("retrain", params, f"{key}/retrain/{MODEL}"),),
-        evidence={"requested_by": "operator (driftwarden demo)"},
-        reasons=("an operator asked for a retrain while the incident was on",),
-        fingerprint=fingerprint(MODEL, "manual-retrain"),
-        key=key,
-    )
+    try:
+        return manual_retrain_decision(
+            policy,
+            MODEL,
+            at,
+            requested_by="operator (driftwarden demo)",
+            reason="an operator asked for a retrain while the incident was on",
+        )
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
 
 
 class _Narrator:

@@ -31,6 +31,8 @@ LABEL_SCHEMA = "driftwarden.label/v1"
 DEFAULT_MAX_BYTES = 1_048_576
 _MAX_ID = 256
 _MAX_FEATURES = 10_000
+_MIN_TS = datetime(1, 1, 1, tzinfo=UTC).timestamp()
+_MAX_TS = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
 
 
 class InvalidEvent(ValueError):
@@ -82,7 +84,10 @@ def parse_time(value: Any, where: str = "timestamp") -> float:
         raise InvalidEvent(f"{where} {value[:40]!r} is not an ISO-8601 time") from None
     if dt.tzinfo is None:
         raise InvalidEvent(f"{where} {value[:40]!r} has no time zone (add Z or +00:00)")
-    return dt.timestamp()
+    ts = dt.timestamp()
+    if not _MIN_TS <= ts <= _MAX_TS:  # window bounds are written back as ISO text
+        raise InvalidEvent(f"{where} {value[:40]!r} is outside the years 1 to 9999 UTC")
+    return ts
 
 
 def format_time(ts: float) -> str:

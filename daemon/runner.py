@@ -96,6 +96,7 @@ class Daemon:
         on_decisions: Callable[[list[Decision]], None] | None = None,
         on_labeled: Callable[[str, list[dict[str, Any]]], None] | None = None,
         executor: Any = None,
+        actions_unit: str = "actions",
     ) -> None:
         self.sink = sink
         self.store = store
@@ -107,6 +108,8 @@ class Daemon:
         self.on_labeled = on_labeled
         # Executes decided actions (daemon.actions.ActionExecutor); its state is checkpointed.
         self.executor = executor
+        # The executor's state belongs to this replica (its outbox is local): its own unit.
+        self.actions_unit = actions_unit
         self.muter: Any = None
         #: called with the new PolicySet after a successful hot reload
         self.policy_listeners: list[Callable[[PolicySet], None]] = []
@@ -119,7 +122,7 @@ class Daemon:
         self._closed = False
         self.summary = RunSummary()
         if executor is not None and store is not None:
-            saved = store.load("actions")
+            saved = store.load(self.actions_unit)
             if saved is not None:
                 executor.restore(saved["executor"])
         self.ready = False
@@ -212,7 +215,7 @@ class Daemon:
                 )
             offsets.update(unit.offsets)
         if self.executor is not None and self.store is not None:
-            self.store.save("actions", {"executor": self.executor.state()})
+            self.store.save(self.actions_unit, {"executor": self.executor.state()})
         self.source.commit(offsets, wait=wait)
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
@@ -288,6 +291,60 @@ class Daemon:
         report = self.executor.tick()
         for (kind, outcome), n in getattr(report, "counts", {}).items():
             log.debug("actions", kind=kind, outcome=outcome, n=n)
+
+    def reload_policies(self, path: str | Any) -> list[str]:
+        """Hot reload from ``path``: all or nothing.
+
+        A file with errors leaves the last good policies in force; the errors are logged,
+        counted and alerted to the receivers of the policies they concern.
+        """
+        from driftwarden.policies.loader import load_policies
+
+        policies, errors = load_policies(path)
+        if errors:
+            self.metrics.policy_reload_errors.inc()
+            log.error("policy reload refused; the last good policies stay in force", errors=errors)
+            if self.executor is not None:
+                self.executor.notify_config_error(errors)
+            return errors
+        self.set_policies(policies)
+        return []
+
+    def scheduled_retrain(self, policy: Any, at: float) -> int:
+        """A policy's cron fired: one retrain decision per model it watches (the policy's exact
+        model, plus every model of a glob seen so far), through the executor like any other."""
+        from .manual import manual_retrain_decision
+
+        if self.executor is None or policy.schedule is None:
+            return 0
+        models = {
+            m
+            for u in self.units.values()
+            for m, mon in u.models.items()
+            if mon.policy.source == policy.source
+        }
+        if not policy.is_glob:
+            models.add(policy.model)
+        decisions = [
+            manual_retrain_decision(
+                policy,
+                m,
+                at,
+                requested_by="schedule",
+                rule=policy.schedule.rule,
+                reason=f"scheduled retrain ({policy.schedule.cron} UTC)",
+                name="scheduled-retrain",
+            )
+            for m in sorted(models)
+        ]
+        for d in decisions:
+            self.summary.decisions += 1
+            self.sink.publish(
+                self.opts.topics["decisions"],
+                d.model,
+                orjson.dumps(d.to_dict(), option=orjson.OPT_SORT_KEYS),
+            )
+        return int(self.executor.on_decisions(decisions))
 
     def set_policies(self, policies: PolicySet) -> None:
         """Hot reload: new monitors use the new policies; existing ones switch at once."""

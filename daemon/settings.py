@@ -46,7 +46,15 @@ DEFAULTS: dict[str, Any] = {
     },
     "file": {"events": None, "out_dir": ".driftwarden/out"},
     "policies": "config/policies",
-    "state": {"backend": "local", "dir": ".driftwarden/state"},
+    # backend: local (checkpoints in dir) or kafka (compacted topic kafka.topics.state, so a
+    # replica taking over a partition restores its state); dir always holds the action outbox
+    # and the labeled store.
+    "state": {
+        "backend": "local",
+        "dir": ".driftwarden/state",
+        "max_bytes": 16777216,
+        "replica_id": None,
+    },
     "checkpoint": {"every_events": 50000, "every": "30s"},
     "join": {"ttl": "7d", "max_entries": 200000},
     "limits": {"max_message_bytes": 1048576},
@@ -165,8 +173,10 @@ def _check(data: dict[str, Any], errors: list[str], src: str) -> None:
         errors.append(f"{src}: source: must be kafka or file, got {data['source']!r}")
     if data["source"] == "file" and not data["file"]["events"]:
         errors.append(f"{src}: file.events: the file source needs an events file (JSONL)")
-    if data["state"]["backend"] not in ("local",):
-        errors.append(f"{src}: state.backend: must be 'local' (got {data['state']['backend']!r})")
+    if data["state"]["backend"] not in ("local", "kafka"):
+        errors.append(
+            f"{src}: state.backend: must be local or kafka (got {data['state']['backend']!r})"
+        )
     if data["retrain"]["labeled_max_age"] is not None:
         try:
             parse_duration(data["retrain"]["labeled_max_age"], f"{src}: retrain.labeled_max_age")

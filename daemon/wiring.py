@@ -52,24 +52,12 @@ class RetrainLauncher:
         self.outcomes: list[dict[str, Any]] = []
 
     def _request(self, decision: Mapping[str, Any], action: Mapping[str, Any]) -> Any:
-        from driftwarden.retrain.pipeline import RetrainRequest
-
         model = str(decision["model"])
         policy = self.policies().for_model(model)
         if policy is None:
             raise ValueError(f"no policy matches model {model!r} any more.")
-        profile = self.profile_loader(model, None)
-        dq = next((dict(d.params) for d in policy.detectors if d.type == "data_quality"), {})
-        segments = sorted((profile.metrics or {}).get("slices", {}))
-        paths = [str(Path(policy.source).parent), *self.search_paths]
-        return RetrainRequest.from_decision(
-            decision,
-            action,
-            target="label",
-            features=list(profile.features),
-            segments=segments,
-            data_quality=dq,
-            search_paths=paths,
+        return retrain_request(
+            decision, action, policy, self.profile_loader(model, None), self.search_paths
         )
 
     def __call__(self, decision: Mapping[str, Any], action: Mapping[str, Any]) -> Delivery:
@@ -120,6 +108,32 @@ class RetrainLauncher:
         return Delivery.success()
 
 
+def retrain_request(
+    decision: Mapping[str, Any],
+    action: Mapping[str, Any],
+    policy: Any,
+    profile: Any,
+    search_paths: list[str],
+) -> Any:
+    """The retrain request of a decision's retrain action: features and slices from the
+    model's reference profile, the data gate's settings from the policy's data_quality detector,
+    the trainer looked up next to the policy, then in ``search_paths``."""
+    from driftwarden.retrain.pipeline import RetrainRequest
+
+    dq = next((dict(d.params) for d in policy.detectors if d.type == "data_quality"), {})
+    segments = sorted((profile.metrics or {}).get("slices", {}))
+    paths = [str(Path(policy.source).parent), *search_paths]
+    return RetrainRequest.from_decision(
+        decision,
+        action,
+        target="label",
+        features=list(profile.features),
+        segments=segments,
+        data_quality=dq,
+        search_paths=paths,
+    )
+
+
 class Scheduler:
     """A background APScheduler whose jobs enqueue callables on ``work`` (one state thread)."""
 
@@ -145,6 +159,27 @@ class Scheduler:
         self._sched.add_job(
             enqueue, "interval", seconds=seconds, id=name, name=name, coalesce=True, max_instances=1
         )
+
+    def cron(self, crontab: str, job: Callable[[], None], name: str) -> None:
+        """Enqueue ``job`` on the main loop at the times of a crontab (UTC); replaces ``name``."""
+        from apscheduler.triggers.cron import CronTrigger
+
+        trigger = CronTrigger.from_crontab(crontab, timezone="UTC")
+        self._sched.add_job(
+            lambda: self.work.put(job),
+            trigger,
+            id=name,
+            name=name,
+            replace_existing=True,
+            coalesce=True,
+            max_instances=1,
+        )
+
+    def remove_prefixed(self, prefix: str) -> None:
+        """Remove every job whose name starts with ``prefix``."""
+        for job in self._sched.get_jobs():
+            if job.id.startswith(prefix):
+                job.remove()
 
     def start(self) -> None:
         self._sched.start()

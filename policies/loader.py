@@ -19,7 +19,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -35,6 +35,7 @@ from .model import (
     PolicySet,
     ReceiverSpec,
     RetrainLimit,
+    RetrainSchedule,
     RuleSpec,
     WindowSpec,
 )
@@ -145,20 +146,44 @@ class _Doc:
 
 
 def _compose(text: str, doc: _Doc) -> Any:
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as e:  # e.g. control characters, found before any parsing
+        doc.errors.append((_line_of(e, text), f"invalid YAML: {_problem(e)}."))
+        return None
     try:
         node = loader.get_single_node()
         if node is None:
             doc.errors.append((1, "the file is empty."))
             return None
         return doc.to_python(loader, node, ())
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        line = mark.line + 1 if mark else 1
-        doc.errors.append((line, f"invalid YAML: {e.problem or e.context}."))
+    except yaml.YAMLError as e:
+        doc.errors.append((_line_of(e, text), f"invalid YAML: {_problem(e)}."))
+        return None
+    except RecursionError:
+        doc.errors.append((1, "invalid YAML: an alias refers to itself (or nesting is too deep)."))
+        return None
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+        # PyYAML's scalar constructors (e.g. a bad !!int or !!timestamp) fail with plain errors.
+        doc.errors.append((1, f"invalid YAML: a tagged value cannot be read ({type(e).__name__})."))
         return None
     finally:
         loader.dispose()
+
+
+def _line_of(e: yaml.YAMLError, text: str) -> int:
+    if isinstance(e, yaml.reader.ReaderError):  # carries a character position, not a mark
+        return text.count("\n", 0, max(0, e.position)) + 1
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    return mark.line + 1 if mark is not None else 1
+
+
+def _problem(e: yaml.YAMLError) -> str:
+    if isinstance(e, yaml.MarkedYAMLError):
+        return str(e.problem or e.context)
+    if isinstance(e, yaml.reader.ReaderError):
+        return f"character {e.character!r} is not allowed"
+    return str(e)
 
 
 # --- small typed getters -------------------------------------------------------------------
@@ -683,7 +708,38 @@ _TOP = (
     "rules",
     "receivers",
     "retrain_limit",
+    "schedule",
 )
+
+
+def _schedule(doc: _Doc, v: Any, rules: Sequence[RuleSpec]) -> RetrainSchedule | None:
+    """``schedule: {retrain: "<crontab>", rule: NAME}``: retrain on a clock, UTC."""
+    path: Path_ = ("schedule",)
+    m = _mapping(doc, v, path)
+    if m is None:
+        return None
+    _keys(doc, m, path, ("retrain", "rule"), required=("retrain",))
+    cron = _str(doc, m.get("retrain"), (*path, "retrain")) if "retrain" in m else None
+    if cron is not None:
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(cron, timezone="UTC")
+        except ValueError as e:
+            doc.err((*path, "retrain"), f"{cron!r} is not a crontab expression ({e}).")
+            cron = None
+    rule = _str(doc, m["rule"], (*path, "rule")) if "rule" in m else None
+    retraining = [r.name for r in rules if any(t == "retrain" for t, _ in r.actions)]
+    if rule is not None and rule not in retraining:
+        doc.err(
+            (*path, "rule"),
+            f"rule {rule!r} has no retrain action (these do: {', '.join(retraining) or 'none'}).",
+        )
+    elif rule is None and rules and not retraining:
+        doc.err(path, "no rule of this policy has a retrain action to schedule.")
+    if cron is None or doc.errors:
+        return None
+    return RetrainSchedule(cron, rule)
 
 
 def _check_policy(doc: _Doc, data: Any, source: Path, types: Mapping[str, Any]) -> Policy | None:
@@ -725,10 +781,20 @@ def _check_policy(doc: _Doc, data: Any, source: Path, types: Mapping[str, Any]) 
     limit = (
         _retrain_limit(doc, data["retrain_limit"]) if "retrain_limit" in data else RetrainLimit()
     )
+    schedule = _schedule(doc, data["schedule"], rules) if "schedule" in data else None
     if doc.errors or model is None:
         return None
     return Policy(
-        str(source), model, reference, window, detectors, rules, receivers, limit, str(description)
+        str(source),
+        model,
+        reference,
+        window,
+        detectors,
+        rules,
+        receivers,
+        limit,
+        str(description),
+        schedule,
     )
 
 

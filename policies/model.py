@@ -31,6 +31,7 @@ __all__ = [
     "PolicySet",
     "ReceiverSpec",
     "RetrainLimit",
+    "RetrainSchedule",
     "RuleSpec",
     "WindowInfo",
     "WindowSpec",
@@ -186,6 +187,14 @@ class RetrainLimit:
 
 
 @dataclass(frozen=True)
+class RetrainSchedule:
+    """Retrain on a clock: a crontab (UTC) and the rule whose retrain action to use."""
+
+    cron: str
+    rule: str | None = None
+
+
+@dataclass(frozen=True)
 class Policy:
     """One policy file, checked. ``reference`` is ``models:/…`` or ``file:<absolute path>``."""
 
@@ -198,6 +207,7 @@ class Policy:
     receivers: Mapping[str, ReceiverSpec] = field(default_factory=dict)
     retrain_limit: RetrainLimit = field(default_factory=RetrainLimit)
     description: str = ""
+    schedule: RetrainSchedule | None = None
 
     @property
     def is_glob(self) -> bool:

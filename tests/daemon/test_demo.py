@@ -136,3 +136,36 @@ def test_demo_policy_is_valid() -> None:
 
     policies = load_policy_set(DEMO_POLICIES)
     assert Path(policies.policies[0].source).parent == DEMO_POLICIES
+
+
+def test_operator_retrain_command_runs_the_gated_pipeline(
+    demo: tuple[DemoResult, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`driftwarden retrain churn` on the demo's registry and labeled store: one gated attempt,
+    recorded as a manual-retrain decision, with an MLflow run tagged with its action key."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from driftwarden.daemon.cli import main
+    from driftwarden.daemon.demo import DEMO_POLICIES, STORE_ROWS
+
+    result = demo[0]
+    cfg = result.directory / "driftwarden-cli.yaml"
+    cfg.write_text(
+        f"policies: {DEMO_POLICIES}\nstate: {{dir: {result.directory / 'state'}}}\n"
+        f"mlflow: {{tracking_uri: '{result.mlflow_uri}'}}\n"
+        f"retrain: {{labeled_rows: {STORE_ROWS}}}\n"
+    )
+    capsys.readouterr()
+    code = main(
+        ["retrain", "churn", "--reason", "weekly refresh", "--by", "ops", "--config", str(cfg)]
+    )
+    doc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert doc["decision"]["rule"] == "manual-retrain"
+    assert doc["decision"]["reasons"] == ["weekly refresh"]
+    outcome = doc["outcome"]
+    assert outcome["status"] in ("registered", "gates_failed")
+    assert code == (0 if outcome["status"] == "registered" else 1)
+    run = MlflowClient(result.mlflow_uri).get_run(outcome["run_id"])
+    assert run.data.tags["driftwarden.action_key"] == doc["decision"]["actions"][0]["key"]

@@ -155,3 +155,17 @@ def test_categorical_keys_count_numbers_as_wrong_type() -> None:
     assert keys.tolist() == ["pro"] and wrong == 1
     keys, wrong = categorical_keys(numeric, text, numbers_are_categories=True)
     assert sorted(keys.tolist()) == ["3", "pro"] and wrong == 0
+
+
+def test_sorted_bin_counts_equal_bin_counts() -> None:
+    """Binning a sorted column by searching the edges gives exactly the per-value counts,
+    ties on the edges included."""
+    import numpy as np
+
+    from driftwarden.detectors.stats import bin_counts, sorted_bin_counts
+
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.normal(size=5000), np.array([-1.0, 0.0, 0.0, 1.0, 2.5])])
+    edges = np.array([-1.0, -0.5, 0.0, 0.0, 1.0, 2.5])
+    assert np.array_equal(sorted_bin_counts(np.sort(x), edges), bin_counts(x, edges))
+    assert np.array_equal(sorted_bin_counts(np.sort(x[:0]), edges), bin_counts(x[:0], edges))

@@ -168,7 +168,7 @@ YAML_TOKENS = [
     "%YAML 1.1\n",
     "\t",
     "&a ",
-    "*z",  # an alias to an anchor that never exists (self-references: see the xfail below)
+    "*z",  # an alias to an anchor that never exists (self-references: see the regression cases below)
     "<<: ",
     "!!str ",
     "!!binary ",  # !!int/!!float/!!bool/!!timestamp crash today: see KNOWN_GAPS below
@@ -405,12 +405,6 @@ KNOWN_GAPS = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="policies.loader lets RecursionError, PyYAML constructor errors and ReaderError "
-    "escape instead of a file:line PolicyError (when fixed: drop this mark and put the "
-    "tags/control characters back into the generators above)",
-)
 @pytest.mark.parametrize("text", list(KNOWN_GAPS.values()), ids=list(KNOWN_GAPS))
 def test_known_gaps_are_policy_errors(text: str) -> None:
     """Inputs the fuzzers found that crash the loader today must become file:line errors."""
