@@ -24,6 +24,7 @@ from .runner import Daemon, DaemonOptions
 from .settings import Settings, parse_duration
 from .sinks import FileSink, KafkaSink, Sink
 from .sources import FileSource, KafkaSource, Source
+from .wiring import RetrainLauncher
 
 __all__ = ["StartupError", "attach_scheduler", "build_daemon", "load_policy_set", "options_from"]
 
@@ -161,6 +162,10 @@ def build_daemon(
     )
     if executor is not None:
         executor.metrics = daemon.metrics
+        launcher = executor.retrain_launcher
+        if isinstance(launcher, RetrainLauncher):
+            launcher.history = daemon.history_of
+            launcher.tracking_uri = d["mlflow"]["tracking_uri"]
 
     def follow(new: PolicySet) -> None:
         loader.policies = new
@@ -181,7 +186,6 @@ def _actions(
     from driftwarden.retrain.labeled_store import LabeledStore
 
     from .actions import ActionExecutor
-    from .wiring import RetrainLauncher
 
     d = settings.data
     state_dir = Path(d["state"]["dir"])

@@ -341,6 +341,8 @@ def _wire(
         on_labeled=on_labeled,
     )
     executor.metrics = daemon.metrics
+    launcher.history = daemon.history_of
+    launcher.tracking_uri = uri
     return daemon, launcher
 
 

@@ -12,6 +12,7 @@ import queue
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -121,6 +122,9 @@ class Daemon:
         self._warned: set[str] = set()
         self._closed = False
         self.summary = RunSummary()
+        # Recent window summaries and decisions per model (memory only, bounded): the context
+        # a retrain run gets as its report.
+        self._history: dict[str, tuple[deque[dict[str, Any]], deque[dict[str, Any]]]] = {}
         if executor is not None and store is not None:
             saved = store.load(self.actions_unit)
             if saved is not None:
@@ -283,6 +287,15 @@ class Daemon:
         finally:
             self.ready = False
         return self.summary
+
+    def history_of(self, model: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The model's recent window summaries and decisions (oldest first)."""
+        windows, decisions = self._history.get(model, ((), ()))
+        return list(windows), list(decisions)
+
+    def _remember(self, model: str, kind: int, record: dict[str, Any]) -> None:
+        pair = self._history.setdefault(model, (deque(maxlen=2000), deque(maxlen=500)))
+        pair[kind].append(record)
 
     def tick(self) -> None:
         """Run the actions that are due (the scheduler calls this through the work queue)."""
@@ -489,6 +502,7 @@ class Daemon:
         for d in out.decisions:
             self.summary.decisions += 1
             self.metrics.decisions.labels(model, d.rule, d.status).inc()
+            self._remember(model, 1, d.to_dict())
             self.sink.publish(
                 topics["decisions"], model, orjson.dumps(d.to_dict(), option=orjson.OPT_SORT_KEYS)
             )

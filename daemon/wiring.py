@@ -50,6 +50,11 @@ class RetrainLauncher:
         self.search_paths = search_paths
         self._futures: dict[str, Future[Any]] = {}
         self.outcomes: list[dict[str, Any]] = []
+        #: (model) -> (window summaries, decisions): attached to each retrain run as its report
+        self.history: Callable[[str], tuple[list[dict[str, Any]], list[dict[str, Any]]]] | None = (
+            None
+        )
+        self.tracking_uri: str | None = None
 
     def _request(self, decision: Mapping[str, Any], action: Mapping[str, Any]) -> Any:
         model = str(decision["model"])
@@ -93,6 +98,8 @@ class RetrainLauncher:
             },
         }
         self.outcomes.append(record)
+        if record["run_id"]:
+            self._attach_report(str(decision.get("model")), str(record["run_id"]))
         self.sink.publish(
             self.decisions_topic,
             str(decision.get("model")),
@@ -106,6 +113,23 @@ class RetrainLauncher:
             reasons=record["reasons"],
         )
         return Delivery.success()
+
+    def _attach_report(self, model: str, run_id: str) -> None:
+        """Log the driftwarden report of what led to this retrain on its MLflow run."""
+        if self.history is None or self.tracking_uri is None:
+            return
+        from mlflow.tracking import MlflowClient
+
+        from .report import render_report
+
+        windows, decisions = self.history(model)
+        try:
+            html = render_report(
+                windows, decisions, title=f"driftwarden: {model} before this retrain"
+            )
+            MlflowClient(self.tracking_uri).log_text(run_id, html, "driftwarden/report.html")
+        except Exception as exc:  # the run is registered already; a missing report is logged
+            log.warning("report not attached to the retrain run", run_id=run_id, error=str(exc))
 
 
 def retrain_request(

@@ -94,6 +94,20 @@ def test_drift_retrain_registers_a_challenger(demo: tuple[DemoResult, str]) -> N
     assert registry.load_profile("churn", version).features
 
 
+def test_retrain_runs_carry_the_report_of_what_led_to_them(demo: tuple[DemoResult, str]) -> None:
+    """Every retrain run (registered or blocked) has driftwarden's HTML report attached."""
+    from mlflow.tracking import MlflowClient
+
+    result, _ = demo
+    client = MlflowClient(result.mlflow_uri)
+    runs = [o["run_id"] for o in result.retrain_outcomes if o.get("run_id")]
+    assert runs
+    for run_id in runs:
+        html = client.download_artifacts(run_id, "driftwarden/report.html")
+        text = open(html, encoding="utf-8").read()
+        assert "<svg" in text and "churn" in text
+
+
 def test_outputs_and_story(demo: tuple[DemoResult, str]) -> None:
     """The report, the JSONL outputs and the printed story (with the MLflow UI command) exist."""
     result, printed = demo
