@@ -173,3 +173,23 @@ def test_silences_mute_notifications(tmp_path: Path, capsys: pytest.CaptureFixtu
     broken = [d for d in decisions if d.get("rule") == "broken-input"]
     assert broken and all(d["status"] == "suppressed" for d in broken)
     assert any("planned migration" in r for d in broken for r in d["reasons"])
+
+
+def test_demo_command_as_the_readme_runs_it(tmp_path: Path) -> None:
+    """`driftwarden demo` from a fresh directory tells the whole story and writes the report;
+    running it again starts afresh."""
+    for _ in range(2):
+        res = run_cli("demo", cwd=tmp_path)
+        assert res.returncode == 0, res.stderr[-3000:]
+    out = res.stdout
+    for expected in (
+        "broken-input firing",
+        "blocked_by_data_gate",
+        "route_back",
+        "drifted firing",
+        "registered",
+        "challenger",
+        "mlflow ui --backend-store-uri",
+    ):
+        assert expected in out, expected
+    assert (tmp_path / ".driftwarden" / "demo" / "report.html").is_file()
