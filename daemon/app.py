@@ -183,18 +183,12 @@ def _actions(
     holder: dict[str, Any],
 ) -> tuple[Any, Any]:
     """The action executor, the labeled store and (with MLflow) the retrain worker."""
-    from driftwarden.retrain.labeled_store import LabeledStore
 
     from .actions import ActionExecutor
 
     d = settings.data
     state_dir = Path(d["state"]["dir"])
-    age = d["retrain"]["labeled_max_age"]
-    store = LabeledStore(
-        state_dir / "labeled",
-        max_rows_per_model=int(d["retrain"]["labeled_rows"]),
-        max_age_s=None if age is None else parse_duration(age),
-    )
+    store = labeled_store(settings)
     uri = d["mlflow"]["tracking_uri"]
     registry_factory = None
     launcher = None
@@ -240,6 +234,19 @@ def _actions(
             log.warning("labeled examples not stored", model=model, error=str(exc))
 
     return executor, on_labeled
+
+
+def labeled_store(settings: Settings) -> Any:
+    """The joined examples retrains draw on, under the state directory, bounded by settings."""
+    from driftwarden.retrain.labeled_store import LabeledStore
+
+    d = settings.data
+    age = d["retrain"]["labeled_max_age"]
+    return LabeledStore(
+        Path(d["state"]["dir"]) / "labeled",
+        max_rows_per_model=int(d["retrain"]["labeled_rows"]),
+        max_age_s=None if age is None else parse_duration(age),
+    )
 
 
 def attach_scheduler(daemon: Daemon, settings: Settings) -> Any:

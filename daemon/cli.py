@@ -295,30 +295,19 @@ def _registry(args: argparse.Namespace) -> Any:
     return Registry(uri)
 
 
-def cmd_approve(args: argparse.Namespace) -> int:
-    moves = _registry(args).approve(args.model, args.version, actor=args.actor, reason=args.reason)
-    for m in moves:
-        print(
-            json.dumps(
-                m if isinstance(m, dict) else getattr(m, "__dict__", str(m)),
-                sort_keys=True,
-                default=str,
-            )
-        )
+def _print_moves(moves: Any) -> int:
+    for m in moves:  # each alias move, as recorded on the version's tags
+        print(json.dumps(m.to_dict(), sort_keys=True, default=str))
     return 0
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    reg = _registry(args)
+    return _print_moves(reg.approve(args.model, args.version, actor=args.actor, reason=args.reason))
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    moves = _registry(args).rollback(args.model, actor=args.actor, reason=args.reason)
-    for m in moves:
-        print(
-            json.dumps(
-                m if isinstance(m, dict) else getattr(m, "__dict__", str(m)),
-                sort_keys=True,
-                default=str,
-            )
-        )
-    return 0
+    return _print_moves(_registry(args).rollback(args.model, actor=args.actor, reason=args.reason))
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
@@ -326,14 +315,12 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     import time
     from importlib.metadata import version
 
-    from driftwarden.retrain.labeled_store import LabeledStore
     from driftwarden.retrain.pipeline import load_reference_data, run_retrain
     from driftwarden.retrain.registry import Registry
 
-    from .app import load_policy_set
+    from .app import labeled_store, load_policy_set
     from .manual import manual_retrain_decision
     from .profiles import ProfileLoader
-    from .settings import parse_duration
     from .wiring import retrain_request
 
     settings = _settings(args)
@@ -367,12 +354,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         profile,
         [str(Path(d["policies"]).resolve().parent)],
     )
-    age = d["retrain"]["labeled_max_age"]
-    store = LabeledStore(
-        Path(d["state"]["dir"]) / "labeled",
-        max_rows_per_model=int(d["retrain"]["labeled_rows"]),
-        max_age_s=None if age is None else parse_duration(age),
-    )
+    store = labeled_store(settings)
     outcome = run_retrain(
         request,
         registry=Registry(uri),

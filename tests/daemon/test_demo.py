@@ -183,3 +183,28 @@ def test_operator_retrain_command_runs_the_gated_pipeline(
     assert code == (0 if outcome["status"] == "registered" else 1)
     run = MlflowClient(result.mlflow_uri).get_run(outcome["run_id"])
     assert run.data.tags["driftwarden.action_key"] == doc["decision"]["actions"][0]["key"]
+
+
+def test_approve_then_rollback_from_the_command_line(
+    demo: tuple[DemoResult, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`driftwarden approve` makes the challenger champion (old one kept as previous);
+    `driftwarden rollback` moves champion back; each move prints its audit record.
+    (Last in the module: it changes the demo's registry.)"""
+    import json
+
+    from driftwarden.daemon.cli import main
+
+    result, _ = demo
+    registry = Registry(result.mlflow_uri)
+    challenger = registry.version_by_alias("churn", "challenger")
+    uri = ["--tracking-uri", result.mlflow_uri, "--actor", "alice"]
+    capsys.readouterr()
+    assert main(["approve", "churn", str(challenger), "--reason", "report reviewed", *uri]) == 0
+    moves = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert any(m["alias"] == "champion" and m["version"] == challenger for m in moves)
+    assert all(m["actor"] == "alice" and m["reason"].endswith("report reviewed") for m in moves)
+    assert registry.version_by_alias("churn", "champion") == challenger
+    assert registry.version_by_alias("churn", "previous") == "2"
+    assert main(["rollback", "churn", "--reason", "canary errors", *uri]) == 0
+    assert registry.version_by_alias("churn", "champion") == "2"
