@@ -229,6 +229,20 @@ class DriftCore:
         """Empty every accumulator."""
         self.accs = {k: b.empty() for k, b in self.binners.items()}
 
+    def result(self, name: str, kind: str) -> DetectorResult:
+        """The window's verdict as a detector result (shared by feature and prediction drift)."""
+        triggered, stat, p, n, evidence = self.verdict()
+        return DetectorResult(
+            name=name,
+            kind=kind,
+            triggered=triggered,
+            statistic=stat,
+            threshold=self.threshold if self.threshold else self.alpha,
+            p_value=p,
+            n=n,
+            evidence=evidence,
+        )
+
     def verdict(self) -> tuple[bool, float | None, float | None, int, dict[str, Any]]:
         """``(triggered, statistic, min adjusted p, n, evidence)`` for the current window."""
         names = [k for k, a in self.accs.items() if a["n"] >= self.min_samples]
@@ -414,17 +428,7 @@ class FeatureDrift(Detector):
 
     def result(self) -> DetectorResult:
         """Flagged features of the current window (see the class docstring)."""
-        triggered, stat, p, n, evidence = self._core.verdict()
-        return DetectorResult(
-            name=self.name,
-            kind=self.kind,
-            triggered=triggered,
-            statistic=stat,
-            threshold=self._core.threshold if self._core.threshold else self._core.alpha,
-            p_value=p,
-            n=n,
-            evidence=evidence,
-        )
+        return self._core.result(self.name, self.kind)
 
     def reset(self) -> None:
         """Start a new window."""

@@ -140,17 +140,7 @@ class PredictionDrift(Detector):
 
     def result(self) -> DetectorResult:
         """The verdict on the current window's prediction distribution."""
-        triggered, stat, p, n, evidence = self._core.verdict()
-        return DetectorResult(
-            name=self.name,
-            kind=self.kind,
-            triggered=triggered,
-            statistic=stat,
-            threshold=self._core.threshold if self._core.threshold else self._core.alpha,
-            p_value=p,
-            n=n,
-            evidence=evidence,
-        )
+        return self._core.result(self.name, self.kind)
 
     def reset(self) -> None:
         """Start a new window."""
