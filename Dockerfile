@@ -17,6 +17,7 @@ COPY daemon ./daemon
 COPY detectors ./detectors
 COPY policies ./policies
 COPY retrain ./retrain
+COPY config/examples ./config/examples
 RUN pip install . && rm -rf /src
 
 RUN useradd --system --uid 10001 --home-dir /var/lib/driftwarden --shell /usr/sbin/nologin driftwarden \
