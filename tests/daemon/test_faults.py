@@ -224,6 +224,13 @@ def _wait(what: str, cond: Callable[[], bool], procs: list[subprocess.Popen[byte
     return time.monotonic() - t0
 
 
+def _crash_summary(stderr: str) -> str:
+    """The daemon's own traceback frames and the exception line of a crashed run's stderr."""
+    lines = stderr.strip().splitlines()
+    ours = [ln.strip() for ln in lines if "driftwarden" in ln and ln.lstrip().startswith("File")]
+    return " | ".join([*ours, lines[-1].strip() if lines else "(no stderr)"])
+
+
 def _stop(proc: subprocess.Popen[bytes]) -> str:
     """SIGTERM a daemon (final checkpoint and commit) and return its stderr; it must exit 0."""
     proc.send_signal(signal.SIGTERM)
@@ -307,7 +314,7 @@ def test_broker_restart_mid_stream_loses_and_repeats_nothing(
         crashed = proc.poll() is not None
         if crashed:  # reported as a finding; the restarted daemon must still give the same result
             _, err = proc.communicate()
-            record_property("crash_stderr_tail", err.decode()[-600:])
+            record_property("crash", _crash_summary(err.decode()))
             proc = _run_cli(config)
             procs = [proc]
         stream.produce(slice(half, None))
@@ -332,4 +339,104 @@ def test_broker_restart_mid_stream_loses_and_repeats_nothing(
     assert done_before > 0
 
     state = _state(LocalCheckpointStore(stream.base / "state-restart"))
+    _assert_same(_comparable(_windows(stream.as_dict(), stream.bootstrap), state), baseline)
+
+
+def _members(bootstrap: str, group: str) -> tuple[str, dict[str, set[int]]]:
+    """The group's state and each member's assigned input partition numbers, by client id."""
+    from kafka.admin import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        desc = admin.describe_groups([group])[group]
+    finally:
+        admin.close()
+    out: dict[str, set[int]] = {}
+    for member in desc.get("members", []):
+        assignment = member.get("member_assignment") or {}
+        parts: set[int] = set()
+        for tp in assignment.get("assigned_partitions", []) if isinstance(assignment, dict) else []:
+            parts.update(tp.get("partitions", []))
+        out[member["client_id"]] = parts
+    return str(desc.get("group_state")), out
+
+
+def test_replica_killed_its_partitions_move_with_their_state(
+    fault_broker: Any,
+    baseline: Any,
+    tmp_path_factory: Any,
+    record_property: Callable[[str, object], None],
+) -> None:
+    """Kill -9 one of three replicas (state in Kafka): the others finish its partitions exactly."""
+    stream = Stream(fault_broker.bootstrap, tmp_path_factory.mktemp("faults"), "replicas")
+    half = len(_input()) // 2
+    stream.produce(slice(0, half))
+    spread = stream.key_partitions()
+    assert all(len(spread[m]) == 1 for m in MODELS), spread  # a model's events stay together
+    assert len({p for m in MODELS for p in spread[m]}) == PARTITIONS, spread  # one per partition
+
+    group = f"dw-replicas-{uuid.uuid4().hex[:6]}"
+    configs = [
+        stream.config(f"replica{i}", backend="kafka", group_id=group, client_id=f"replica{i}")
+        for i in range(3)
+    ]
+    procs = {f"replica{i}": _run_cli(c) for i, c in enumerate(configs)}
+    try:
+
+        def balanced() -> bool:
+            state, members = _members(stream.bootstrap, group)
+            return (
+                state == "Stable"
+                and len(members) == 3
+                and all(len(parts) == 1 for parts in members.values())
+            )
+
+        joined_s = _wait("three replicas with one partition each", balanced, list(procs.values()))
+        _, members = _members(stream.bootstrap, group)
+        victim = sorted(members)[random.Random(3).randrange(3)]
+        (lost,) = members[victim]
+        # Let every replica checkpoint part of its work first, so the takeover restores real state.
+        _wait(
+            "a commit on every partition",
+            lambda: all(o > 0 for o in stream.committed(group).values()),
+            list(procs.values()),
+        )
+        procs[victim].kill()
+        procs[victim].communicate()
+        killed_at = time.monotonic()
+        at_kill = stream.committed(group)
+        stream.produce(slice(half, None))  # the lost partition gets new input only a taker can do
+        survivors = [p for name, p in procs.items() if name != victim]
+
+        def taken_over() -> bool:
+            state, members = _members(stream.bootstrap, group)
+            return state == "Stable" and victim not in members and len(members) == 2
+
+        _wait("the victim's partition to move", taken_over, survivors)
+        takeover_s = time.monotonic() - killed_at
+        ends = stream.end_offsets()
+        orphaned = sum(ends[tp] - o for tp, o in at_kill.items() if tp[1] == lost)
+        _wait(
+            "the group to commit the whole input",
+            lambda: stream.committed(group) == ends,
+            survivors,
+        )
+        finished_s = time.monotonic() - killed_at
+        for proc in survivors:
+            _stop(proc)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    record_property("records", len(_input()))
+    record_property("replicas", 3)
+    record_property("killed", f"{victim} (partition {lost})")
+    record_property("records_on_lost_partition_after_kill", orphaned)
+    record_property("join_s", round(joined_s, 1))
+    record_property("takeover_s", round(takeover_s, 1))
+    record_property("kill_to_all_committed_s", round(finished_s, 1))
+
+    assert orphaned > 0  # the survivors had to process the killed replica's input
+    state = _kafka_state(stream)
     _assert_same(_comparable(_windows(stream.as_dict(), stream.bootstrap), state), baseline)
