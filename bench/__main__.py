@@ -380,7 +380,8 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines
 
 
-_NOISE = re.compile(r"^(\d{4}[-/]\d\d[-/]\d\d \d\d:\d\d:\d\d|🏃|🧪)")
+# mlflow's and structlog's log lines, and memory.py's machine-readable RESULT lines
+_NOISE = re.compile(r"^(\d{4}[-/]\d\d[-/]\d\d \d\d:\d\d:\d\d|🏃|🧪|RESULT \{)")
 
 
 def render(sections: list[Section], *, quick: bool, started: str, load: tuple[float, float]) -> str:
