@@ -57,11 +57,11 @@ WAIT_S = 180.0  # bound on every wait below; a healthy run needs a fraction of i
 
 
 @functools.cache
-def _input() -> tuple[tuple[str, str, bytes], ...]:
+def _input(n_per_model: int = N_PER_MODEL) -> tuple[tuple[str, str, bytes], ...]:
     """The whole seeded input as (role, key, value), in publication order."""
     rng = random.Random(17)
     streams = [
-        iter(eventgen.events(N_PER_MODEL, seed=31 + i, model=m)) for i, m in enumerate(MODELS)
+        iter(eventgen.events(n_per_model, seed=31 + i, model=m)) for i, m in enumerate(MODELS)
     ]
     bad = eventgen.malformed(N_BAD, seed=5, max_bytes=MAX_BYTES)
     out: list[tuple[str, str, bytes]] = []
@@ -84,12 +84,15 @@ def _input() -> tuple[tuple[str, str, bytes], ...]:
 class Stream:
     """One set of uniquely named topics on the broker, with the policy directory beside them."""
 
-    def __init__(self, bootstrap: str, base: Path, name: str) -> None:
+    def __init__(
+        self, bootstrap: str, base: Path, name: str, n_per_model: int = N_PER_MODEL
+    ) -> None:
         from kafka.admin import KafkaAdminClient, NewTopic
 
         tag = f"{name}-{uuid.uuid4().hex[:8]}"
         self.bootstrap = bootstrap
         self.name = name
+        self.n_per_model = n_per_model
         self.topics = {
             k: f"{k}-{tag}"
             for k in ("predictions", "labels", "dlq", "decisions", "windows", "alerts", "routing")
@@ -129,7 +132,7 @@ class Stream:
         producer = KafkaProducer(
             bootstrap_servers=self.bootstrap, linger_ms=20, acks="all", batch_size=256 * 1024
         )
-        rows = _input()[part]
+        rows = _input(self.n_per_model)[part]
         try:
             for role, key, value in rows:
                 producer.send(self.topics[role], key=key.encode(), value=value)
@@ -164,10 +167,20 @@ class Stream:
     def committed(self, group: str) -> dict[tuple[str, int], int]:
         """The group's committed offsets on the input topics (missing partitions are 0)."""
         from kafka.admin import KafkaAdminClient
+        from kafka.errors import KafkaError
 
-        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap)
+        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=10_000)
+        deadline = time.monotonic() + 60
         try:
-            got = admin.list_group_offsets({group: None}).get(group, {})
+            while True:
+                try:
+                    got = admin.list_group_offsets({group: None}).get(group, {})
+                    break
+                except KafkaError as err:
+                    # After a broker restart the group coordinator loads for a while.
+                    if not getattr(err, "retriable", False) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.5)
         finally:
             admin.close()
         out = dict.fromkeys(self.input_partitions(), 0)

@@ -1,0 +1,275 @@
+"""Soak (not a test): a daemon killed with ``kill -9`` N times during one long run.
+
+The seeded input of ``tests/daemon/test_faults.py`` (three models on three partitions, ~60 %
+labelled, a few malformed records), larger by default (60 000 predictions per model), is published
+once. An uninterrupted in-process daemon reads it to give the expected window summaries and state.
+Then a daemon subprocess (``driftwarden.daemon.cli run``) reads the same input on its own topics
+and is killed with SIGKILL at random moments (``--kills``, default 20) and restarted at once,
+until the group has committed the whole input. ``--broker-outages K`` also stops the broker K
+times for a few seconds at random moments (needs the broker this script starts); a daemon that
+dies of the outage is restarted and counted. At the end the final window summaries and per-model
+state must equal the uninterrupted run's. The figures are printed, and with ``--json PATH``
+written as JSON (``bench/reliability.py`` reads them).
+
+    .venv/bin/python bench/soak.py                      # 20 kills, ≈ 3-4 min on 2 cores
+    .venv/bin/python bench/soak.py --kills 5 --per-model 20000
+    .venv/bin/python bench/soak.py --kills 0 --broker-outages 3
+    .venv/bin/python bench/soak.py --state kafka        # checkpoints in the state topic
+
+Only 127.0.0.1: the script starts its own broker from the Maven jars, or takes a ``--bootstrap``
+on 127.0.0.1 / localhost. Every wait is bounded by ``--max-seconds``. Exit status 0 when the
+results are identical, 1 when they differ, 2 when the run could not finish in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import random
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script: the tests' helpers live in the repo root
+    sys.path.insert(0, str(REPO))
+
+from driftwarden.daemon.app import build_daemon  # noqa: E402
+from driftwarden.daemon.checkpoint import LocalCheckpointStore  # noqa: E402
+from driftwarden.daemon.logs import configure as configure_logs  # noqa: E402
+from driftwarden.daemon.settings import load_settings  # noqa: E402
+from tests.daemon.test_faults import Stream, _input, _kafka_state, _state  # noqa: E402
+from tests.daemon.test_kafka_ingest import _comparable, _run_cli, _windows  # noqa: E402
+from tests.fixtures.kafka import load_broker_module  # noqa: E402
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost")
+
+
+def _say(text: str) -> None:
+    """A progress line on stderr (the figures go to stdout)."""
+    print(f"[soak {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+def _baseline(stream: Stream) -> Any:
+    """The uninterrupted run's comparable result (in-process daemon, local checkpoints)."""
+    settings = load_settings(stream.config("clean"), env={})
+    daemon = build_daemon(settings)
+    daemon.run(idle_timeout_s=5, timeout_s=600)
+    daemon.sink.close()
+    daemon.source.close()
+    state = _state(LocalCheckpointStore(stream.base / "state-clean"))
+    return _comparable(_windows(stream.as_dict(), stream.bootstrap), state)
+
+
+def _differences(got: Any, want: Any) -> list[str]:
+    """Plain sentences naming what differs between two ``_comparable`` results (empty: same)."""
+    out: list[str] = []
+    if got[2] != want[2]:
+        out.append(f"invalid records: {got[2]} != {want[2]}")
+    for model in sorted(set(got[1]) | set(want[1])):
+        g, w = got[1].get(model), want[1].get(model)
+        if g != w:
+            parts = ["events", "labels", "join counters", "prediction windows", "labeled windows"]
+            bad = [n for n, a, b in zip(parts, g or (), w or (), strict=False) if a != b]
+            out.append(f"model {model}: {', '.join(bad) or 'missing'} differ")
+    gk, wk = {k for k, _ in got[0]}, {k for k, _ in want[0]}
+    if gk != wk:
+        out.append(f"windows: {len(gk - wk)} extra, {len(wk - gk)} missing")
+    elif got[0] != want[0]:
+        n = sum(1 for a, b in zip(got[0], want[0], strict=True) if a != b)
+        out.append(f"windows: {n} summaries differ")
+    return out
+
+
+def _window_records(stream: Stream) -> int:
+    from tests.daemon.test_kafka_ingest import _consume_all
+
+    return len(_consume_all(stream.bootstrap, stream.topics["windows"]))
+
+
+def soak(args: argparse.Namespace, bootstrap: str, broker: Any, workdir: Path) -> dict[str, Any]:
+    """Run the soak on ``bootstrap``; return the figures (see the module docstring)."""
+    t_start = time.monotonic()
+    deadline = t_start + args.max_seconds
+    rng = random.Random(args.seed)
+    n_records = len(_input(args.per_model))
+
+    clean = Stream(bootstrap, workdir, "soak-clean", n_per_model=args.per_model)
+    clean.produce(slice(None))
+    t0 = time.monotonic()
+    want = _baseline(clean)
+    baseline_s = time.monotonic() - t0
+    _say(f"baseline done in {baseline_s:.1f} s ({n_records} records)")
+
+    stream = Stream(bootstrap, workdir, "soak", n_per_model=args.per_model)
+    stream.produce(slice(None))
+    ends = stream.end_offsets()
+    config = stream.config("soak", backend=args.state)
+    group = str(yaml.safe_load(config.read_text())["kafka"]["group_id"])
+
+    kills: list[dict[str, Any]] = []
+    outages: list[dict[str, Any]] = []
+    crashes: list[str] = []
+    starts = 1
+    t0 = time.monotonic()
+    proc = _run_cli(config)
+    outage_at = sorted(
+        rng.sample(range(max(args.kills, 1) + args.broker_outages), args.broker_outages)
+    )
+    step = 0
+    finished = False
+    try:
+        while time.monotonic() < deadline:
+            committed = stream.committed(group) if broker is None or broker.is_running() else {}
+            if committed == ends:
+                finished = True
+                break
+            if proc.poll() is not None:  # died on its own (not by our signal): restart, count it
+                _, err = proc.communicate()
+                lines = err.decode(errors="replace").strip().splitlines()
+                crashes.append(lines[-1] if lines else f"exit {proc.returncode}")
+                _say(f"daemon died on its own: {crashes[-1]}")
+                proc = _run_cli(config)
+                starts += 1
+                continue
+            if len(kills) + len(outages) >= args.kills + args.broker_outages:
+                time.sleep(0.5)  # all faults injected: let the daemon finish
+                continue
+            time.sleep(rng.uniform(args.min_gap, args.max_gap))
+            before = sum(stream.committed(group).values())
+            if outage_at and step == outage_at[0] and broker is not None:
+                outage_at.pop(0)
+                t1 = time.monotonic()
+                broker.stop()
+                time.sleep(rng.uniform(2.0, 6.0))
+                broker.start(timeout=180)
+                _say(
+                    f"broker outage {len(outages) + 1}: committed {before}, daemon alive "
+                    f"{proc.poll() is None}"
+                )
+                outages.append(
+                    {
+                        "committed_before": before,
+                        "seconds": round(time.monotonic() - t1, 1),
+                        "daemon_survived": proc.poll() is None,
+                    }
+                )
+            elif len(kills) < args.kills:
+                proc.send_signal(signal.SIGKILL)
+                proc.communicate()
+                kills.append({"committed_before": before})
+                _say(f"kill -9 {len(kills)}: committed {before}/{n_records}")
+                proc = _run_cli(config)
+                starts += 1
+            step += 1
+        _say(f"finished={finished}; committed {sum(stream.committed(group).values())}")
+        if finished:
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=120)
+            if proc.returncode != 0:
+                crashes.append(f"final SIGTERM exit {proc.returncode}: {err.decode()[-300:]}")
+    finally:
+        if broker is not None and not broker.is_running():
+            broker.start(timeout=180)
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    faulted_s = time.monotonic() - t0
+
+    figures: dict[str, Any] = {
+        "records": n_records,
+        "per_model": args.per_model,
+        "state_backend": args.state,
+        "kills_requested": args.kills,
+        "kills": len(kills),
+        # How far the group had committed when each kill came (percent of the input).
+        "committed_pct_at_kills": [round(100 * k["committed_before"] / n_records) for k in kills],
+        "broker_outages": len(outages),
+        "daemon_survived_outages": sum(1 for o in outages if o["daemon_survived"]),
+        "daemon_crashes": len(crashes),
+        "crash_reasons": sorted(set(crashes)),
+        "daemon_starts": starts,
+        "finished": finished,
+        "baseline_s": round(baseline_s, 1),
+        "faulted_run_s": round(faulted_s, 1),
+        "total_s": round(time.monotonic() - t_start, 1),
+    }
+    if not finished:
+        figures["identical"] = False
+        figures["differences"] = [f"the run did not commit the whole input in {args.max_seconds} s"]
+        return figures
+    state = (
+        _kafka_state(stream)
+        if args.state == "kafka"
+        else _state(LocalCheckpointStore(stream.base / "state-soak"))
+    )
+    try:
+        got = _comparable(_windows(stream.as_dict(), bootstrap), state)
+        diffs = _differences(got, want)
+    except AssertionError as err:  # a window published twice with different content
+        diffs = [str(err).splitlines()[0]]
+        got = None
+    published = _window_records(stream)
+    figures["windows"] = len(want[0])
+    figures["window_records_published"] = published
+    figures["windows_republished_after_kills"] = published - len(want[0])
+    figures["identical"] = not diffs
+    figures["differences"] = diffs
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the options, start (or check) the broker, run the soak, print the figures."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--kills", type=int, default=20, help="kill -9 count (default 20)")
+    ap.add_argument("--broker-outages", type=int, default=0, help="broker stop/start count")
+    ap.add_argument("--per-model", type=int, default=60_000, help="predictions per model")
+    ap.add_argument("--state", choices=("local", "kafka"), default="local")
+    ap.add_argument("--min-gap", type=float, default=1.0, help="least seconds between faults")
+    ap.add_argument("--max-gap", type=float, default=4.0, help="most seconds between faults")
+    ap.add_argument("--seed", type=int, default=20)
+    ap.add_argument("--max-seconds", type=float, default=900.0, help="bound on the whole run")
+    ap.add_argument("--bootstrap", help="a running broker on 127.0.0.1 (else one is started)")
+    ap.add_argument("--json", type=Path, help="also write the figures here as JSON")
+    args = ap.parse_args(argv)
+    configure_logs("error", json_logs=False)  # the in-process baseline daemon: figures only
+    if args.kills < 0 or args.broker_outages < 0 or not 0 < args.min_gap <= args.max_gap:
+        ap.error("--kills and --broker-outages must be >= 0 and 0 < --min-gap <= --max-gap")
+
+    with tempfile.TemporaryDirectory(prefix="dw-soak-") as tmp:
+        workdir = Path(tmp)
+        broker = None
+        if args.bootstrap:
+            host = args.bootstrap.rpartition(":")[0]
+            if host not in LOCAL_HOSTS or "," in args.bootstrap:
+                ap.error(f"--bootstrap {args.bootstrap} is not one broker on 127.0.0.1")
+            if args.broker_outages:
+                ap.error("--broker-outages needs the broker this script starts (no --bootstrap)")
+            bootstrap = args.bootstrap
+        else:
+            kb = load_broker_module()
+            broker = kb.Broker(workdir / "kafka")
+            bootstrap = broker.start(timeout=180)
+        try:
+            figures = soak(args, bootstrap, broker, workdir)
+        finally:
+            if broker is not None:
+                with contextlib.suppress(Exception):
+                    broker.stop()
+    for key, value in figures.items():
+        print(f"{key:32} {value}")
+    if args.json:
+        args.json.write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2))
+    if not figures["finished"]:
+        return 2
+    return 0 if figures["identical"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
