@@ -44,7 +44,13 @@ from driftwarden.daemon.app import build_daemon  # noqa: E402
 from driftwarden.daemon.checkpoint import LocalCheckpointStore  # noqa: E402
 from driftwarden.daemon.logs import configure as configure_logs  # noqa: E402
 from driftwarden.daemon.settings import load_settings  # noqa: E402
-from tests.daemon.test_faults import Stream, _input, _kafka_state, _state  # noqa: E402
+from tests.daemon.test_faults import (  # noqa: E402
+    Stream,
+    _crash_summary,
+    _input,
+    _kafka_state,
+    _state,
+)
 from tests.daemon.test_kafka_ingest import _comparable, _run_cli, _windows  # noqa: E402
 from tests.fixtures.kafka import load_broker_module  # noqa: E402
 
@@ -132,8 +138,7 @@ def soak(args: argparse.Namespace, bootstrap: str, broker: Any, workdir: Path) -
                 break
             if proc.poll() is not None:  # died on its own (not by our signal): restart, count it
                 _, err = proc.communicate()
-                lines = err.decode(errors="replace").strip().splitlines()
-                crashes.append(lines[-1] if lines else f"exit {proc.returncode}")
+                crashes.append(f"exit {proc.returncode}: " + _crash_summary(err.decode()))
                 _say(f"daemon died on its own: {crashes[-1]}")
                 proc = _run_cli(config)
                 starts += 1
@@ -153,13 +158,22 @@ def soak(args: argparse.Namespace, bootstrap: str, broker: Any, workdir: Path) -
                     f"broker outage {len(outages) + 1}: committed {before}, daemon alive "
                     f"{proc.poll() is None}"
                 )
-                outages.append(
-                    {
-                        "committed_before": before,
-                        "seconds": round(time.monotonic() - t1, 1),
-                        "daemon_survived": proc.poll() is None,
-                    }
-                )
+                ended = time.monotonic()
+                outage = {
+                    "committed_before": before,
+                    "seconds": round(ended - t1, 1),
+                    "daemon_survived": proc.poll() is None,
+                    "resume_s": None,
+                }
+                outages.append(outage)
+                # How long the daemon stalls after the broker is back: wait (bounded) for its
+                # next commit beyond the mark, unless it died (the loop restarts it).
+                while proc.poll() is None and time.monotonic() - ended < 120:
+                    now_committed = stream.committed(group)
+                    if sum(now_committed.values()) > before or now_committed == ends:
+                        outage["resume_s"] = round(time.monotonic() - ended, 1)
+                        break
+                    time.sleep(0.5)
             elif len(kills) < args.kills:
                 proc.send_signal(signal.SIGKILL)
                 proc.communicate()
@@ -192,6 +206,8 @@ def soak(args: argparse.Namespace, bootstrap: str, broker: Any, workdir: Path) -
         "committed_pct_at_kills": [round(100 * k["committed_before"] / n_records) for k in kills],
         "broker_outages": len(outages),
         "daemon_survived_outages": sum(1 for o in outages if o["daemon_survived"]),
+        # Seconds from the broker's restart to the daemon's next commit (None: it died).
+        "resume_s_after_outages": [o.get("resume_s") for o in outages],
         "daemon_crashes": len(crashes),
         "crash_reasons": sorted(set(crashes)),
         "daemon_starts": starts,
