@@ -240,7 +240,12 @@ def _wait(what: str, cond: Callable[[], bool], procs: list[subprocess.Popen[byte
 def _crash_summary(stderr: str) -> str:
     """The daemon's own traceback frames and the exception line of a crashed run's stderr."""
     lines = stderr.strip().splitlines()
-    ours = [ln.strip() for ln in lines if "driftwarden" in ln and ln.lstrip().startswith("File")]
+    # Our frames: the package is installed editable, so they are the ones outside site-packages.
+    ours = [
+        ln.strip()
+        for ln in lines
+        if ln.lstrip().startswith("File") and "site-packages" not in ln and "<frozen" not in ln
+    ]
     return " | ".join([*ours, lines[-1].strip() if lines else "(no stderr)"])
 
 
