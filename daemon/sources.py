@@ -15,8 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import structlog
 
 __all__ = ["FileSource", "KafkaSource", "RawRecord", "Source"]
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,11 +210,18 @@ class KafkaSource(Source):
             for (t, p), o in offsets.items()
             if TopicPartition(t, p) in assigned
         }
-        if todo and wait:
-            self._consumer.commit(todo)
-        elif todo:
-            # The checkpoint holds the same offsets, so a lost async commit loses nothing.
-            self._consumer.commit_async(todo)
+        from kafka.errors import KafkaError
+
+        try:
+            if todo and wait:
+                self._consumer.commit(todo)
+            elif todo:
+                self._consumer.commit_async(todo)
+        except KafkaError as exc:
+            # The durable checkpoint already holds these offsets (it is what a restart or a new
+            # owner seeks to): a commit lost to a broker outage or a rebalance loses nothing
+            # and is made again at the next checkpoint.
+            log.warning("offset commit failed; the checkpoint holds the offsets", error=repr(exc))
 
     def lag(self) -> dict[tuple[str, int], int]:
         """Records behind the end of each assigned partition (for the lag gauge)."""
