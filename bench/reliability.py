@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the scenarios, write the report; exit 1 when any scenario failed."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--kills", type=int, default=20, help="kill -9 count of the soak")
-    ap.add_argument("--per-model", type=int, default=60_000, help="soak predictions per model")
+    ap.add_argument("--per-model", type=int, default=100_000, help="soak predictions per model")
     ap.add_argument("--outages", type=int, default=3, help="broker outages of the second soak")
     ap.add_argument("--timeout", type=float, default=900.0, help="bound on each step (s)")
     ap.add_argument("--out", type=Path, default=REPO / "RELIABILITY.md")
@@ -198,8 +198,10 @@ def main(argv: list[str] | None = None) -> int:
         soaks.append(
             (
                 f"{args.kills} × kill -9 of one daemon (local checkpoints)",
-                f"The daemon subprocess is killed with SIGKILL at random moments (1-4 s apart) "
-                f"and restarted at once, {args.kills} times, while it reads "
+                f"The daemon subprocess is killed with SIGKILL and restarted at once, "
+                f"{args.kills} times (every other kill once the new life has committed work, the "
+                f"others 1-4 s after a start, often during start-up or the group join), while it "
+                f"reads "
                 f"{args.per_model} predictions per model for 3 models.",
                 fig,
             )

@@ -1,7 +1,7 @@
 """Soak (not a test): a daemon killed with ``kill -9`` N times during one long run.
 
 The seeded input of ``tests/daemon/test_faults.py`` (three models on three partitions, ~60 %
-labelled, a few malformed records), larger by default (60 000 predictions per model), is published
+labelled, a few malformed records), larger by default (100 000 predictions per model), is published
 once. An uninterrupted in-process daemon reads it to give the expected window summaries and state.
 Then a daemon subprocess (``driftwarden.daemon.cli run``) reads the same input on its own topics
 and is killed with SIGKILL at random moments (``--kills``, default 20) and restarted at once,
@@ -170,8 +170,21 @@ def soak(args: argparse.Namespace, bootstrap: str, broker: Any, workdir: Path) -
                     break
                 time.sleep(0.5)
                 continue
-            time.sleep(rng.uniform(args.min_gap, args.max_gap))
+            if len(kills) % 2 == 1 and len(kills) < args.kills:
+                # Every other kill comes once this life has committed new work (mid-processing);
+                # the others at a random moment, often while it starts, joins or restores.
+                mark = sum(committed.values())
+                t_wait = time.monotonic()
+                while proc.poll() is None and time.monotonic() - t_wait < 60:
+                    if sum(stream.committed(group).values()) > mark:
+                        break
+                    time.sleep(0.2)
+                time.sleep(rng.uniform(0.0, args.min_gap))
+            else:
+                time.sleep(rng.uniform(args.min_gap, args.max_gap))
             before = sum(stream.committed(group).values())
+            if before == sum(ends.values()):
+                continue  # the input is done: no fault left to inject into this run
             if outage_at and step == outage_at[0] and broker is not None:
                 outage_at.pop(0)
                 t1 = time.monotonic()
@@ -267,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--kills", type=int, default=20, help="kill -9 count (default 20)")
     ap.add_argument("--broker-outages", type=int, default=0, help="broker stop/start count")
-    ap.add_argument("--per-model", type=int, default=60_000, help="predictions per model")
+    ap.add_argument("--per-model", type=int, default=100_000, help="predictions per model")
     ap.add_argument("--state", choices=("local", "kafka"), default="local")
     ap.add_argument("--min-gap", type=float, default=1.0, help="least seconds between faults")
     ap.add_argument("--max-gap", type=float, default=4.0, help="most seconds between faults")
