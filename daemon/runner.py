@@ -141,6 +141,10 @@ class Daemon:
             unit = self._restore(p)
             self.units[p] = unit
             seek.update(unit.offsets)
+            if unit.offsets:
+                # The restored offsets may be ahead of the group's commit (a commit lost to a
+                # crash or an outage): commit them at the next checkpoint even with no new input.
+                self._since_checkpoint += 1
         log.info("partitions assigned", partitions=partitions, seek=len(seek))
         return seek
 
