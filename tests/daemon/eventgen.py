@@ -8,7 +8,8 @@ incident (a pipeline fills missing ``days_since_last_login`` with 0) from a give
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import random
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -146,6 +147,31 @@ def _label_of(model: str, seed: int, j: int, r: dict[str, np.ndarray], delays: n
         "label": int(r["label"][j]),
     }
     return Event("labels", model, orjson.dumps(doc), ts)
+
+
+def interleave(
+    streams: Sequence[Iterator[Event]],
+    models: Sequence[str],
+    bad: Sequence[bytes],
+    bad_rate: float,
+    rng: random.Random,
+) -> Iterator[tuple[str, str, bytes, bool]]:
+    """Several models' event streams mixed at random, as one publication order, with a malformed
+    record after a valid one at ``bad_rate`` (alternately on predictions and labels, keyed by the
+    models in turn). Yields (role, model key, value, is_malformed)."""
+    live = list(range(len(streams)))
+    sent_bad = 0
+    while live:
+        i = rng.choice(live)
+        ev = next(streams[i], None)
+        if ev is None:
+            live.remove(i)
+            continue
+        yield ev.role, ev.model, ev.value, False
+        if sent_bad < len(bad) and rng.random() < bad_rate:
+            role = "predictions" if sent_bad % 2 == 0 else "labels"
+            yield role, models[sent_bad % len(models)], bad[sent_bad], True
+            sent_bad += 1
 
 
 GOOD = orjson.loads(

@@ -64,20 +64,10 @@ def _input(n_per_model: int = N_PER_MODEL) -> tuple[tuple[str, str, bytes], ...]
         iter(eventgen.events(n_per_model, seed=31 + i, model=m)) for i, m in enumerate(MODELS)
     ]
     bad = eventgen.malformed(N_BAD, seed=5, max_bytes=MAX_BYTES)
-    out: list[tuple[str, str, bytes]] = []
-    live = list(range(len(MODELS)))
-    sent_bad = 0
-    while live:
-        i = rng.choice(live)
-        ev = next(streams[i], None)
-        if ev is None:
-            live.remove(i)
-            continue
-        out.append((ev.role, ev.model, ev.value))
-        if sent_bad < len(bad) and rng.random() < 0.0015:
-            role = "predictions" if sent_bad % 2 == 0 else "labels"
-            out.append((role, MODELS[sent_bad % len(MODELS)], bad[sent_bad]))
-            sent_bad += 1
+    out = [
+        (role, key, value)
+        for role, key, value, _ in eventgen.interleave(streams, MODELS, bad, 0.0015, rng)
+    ]
     return tuple(out)
 
 

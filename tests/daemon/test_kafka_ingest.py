@@ -135,20 +135,13 @@ def stream(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> di
         )
         for i, m in enumerate(MODELS)
     ]
-    live = list(range(len(MODELS)))
     sent_bad = 0
-    while live:
-        i = rng.choice(live)
-        ev = next(streams[i], None)
-        if ev is None:
-            live.remove(i)
-            continue
-        producer.send(topics[ev.role], key=ev.model.encode(), value=ev.value)
-        expected[ev.model][ev.role] += 1
-        if sent_bad < len(bad) and rng.random() < 0.0103:
-            topic = topics["predictions" if sent_bad % 2 == 0 else "labels"]
-            producer.send(topic, key=MODELS[sent_bad % 2].encode(), value=bad[sent_bad])
+    for role, model, value, malformed in eventgen.interleave(streams, MODELS, bad, 0.0103, rng):
+        producer.send(topics[role], key=model.encode(), value=value)
+        if malformed:
             sent_bad += 1
+        else:
+            expected[model][role] += 1
     # Orphan labels: labels whose prediction never existed.
     for j in range(300):
         raw = orjson.dumps(
