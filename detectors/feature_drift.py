@@ -27,12 +27,12 @@ from .base import Detector, DetectorResult, register
 from .batch import Batch, FeatureColumn
 from .profile import OTHER, FeatureProfile, ReferenceProfile
 from .stats import (
-    categorical_keys,
     chi2_homogeneity,
     grid_cdf,
     is_numeric_like,
     js_distance,
     ks_from_grid,
+    numeric_keys,
     psi,
     sorted_bin_counts,
     wasserstein_from_grid,
@@ -123,13 +123,25 @@ class _Binner:
         """Fold numeric values (finite only) into an accumulator."""
         if x.size == 0:
             return
-        acc["n"] += int(x.size)
-        xs = np.sort(x)  # one sort, then each grid is a few binary searches into it
+        self._add_sorted(acc, np.sort(x))
+
+    def _add_sorted(self, acc: dict[str, Any], xs: np.ndarray) -> None:
+        """Fold sorted values without NaN into an accumulator.
+
+        One sort serves every grid (a few binary searches into the sorted values), and the
+        tail sums only touch the values outside the grid, which sit at the two ends.
+        """
+        if xs.size == 0:
+            return
+        acc["n"] += int(xs.size)
         acc["coarse"] += sorted_bin_counts(xs, self.edges)
         if self.grid.size:
             acc["fine"] += sorted_bin_counts(xs, self.grid)
-            acc["low"] += float(np.sum(np.clip(self.grid[0] - x, 0.0, None)))
-            acc["high"] += float(np.sum(np.clip(x - self.grid[-1], 0.0, None)))
+            lo, hi = self.grid[0], self.grid[-1]
+            below = int(np.searchsorted(xs, lo, side="left"))
+            above = int(np.searchsorted(xs, hi, side="right"))
+            acc["low"] += float(np.sum(lo - xs[:below])) if below else 0.0
+            acc["high"] += float(np.sum(xs[above:] - hi)) if above < xs.size else 0.0
 
     def add_keys(self, acc: dict[str, Any], keys: np.ndarray) -> None:
         """Fold category keys into an accumulator (unknown categories count as "other")."""
@@ -141,13 +153,39 @@ class _Binner:
         acc["n"] += int(keys.size)
         acc["coarse"] += np.bincount(idx, minlength=len(self.categories) + 1)
 
+    def add_text(self, acc: dict[str, Any], text: np.ndarray) -> None:
+        """Fold a text view (nulls allowed) into an accumulator in one hashing pass.
+
+        ``pandas.factorize`` codes the values and drops the nulls (the same values
+        ``pandas.notna`` rejects); only its few distinct values are then looked up among the
+        reference categories, so no per-row key array is built.
+        """
+        if text.size == 0:
+            return
+        assert self.categories is not None
+        codes, uniques = pd.factorize(text, use_na_sentinel=True)
+        if len(uniques) == 0:
+            return
+        per_unique = np.bincount(codes + 1, minlength=len(uniques) + 1)[1:]
+        slot = self.categories.get_indexer(np.asarray(uniques, dtype=object))
+        slot[slot < 0] = len(self.categories)
+        np.add.at(acc["coarse"], slot, per_unique)
+        acc["n"] += int(per_unique.sum())
+
     def add_column(self, acc: dict[str, Any], col: FeatureColumn) -> None:
         """Fold a feature column's correctly typed, non-null values into an accumulator."""
         if self.kind == "numeric":
-            self.add_numbers(acc, col.numeric[~np.isnan(col.numeric)])
-        else:
-            keys, _ = categorical_keys(col.numeric, col.text, self.numbers_are_categories)
-            self.add_keys(acc, keys)
+            x = col.numeric
+            n_nan = int(np.count_nonzero(np.isnan(x)))
+            if n_nan < x.size:
+                # NaN sorts last: the valid values are the sorted array's head (a view).
+                self._add_sorted(acc, np.sort(x)[: x.size - n_nan])
+            return
+        self.add_text(acc, col.text)
+        if self.numbers_are_categories:
+            has_num = ~np.isnan(col.numeric)
+            if has_num.any():
+                self.add_keys(acc, numeric_keys(col.numeric[has_num]))
 
     def score(self, acc: Mapping[str, Any], method: str) -> tuple[float, float]:
         """``(effect, p_value)`` of the accumulated window for ``method``."""

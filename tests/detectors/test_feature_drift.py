@@ -7,10 +7,12 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as sps
 
+from driftwarden.detectors.batch import FeatureColumn
 from driftwarden.detectors.feature_drift import FeatureDrift, columns_batch
-from driftwarden.detectors.profile import ReferenceProfile, build_profile
-from driftwarden.detectors.stats import bin_counts, psi
+from driftwarden.detectors.profile import FeatureProfile, ReferenceProfile, build_profile
+from driftwarden.detectors.stats import bin_counts, grid_cdf, psi
 
 N_FEATURES = 50
 
@@ -190,3 +192,100 @@ def test_parameters_are_validated(clean_profile: ReferenceProfile) -> None:
     schema = FeatureDrift.params_schema
     assert schema["additionalProperties"] is False
     assert set(schema["properties"]) >= {"method", "threshold", "features", "fdr", "alpha"}
+
+
+def _direct_numeric_counts(fp: FeatureProfile, x: np.ndarray) -> dict[str, object]:
+    """Unsorted, per-value binning of a numeric feature: the reference for the fast path."""
+    grid, _ = grid_cdf(fp.quantiles)
+    v = x[~np.isnan(x)]
+    return {
+        "n": v.size,
+        "coarse": bin_counts(v, fp.bin_edges),
+        "fine": bin_counts(v, grid),
+        "low": float(np.sum(np.clip(grid[0] - v, 0.0, None))),
+        "high": float(np.sum(np.clip(v - grid[-1], 0.0, None))),
+    }
+
+
+def test_numeric_counts_equal_per_value_binning() -> None:
+    """Sorted-column binning (NaN dropped, tails outside the grid) equals per-value binning."""
+    rng = np.random.default_rng(900)
+    prof = build_profile(pd.DataFrame({"x": rng.normal(size=4000)}), "m", created_at="-")
+    x = np.r_[rng.normal(0.3, 1.5, 3000), [np.nan] * 50, [-9.0, 9.0, np.inf, -np.inf]]
+    x = x[rng.permutation(x.size)]
+    det = FeatureDrift("drift", prof, method="wasserstein")
+    for part in np.array_split(x, 7):
+        det.update(columns_batch({"x": part}))
+    got = det.state_dict()["state"]["features"]["x"]
+    want = _direct_numeric_counts(prof.features["x"], x)
+    assert got["n"] == want["n"]
+    assert got["coarse"] == list(want["coarse"]) and got["fine"] == list(want["fine"])
+    assert got["low"] == want["low"] == np.inf and got["high"] == want["high"] == np.inf
+
+    finite = x[np.isfinite(x)]
+    det.reset()
+    det.update(columns_batch({"x": finite}))
+    got = det.state_dict()["state"]["features"]["x"]
+    want = _direct_numeric_counts(prof.features["x"], finite)
+    assert got["low"] == pytest.approx(want["low"], rel=1e-12)
+    assert got["high"] == pytest.approx(want["high"], rel=1e-12)
+
+
+def test_ks_and_chi2_p_values_match_scipy_on_the_same_counts() -> None:
+    """End to end, the detector's p-values are scipy's on the binned window (to 1e-12)."""
+    rng = np.random.default_rng(901)
+    n_ref, n = 20_000, 5_000
+    ref = pd.DataFrame(
+        {
+            "x": rng.normal(size=n_ref),
+            "plan": rng.choice(["free", "pro", "team"], n_ref, p=[0.6, 0.3, 0.1]),
+        }
+    )
+    prof = build_profile(ref, "m", created_at="-")
+    x = rng.normal(0.1, 1.0, n)
+    plan = rng.choice(np.array(["free", "pro", "team", "new", None], dtype=object), n)
+    batch = columns_batch({"x": x, "plan": plan})
+    fp_x, fp_plan = prof.features["x"], prof.features["plan"]
+
+    det = FeatureDrift("drift", prof, method="ks", fdr="none", threshold=0.999)
+    det.update(batch)
+    p_of = {t["feature"]: t["p_value"] for t in det.result().evidence["top"]}
+    grid, cdf = grid_cdf(fp_x.quantiles)
+    d = np.max(np.abs(np.cumsum(bin_counts(x, grid))[:-1] / n - cdf))
+    en = round(n * fp_x.n / (n + fp_x.n))
+    assert p_of["x"] == pytest.approx(sps.kstwo.sf(d, en), rel=1e-12, abs=1e-300)
+
+    names = ["free", "pro", "team"]
+    window = [int(np.sum(plan == c)) for c in names] + [int(np.sum(plan == "new"))]
+    reference = [fp_plan.categories[c] * fp_plan.n for c in names] + [0.0]
+    table = np.array([reference, window], dtype=np.float64)
+    table = table[:, table.sum(axis=0) > 0]
+    stat, p_scipy, _, _ = sps.chi2_contingency(table, correction=False)
+    assert p_of["plan"] == pytest.approx(p_scipy, rel=1e-9, abs=1e-300)
+    assert det.state_dict()["state"]["features"]["plan"]["n"] == int(np.sum(plan != None))  # noqa: E711
+
+
+def test_categorical_counts_skip_nulls_and_pool_unknown_categories() -> None:
+    """Text nulls (None and NaN) are skipped, unseen categories pool into "other", and
+    numbers count as categories when the reference categories are numeric-like."""
+    ref = pd.DataFrame(
+        {"plan": ["a", "b", "c", "a"] * 100, "level": np.array(["1", "2", "3", "2"] * 100)}
+    )
+    prof = build_profile(ref, "m", created_at="-")
+    level = FeatureColumn(
+        numeric=np.array([np.nan, 1.0, 2.0, 7.5, np.nan, np.nan, 3.0]),
+        text=np.array(["3", None, None, None, "x", None, None], dtype=object),
+        null=np.array([False, False, False, False, False, True, False]),
+        absent=np.zeros(7, dtype=bool),
+    )
+    batch = columns_batch({"plan": np.array(["a", None, "z", np.nan, "b", "y", "a"], dtype=object)})
+    batch.features["level"] = level
+    det = FeatureDrift("drift", prof, method="chi2", min_samples=1)
+    det.update(batch)
+    state = det.state_dict()["state"]["features"]
+    order = [c for c in prof.features["plan"].categories if c != "__other__"]
+    want = {"a": 2, "b": 1, "c": 0}
+    assert state["plan"] == {"n": 5, "coarse": [want[c] for c in order] + [2]}
+    order = [c for c in prof.features["level"].categories if c != "__other__"]
+    want = {"1": 1, "2": 1, "3": 2}
+    assert state["level"] == {"n": 6, "coarse": [want[c] for c in order] + [2]}
