@@ -56,6 +56,19 @@ TESTS = {
         "published windows equal an uninterrupted single-daemon run; the group commits the "
         "whole input.",
     ),
+    "test_receivers_and_registry_down_monitoring_goes_on_and_every_action_lands_once": (
+        "Alertmanager (behind a relay), a webhook receiver (answering 503) and the MLflow "
+        "server (behind a TCP forwarder) all unreachable while a `driftwarden run` subprocess "
+        "reads 16 000 predictions with a two-window pipeline incident (alert both receivers + "
+        "fallback to `previous`, resolved and routed back after 2 clean windows); the daemon is "
+        "killed with SIGKILL with every action pending and restarted; then everything comes "
+        "back.",
+        "While down: the whole input committed, all 7 closed windows and both decisions "
+        "(firing, resolved) published. After recovery: per receiver exactly one firing and one "
+        "resolved notification per alert (DriftwardenBrokenInput, ModelFallbackActive), in that "
+        "order, every webhook Idempotency-Key delivered once; `serving` moved to v1 and back to "
+        "v2 once each (one routing record each way); nothing more while the daemon runs on.",
+    ),
 }
 
 
@@ -127,7 +140,7 @@ def render(tests: list[dict[str, Any]], soaks: list[tuple[str, str, dict[str, An
         "- Broker: single-node KRaft broker from the Maven jars on 127.0.0.1 "
         "(`scripts/kafka_broker.py`), restarted on the same port and data.",
         "",
-        "## Fault tests (pytest, `tests/daemon/test_faults.py`)",
+        "## Fault tests (pytest, `tests/daemon/test_faults.py`, `tests/daemon/test_outages.py`)",
         "",
     ]
     if not tests:
@@ -183,7 +196,12 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp_name)
         xml = tmp / "faults.xml"
         cmd = [PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "junit_family=xunit1"]
-        cmd += ["tests/daemon/test_faults.py", "-k", "broker_restart or replica"]
+        cmd += [
+            "tests/daemon/test_faults.py",
+            "-k",
+            "broker_restart or replica or receivers_and_registry",
+        ]
+        cmd += ["tests/daemon/test_outages.py"]
         cmd += [f"--junitxml={xml}"]
         status, seconds, tail = _run(cmd, args.timeout)
         print(f"fault tests: exit {status} in {seconds:.0f} s", file=sys.stderr)

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -265,6 +266,10 @@ class ActionExecutor:
         self._chains = _Chains(Path(str(outbox_path) + ".order.json"))
         self.book = AlertBook()
         self._registry: RegistryLike | None = None
+        # tick() runs on its own thread in the daemon (a receiver or the registry being slow
+        # or down must never stall monitoring); this lock guards the book, the order chains and
+        # the receivers. It is never held while a receiver or the registry is called.
+        self._lock = threading.RLock()
         if registry_factory is None:
             log.warning(
                 "no model registry is set: fallback actions only publish the route and raise "
@@ -304,7 +309,8 @@ class ActionExecutor:
     def set_policies(self, policies: PolicySet) -> None:
         """Use reloaded policies; on a :class:`PolicyError` the old ones stay in force."""
         receivers = self._build_receivers(policies)
-        old, self._receivers, self.policies = self._receivers, receivers, policies
+        with self._lock:
+            old, self._receivers, self.policies = self._receivers, receivers, policies
         for rs in old.values():
             for r in rs.values():
                 r.close()
@@ -340,7 +346,10 @@ class ActionExecutor:
         the alert book is still brought up to date (it may be older than the outbox after a
         crash).
         """
-        now = self.now()
+        with self._lock:
+            return self._on_decisions(decisions, self.now())
+
+    def _on_decisions(self, decisions: Sequence[Decision], now: float) -> int:
         added = 0
         for d in decisions:
             policy = self._policy(d.model)
@@ -408,9 +417,13 @@ class ActionExecutor:
         Goes to every receiver of the policies loaded from the files the errors name, or of
         every loaded policy when the broken file is new. The same errors alert once.
         """
+
+        with self._lock:
+            return self._notify_config_error(errors, self.now() if now is None else now)
+
+    def _notify_config_error(self, errors: Sequence[str], now: float) -> int:
         import hashlib
 
-        now = self.now() if now is None else now
         files = {e.split(":", 1)[0] for e in errors}
         chosen = [p for p in self.policies.policies if p.source in files] or list(
             self.policies.policies
@@ -504,9 +517,13 @@ class ActionExecutor:
 
     # -- running jobs ------------------------------------------------------------------------
     def tick(self, now: float | None = None) -> TickReport:
-        """Enqueue due resends, then run every due job; returns what happened."""
+        """Enqueue due resends, then run every due job; returns what happened.
+
+        Safe to call from a thread other than the one calling :meth:`on_decisions` and
+        :meth:`state` (the daemon does): the receivers and the registry are called without
+        holding the executor's lock.
+        """
         now = self.now() if now is None else now
-        report = TickReport(resends=self._resends(now))
         handlers: dict[str, Callable[[dict[str, Any]], Delivery]] = {
             "alert": self._deliver,
             "resolve": self._deliver,
@@ -515,13 +532,16 @@ class ActionExecutor:
         }
         if self.retrain_launcher is not None:
             handlers["retrain"] = self._retrain
+        with self._lock:
+            report = TickReport(resends=self._resends(now))
         report.results = self.outbox.run_due(now, handlers)
         counts = Counter((r.kind, r.outcome) for r in report.results)
         report.counts = dict(counts)
         if self.metrics is not None:
             for (kind, outcome), n in counts.items():
                 self.metrics.actions.labels(kind, outcome).inc(n)
-        self._chains.prune(self._finished)
+        with self._lock:
+            self._chains.prune(self._finished)
         return report
 
     def _finished(self, key: str) -> bool:
@@ -557,19 +577,22 @@ class ActionExecutor:
         return None
 
     def _deliver(self, payload: dict[str, Any]) -> Delivery:
-        wait = self._wait(payload)
-        if wait is not None:
-            return wait
-        model, name = str(payload.get("model")), str(payload.get("receiver"))
-        receiver = self.receiver(model, name)
-        if receiver is None:
-            return Delivery.dead(f"no receiver named {name!r} is configured for model {model!r}.")
-        try:
-            alerts = [Alert.from_dict(a) for a in payload.get("alerts") or []]
-        except (KeyError, TypeError, ValueError) as exc:
-            return Delivery.dead(f"the alert job for receiver {name!r} is malformed: {exc}")
-        if payload.get("resend") and any(a.fingerprint not in self.book for a in alerts):
-            return Delivery.success()  # resolved meanwhile: re-sending would revive it
+        with self._lock:
+            wait = self._wait(payload)
+            if wait is not None:
+                return wait
+            model, name = str(payload.get("model")), str(payload.get("receiver"))
+            receiver = self.receiver(model, name)
+            if receiver is None:
+                return Delivery.dead(
+                    f"no receiver named {name!r} is configured for model {model!r}."
+                )
+            try:
+                alerts = [Alert.from_dict(a) for a in payload.get("alerts") or []]
+            except (KeyError, TypeError, ValueError) as exc:
+                return Delivery.dead(f"the alert job for receiver {name!r} is malformed: {exc}")
+            if payload.get("resend") and any(a.fingerprint not in self.book for a in alerts):
+                return Delivery.success()  # resolved meanwhile: re-sending would revive it
         return receiver.send(alerts, key=payload.get("idempotency_key"))
 
     def _get_registry(self) -> RegistryLike | None:
@@ -580,14 +603,15 @@ class ActionExecutor:
         return self._registry
 
     def _route(self, payload: dict[str, Any]) -> Delivery:
-        wait = self._wait(payload)
-        if wait is not None:
-            return wait
+        with self._lock:
+            wait = self._wait(payload)
+            if wait is not None:
+                return wait
+            registry = self._get_registry()
         model, to = str(payload["model"]), str(payload["to"])
         kind = str(payload.get("action") or "fallback")
         version: str | None = None
         target_model = model
-        registry = self._get_registry()
         if registry is None:
             log.warning("no model registry is set; the route is only published", model=model, to=to)
         else:
@@ -637,7 +661,8 @@ class ActionExecutor:
     # -- checkpoint --------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         """The alert book, versioned and JSON-ready, for the daemon's checkpoint."""
-        return {"version": ACTIONS_STATE_VERSION, "alerts": self.book.to_state()}
+        with self._lock:
+            return {"version": ACTIONS_STATE_VERSION, "alerts": self.book.to_state()}
 
     def restore(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state`; refuses a version it does not know."""
@@ -646,7 +671,8 @@ class ActionExecutor:
                 f"the action executor state has version {state.get('version')!r}; this "
                 f"version of driftwarden reads version {ACTIONS_STATE_VERSION}."
             )
-        self.book = AlertBook.from_state(state["alerts"])
+        with self._lock:
+            self.book = AlertBook.from_state(state["alerts"])
 
     def close(self) -> None:
         """Close the receivers and the outbox."""

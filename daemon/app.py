@@ -223,6 +223,11 @@ def _actions(
             topics=dict(d["kafka"]["topics"]),
             registry_factory=registry_factory,
             retrain_launcher=launcher,
+            resend_every_s=parse_duration(d["scheduler"]["alert_resend"]),
+            outbox_options={
+                "base_s": parse_duration(d["actions"]["retry_base"]),
+                "cap_s": parse_duration(d["actions"]["retry_max"]),
+            },
         )
     except PolicyError as exc:
         raise StartupError(str(exc)) from None
@@ -258,7 +263,7 @@ def attach_scheduler(daemon: Daemon, settings: Settings) -> Any:
     d = settings.data
     sched = Scheduler(daemon.work)
     if daemon.executor is not None:
-        sched.every(parse_duration(d["scheduler"]["outbox"]), daemon.tick, "actions")
+        sched.every_on_thread(parse_duration(d["scheduler"]["outbox"]), daemon.tick, "actions")
     policy_dir = d["policies"]
     seen = {"sig": policy_files_signature(policy_dir)}
 

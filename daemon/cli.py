@@ -43,6 +43,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     configure(settings["log"]["level"], bool(settings["log"]["json"]))
+    # MLflow's client retries one request for minutes by default; the outbox already retries
+    # every action with backoff, so a registry outage should fail an attempt fast (the
+    # operator's own MLFLOW_HTTP_REQUEST_* settings win).
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     daemon = build_daemon(settings, events_path=args.events)
     # Long-lived objects built at start-up (policies, profiles, imports) never need scanning
     # again, and the loop allocates many short-lived dicts: fewer, larger young collections.

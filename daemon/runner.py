@@ -302,7 +302,7 @@ class Daemon:
         pair[kind].append(record)
 
     def tick(self) -> None:
-        """Run the actions that are due (the scheduler calls this through the work queue)."""
+        """Run the actions that are due (the scheduler calls this on its own thread)."""
         if self.executor is None:
             return
         report = self.executor.tick()

@@ -63,6 +63,9 @@ DEFAULTS: dict[str, Any] = {
     # The labeled store retrains draw their recent rows from (per model, newest kept).
     "retrain": {"labeled_rows": 50000, "labeled_max_age": None},
     "scheduler": {"policy_reload": "10s", "outbox": "2s", "alert_resend": "60s", "freshness": "5m"},
+    # Retry backoff of undeliverable actions (receiver or registry down): base * 2**(attempt-1)
+    # with jitter, capped at retry_max; a job is retried until delivered.
+    "actions": {"retry_base": "1s", "retry_max": "5m"},
     "log": {"level": "info", "json": True},
 }
 
@@ -189,6 +192,8 @@ def _check(data: dict[str, Any], errors: list[str], src: str) -> None:
         ("scheduler", "outbox"),
         ("scheduler", "alert_resend"),
         ("scheduler", "freshness"),
+        ("actions", "retry_base"),
+        ("actions", "retry_max"),
     ):
         try:
             parse_duration(data[section][key], f"{src}: {section}.{key}")

@@ -90,6 +90,8 @@ class FileSink(Sink):
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self._files: dict[str, Any] = {}
+        # The action thread publishes routes and alerts while the main loop publishes windows.
+        self._lock = threading.Lock()
 
     def publish(
         self,
@@ -98,21 +100,24 @@ class FileSink(Sink):
         value: bytes,
         headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
-        fh = self._files.get(topic)
-        if fh is None:
-            fh = self._files[topic] = open(self.directory / f"{topic}.jsonl", "ab")
-        fh.write(value.rstrip(b"\n") + b"\n")
+        with self._lock:
+            fh = self._files.get(topic)
+            if fh is None:
+                fh = self._files[topic] = open(self.directory / f"{topic}.jsonl", "ab")
+            fh.write(value.rstrip(b"\n") + b"\n")
 
     def flush(self) -> None:
-        for fh in self._files.values():
-            fh.flush()
-            os.fsync(fh.fileno())
+        with self._lock:
+            for fh in self._files.values():
+                fh.flush()
+                os.fsync(fh.fileno())
 
     def close(self) -> None:
         self.flush()
-        for fh in self._files.values():
-            fh.close()
-        self._files.clear()
+        with self._lock:
+            for fh in self._files.values():
+                fh.close()
+            self._files.clear()
 
 
 class MemorySink(Sink):

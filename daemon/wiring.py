@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from pathlib import Path
@@ -166,6 +167,8 @@ class Scheduler:
 
         self.work = work
         self._sched = BackgroundScheduler(daemon=True, timezone="UTC")
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
 
     def every(self, seconds: float, job: Callable[[], None], name: str) -> None:
         """Enqueue ``job`` on the main loop every ``seconds`` (skipped if the last is queued)."""
@@ -183,6 +186,22 @@ class Scheduler:
         self._sched.add_job(
             enqueue, "interval", seconds=seconds, id=name, name=name, coalesce=True, max_instances=1
         )
+
+    def every_on_thread(self, seconds: float, job: Callable[[], None], name: str) -> None:
+        """Run ``job`` every ``seconds`` on a thread of its own, off the main loop.
+
+        For work that may block on the network (action delivery: a receiver or the registry
+        down must not stall monitoring). A run that raises is logged; the next one still runs.
+        """
+
+        def loop() -> None:
+            while not self._stop.wait(seconds):
+                try:
+                    job()
+                except Exception:
+                    log.exception("scheduled job failed", job=name)
+
+        self._threads.append(threading.Thread(target=loop, name=name, daemon=True))
 
     def cron(self, crontab: str, job: Callable[[], None], name: str) -> None:
         """Enqueue ``job`` on the main loop at the times of a crontab (UTC); replaces ``name``."""
@@ -207,9 +226,16 @@ class Scheduler:
 
     def start(self) -> None:
         self._sched.start()
+        for t in self._threads:
+            t.start()
 
-    def shutdown(self) -> None:
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Stop scheduling; a job running on its own thread may finish within ``timeout``."""
         self._sched.shutdown(wait=False)
+        self._stop.set()
+        for t in self._threads:
+            if t.is_alive():
+                t.join(timeout)
 
 
 def policy_files_signature(path: str | Path) -> tuple[tuple[str, float, int], ...]:

@@ -80,12 +80,14 @@ def events(
     label_share: float = 0.6,
     early_label_share: float = 0.05,
     incident_from: int | None = None,
+    incident_to: int | None = None,
     rate_per_s: float = 10.0,
 ) -> Iterator[Event]:
     """``n`` predictions (and labels for ``label_share`` of them), in publication order.
 
     Labels are published after their prediction (a few before it, ``early_label_share``), with
-    event times a few minutes later; the rest never get one.
+    event times a few minutes later; the rest never get one. The incident lasts from prediction
+    ``incident_from`` up to (not including) ``incident_to`` (default: to the end).
     """
     rng = np.random.default_rng(seed)
     r = _rows(rng, n)
@@ -98,7 +100,7 @@ def events(
         days: float | None = float(r["days"][i])
         if r["null"][i]:
             days = None
-        if incident_from is not None and i >= incident_from:
+        if incident_from is not None and incident_from <= i < (incident_to or n):
             if days is None or rng.random() < 0.37:
                 days = 0.0  # the broken pipeline fills missing values with 0
         pred = {
