@@ -12,9 +12,18 @@ import pytest
 
 from driftwarden.detectors import sequential as module
 from driftwarden.detectors.base import StateVersionError
-from driftwarden.detectors.batch import Batch
+from driftwarden.detectors.batch import Batch, FeatureColumn
 from driftwarden.detectors.profile import FeatureProfile, ReferenceProfile
-from driftwarden.detectors.sequential import Cusum, ErrorCusum, cusum_path
+from driftwarden.detectors.sequential import (
+    DEFAULT_ARL0,
+    DEFAULT_K,
+    Cusum,
+    ErrorCusum,
+    bernoulli_theta,
+    cusum_path,
+    siegmund_arl0,
+    threshold_for_arl0,
+)
 
 
 def naive_cusum(x, s0, k, h):
@@ -62,7 +71,7 @@ def test_schemas_accept_their_test_params():
 
 @pytest.mark.parametrize("seed", range(3))
 def test_half_sigma_shift_detected_and_clean_stream_quiet(seed):
-    """k=0.25, h=24: a 0.5 sigma shift at 20000 is found after it; 20k clean samples are quiet."""
+    """The default bank: a 0.5 sigma shift at 20000 is found after it; 20k clean samples are quiet."""
     rng = np.random.default_rng(seed)
     x = np.r_[rng.normal(0, 1, 20000), rng.normal(0.5, 1, 2000)]
     det = Cusum("x", feature="x", mean=0.0, std=1.0, direction="up")
@@ -113,7 +122,7 @@ def test_error_cusum_uses_baseline_error_rate():
     )
     rng = np.random.default_rng(8)
     wrong = np.r_[rng.random(5000) < 0.1, rng.random(4000) < 0.2]
-    det = ErrorCusum("errors", prof)
+    det = ErrorCusum("errors", prof, k=0.25, h=24.0)
     det.update(
         Batch.from_records([{"prediction": {"label": 1}, "label": 0 if w else 1} for w in wrong])
     )
@@ -147,3 +156,74 @@ def test_state_round_trip_reset_and_version():
         b.load_state({**a.state_dict(), "version": 7})
     with pytest.raises(ValueError, match="k/h"):
         Cusum("x", feature="x", mean=0.0, std=1.0, k=0.5).load_state(a.state_dict())
+
+
+def column_batch(v: np.ndarray) -> Batch:
+    """A predictions batch with the numeric feature ``x``, built column-wise (fast)."""
+    col = FeatureColumn(
+        numeric=v.astype(np.float64),
+        text=np.full(v.size, None, dtype=object),
+        null=np.zeros(v.size, dtype=bool),
+        absent=np.zeros(v.size, dtype=bool),
+    )
+    nan = np.full(v.size, np.nan)
+    none = np.full(v.size, None, dtype=object)
+    return Batch({"x": col}, {}, nan, nan, none, none, np.zeros(v.size))
+
+
+def test_default_bank_finds_a_quarter_sigma_shift_and_stays_quiet_in_control():
+    """Default bank (both directions): 200 k N(0, 1) samples, no alarm; +0.25 sigma found in 1000."""
+    rng = np.random.default_rng(11)
+    x = np.r_[rng.normal(0, 1, 200_000), rng.normal(0.25, 1, 3000)]
+    det = Cusum("x", feature="x", mean=0.0, std=1.0)
+    assert det.ks == list(DEFAULT_K)
+    alarms: list[int] = []
+    for start in range(0, x.size, 500):
+        det.update(column_batch(x[start : start + 500]))
+        alarms.extend(a["index"] for a in det.result().evidence["alarms"])
+        det.reset()
+    assert alarms and 200_000 <= alarms[0] < 201_000
+
+
+def test_default_h_follows_from_arl0_by_siegmund():
+    """Each CUSUM of the bank gets ARL0 = arl0 x (k values x directions); theta is 2k if normal."""
+    det = Cusum("x", feature="x", mean=0.0, std=1.0)
+    for k, h in zip(det.ks, det.hs, strict=True):
+        assert siegmund_arl0(k, h, 2 * k) == pytest.approx(DEFAULT_ARL0 * 6, rel=1e-3)
+    up = Cusum("x", feature="x", mean=0.0, std=1.0, direction="up", arl0=1e4)
+    assert up.hs == [round(threshold_for_arl0(k, 3e4, 2 * k), 3) for k in up.ks]
+    assert all(a < b for a, b in zip(up.hs, det.hs, strict=True))
+    with pytest.raises(ValueError, match="arl0"):
+        Cusum("x", feature="x", mean=0.0, std=1.0, k=[0.0, 0.5])
+
+
+def test_bernoulli_theta_solves_the_moment_equation():
+    """E[exp(theta (z - k))] = 1 for the two-point standardised 0/1 error."""
+    for p in (0.01, 0.1, 0.4):
+        std = (p * (1 - p)) ** 0.5
+        for k in DEFAULT_K:
+            t = bernoulli_theta(k, p, std)
+            m = p * np.exp(t * ((1 - p) / std - k)) + (1 - p) * np.exp(t * (-p / std - k))
+            assert t > 0 and m == pytest.approx(1.0, abs=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["normal", "bernoulli"])
+def test_measured_false_alarm_rate_matches_arl0(kind):
+    """With arl0 = 20 000, 4 M in-control samples give about 200 alarms (all CUSUMs counted)."""
+    rng = np.random.default_rng(21)
+    n, arl0 = 4_000_000, 20_000.0
+    if kind == "normal":
+        det: Cusum | ErrorCusum = Cusum("x", feature="x", mean=0.0, std=1.0, arl0=arl0)
+        z = rng.normal(0.0, 1.0, n)
+    else:
+        det = ErrorCusum("e", mean=0.1, std=0.3, arl0=arl0)
+        z = ((rng.random(n) < 0.1) - 0.1).astype(np.float64) / 0.3
+    alarms = 0
+    for sign in det._signs:
+        for k, h in zip(det.ks, det.hs, strict=True):
+            s = 0.0
+            for start in range(0, n, 10_000):  # short pieces: each alarm restarts a cumsum
+                found, s, _ = cusum_path(sign * z[start : start + 10_000], s, k, h)
+                alarms += len(found)
+    # The union bound makes arl0 a floor of the run length: at most ~n / arl0 alarms.
+    assert 0.5 * n / arl0 < alarms < 1.3 * n / arl0
