@@ -44,7 +44,7 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -85,6 +85,7 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 ACTIONS_STATE_VERSION = 1
+HANDOVER_VERSION = 1
 ACTOR = "driftwarden"
 DEFAULT_ROUTING_TOPIC = "driftwarden.routing"
 # Aliases a fallback ``to:`` may name within the model itself; any other word is a model name.
@@ -184,6 +185,11 @@ class _Chains:
         self._save()
         return prev
 
+    def adopt(self, stream: str, key: str, after: str | None) -> None:
+        """A job handed over from another replica becomes the stream's last job."""
+        self._d[stream] = {"last": key, "prev": after}
+        self._save()
+
     def prune(self, finished: Callable[[str], bool]) -> None:
         """Forget streams whose last job is finished (done or dead): nothing to wait for."""
         gone = [s for s, e in self._d.items() if e["last"] is not None and finished(e["last"])]
@@ -199,6 +205,19 @@ class _Chains:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.path)
+
+
+def job_model(job: Any) -> str | None:
+    """The model a job acts for (``None``: a daemon-wide job, e.g. a refused policy edit)."""
+    if str(job.key).startswith("config/"):
+        return None
+    payload = job.payload
+    if "model" in payload:
+        return str(payload["model"])
+    decision = payload.get("decision")
+    if isinstance(decision, Mapping) and "model" in decision:
+        return str(decision["model"])
+    return None
 
 
 def _as_delivery(out: Any) -> Delivery:
@@ -657,6 +676,83 @@ class ActionExecutor:
         return _as_delivery(
             self.retrain_launcher(dict(payload["decision"]), dict(payload["action"]))
         )
+
+    # -- handover between replicas (state.backend: kafka) -----------------------------------
+    def enable_handover(self) -> int:
+        """Partitions (so models) move between replicas: a model's actions travel with it.
+
+        Called once at start-up, before any partition is assigned. The alert book starts
+        empty and every pending job of a model is ``released``: it runs here again only if
+        this replica is given the model's partition (:meth:`adopt`). Returns how many jobs
+        were released.
+        """
+        with self._lock:
+            self.book = AlertBook()
+            keys = [j.key for j in self.outbox.pending() if job_model(j) is not None]
+            return self.outbox.release(keys, self.now())
+
+    def handover_state(self, models: Collection[str]) -> dict[str, Any]:
+        """The active alerts and pending jobs of ``models``, for their partition's checkpoint."""
+        with self._lock:
+            jobs = [
+                {
+                    "key": j.key,
+                    "kind": j.kind,
+                    "payload": j.payload,
+                    "created_at": j.created_at,
+                    "attempts": j.attempts,
+                }
+                for j in self.outbox.pending()
+                if job_model(j) in models
+            ]
+            jobs.sort(key=lambda j: (j["created_at"], j["key"]))
+            return {
+                "version": HANDOVER_VERSION,
+                "alerts": self.book.to_state(models),
+                "jobs": jobs,
+            }
+
+    def adopt(self, models: Collection[str], state: Mapping[str, Any] | None, *, ours: bool) -> int:
+        """Take ``models`` over with their partition's checkpoint; returns jobs now pending.
+
+        ``ours``: this replica wrote that checkpoint (a restart), so its own released jobs of
+        these models — including any enqueued after the checkpoint — run again. Otherwise
+        the checkpoint is the truth: its jobs run here and released copies of jobs it no longer
+        lists stay released (the other replica finished them). Jobs it lists that are done here
+        stay done.
+        """
+        with self._lock:
+            now = self.now()
+            n = 0
+            if ours:
+                keys = [j.key for j in self.outbox.jobs(["released"]) if job_model(j) in models]
+                n += self.outbox.revive(keys, now)
+            if not state:
+                return n
+            if state.get("version") != HANDOVER_VERSION:
+                raise StateVersionError(
+                    f"the handed-over actions have version {state.get('version')!r}; this "
+                    f"version of driftwarden reads version {HANDOVER_VERSION}."
+                )
+            self.book.take_models(models, state["alerts"])
+            for job in state["jobs"]:
+                if self.outbox.adopt(job, now):
+                    n += 1
+                    stream = job["payload"].get("stream")
+                    if stream:
+                        self._chains.adopt(
+                            str(stream), str(job["key"]), job["payload"].get("after")
+                        )
+            if n:
+                log.info("actions taken over", models=sorted(models), pending=n)
+            return n
+
+    def release(self, models: Collection[str]) -> int:
+        """Another replica takes ``models`` (their checkpoint carries their pending jobs)."""
+        with self._lock:
+            keys = [j.key for j in self.outbox.pending() if job_model(j) in models]
+            self.book.drop_models(models)
+            return self.outbox.release(keys, self.now())
 
     # -- checkpoint --------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:

@@ -147,9 +147,14 @@ def build_daemon(
     holder: dict[str, Any] = {"policies": policies}
     if with_state and with_actions:
         executor, on_labeled = _actions(settings, policies, sink, loader, holder)
-    replica = d["state"]["replica_id"] or socket.gethostname()
+    # One replica = one state directory: replicas sharing a host differ by their directory.
+    replica = (
+        d["state"]["replica_id"] or f"{socket.gethostname()}:{Path(d['state']['dir']).resolve()}"
+    )
     daemon = Daemon(
         actions_unit="actions" if d["state"]["backend"] == "local" else f"actions-{replica}",
+        replica=replica,
+        handover=d["state"]["backend"] == "kafka",
         source_factory=source_factory,
         sink=sink,
         store=store,

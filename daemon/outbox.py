@@ -46,14 +46,17 @@ __all__ = ["Job", "JobResult", "Outbox", "backoff_delay"]
 
 log = structlog.get_logger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
+# Version 2 adds the state ``released``: a job of a model whose partition another replica owns
+# now (the partition's checkpoint carried it there); it runs here again only if this replica
+# takes the partition back (:meth:`Outbox.revive`, :meth:`Outbox.adopt`).
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     key         TEXT PRIMARY KEY,
     kind        TEXT NOT NULL,
     payload     TEXT NOT NULL,
-    state       TEXT NOT NULL CHECK (state IN ('pending', 'done', 'dead')),
+    state       TEXT NOT NULL CHECK (state IN ('pending', 'done', 'dead', 'released')),
     attempts    INTEGER NOT NULL DEFAULT 0,
     next_at     REAL NOT NULL,
     created_at  REAL NOT NULL,
@@ -136,6 +139,13 @@ class Outbox:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version == 1:  # same columns; the state CHECK gained 'released'
+                self._db.executescript(
+                    "BEGIN; DROP INDEX IF EXISTS jobs_due; ALTER TABLE jobs RENAME TO jobs_v1;"
+                    + _SCHEMA
+                    + "INSERT INTO jobs SELECT * FROM jobs_v1; DROP TABLE jobs_v1; COMMIT;"
+                )
+                version = SCHEMA_VERSION
             if version not in (0, SCHEMA_VERSION):
                 self._db.close()
                 raise ValueError(
@@ -278,6 +288,54 @@ class Outbox:
             ).fetchall()
         return [_job(r) for r in rows]
 
+    def jobs(self, states: Collection[str]) -> list[Job]:
+        """Every job in one of ``states``, oldest first."""
+        names = list(states)
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT * FROM jobs WHERE state IN ({','.join('?' * len(names))})"
+                " ORDER BY created_at, key",
+                names,
+            ).fetchall()
+        return [_job(r) for r in rows]
+
+    def release(self, keys: Collection[str], now: float) -> int:
+        """Pending jobs → ``released`` (another replica runs them now); returns how many."""
+        return self._move(keys, "pending", "released", now)
+
+    def revive(self, keys: Collection[str], now: float) -> int:
+        """Released jobs → pending, due at once; returns how many."""
+        return self._move(keys, "released", "pending", now)
+
+    def _move(self, keys: Collection[str], old: str, new: str, now: float) -> int:
+        n = 0
+        with self._lock:
+            for key in keys:
+                n += self._db.execute(
+                    "UPDATE jobs SET state = ?, next_at = ?, updated_at = ?"
+                    " WHERE key = ? AND state = ?",
+                    (new, now, now, key, old),
+                ).rowcount
+        return n
+
+    def adopt(self, job: Mapping[str, Any], now: float) -> bool:
+        """Take over a pending job handed over in a partition's checkpoint.
+
+        Stored as pending and due at once, unless its key is here already: a ``released`` copy
+        is revived; a pending, done or dead one is left as it is. True if it is pending now
+        because of this call.
+        """
+        key = str(job["key"])
+        text = json.dumps(dict(job["payload"]), sort_keys=True, separators=(",", ":"))
+        stamp = float(job.get("created_at", now))
+        with self._lock:
+            added = self._db.execute(
+                "INSERT OR IGNORE INTO jobs (key, kind, payload, state, attempts, next_at,"
+                " created_at, updated_at) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?)",
+                (key, str(job["kind"]), text, int(job.get("attempts", 0)), now, stamp, now),
+            ).rowcount
+        return bool(added) or self.revive([key], now) == 1
+
     def retry_dead(self, key: str, now: float) -> bool:
         """Make a dead job pending again, due at ``now`` (False if ``key`` is not dead)."""
         with self._lock:
@@ -290,7 +348,7 @@ class Outbox:
 
     def stats(self) -> dict[str, int]:
         """Job counts by state, and the total number of attempts made."""
-        out = {"pending": 0, "done": 0, "dead": 0, "attempts": 0}
+        out = {"pending": 0, "done": 0, "dead": 0, "released": 0, "attempts": 0}
         with self._lock:
             for state, n, attempts in self._db.execute(
                 "SELECT state, COUNT(*), COALESCE(SUM(attempts), 0) FROM jobs GROUP BY state"

@@ -98,6 +98,8 @@ class Daemon:
         on_labeled: Callable[[str, list[dict[str, Any]]], None] | None = None,
         executor: Any = None,
         actions_unit: str = "actions",
+        replica: str = "",
+        handover: bool = False,
     ) -> None:
         self.sink = sink
         self.store = store
@@ -111,6 +113,11 @@ class Daemon:
         self.executor = executor
         # The executor's state belongs to this replica (its outbox is local): its own unit.
         self.actions_unit = actions_unit
+        # handover (state.backend: kafka): each partition's checkpoint carries the active
+        # alerts and pending actions of its models, so they move with the partition; the
+        # checkpoint names the replica that wrote it.
+        self.replica = replica
+        self.handover = handover and executor is not None
         self.muter: Any = None
         #: called with the new PolicySet after a successful hot reload
         self.policy_listeners: list[Callable[[PolicySet], None]] = []
@@ -125,7 +132,11 @@ class Daemon:
         # Recent window summaries and decisions per model (memory only, bounded): the context
         # a retrain run gets as its report.
         self._history: dict[str, tuple[deque[dict[str, Any]], deque[dict[str, Any]]]] = {}
-        if executor is not None and store is not None:
+        if self.handover:
+            released = executor.enable_handover()
+            if released:
+                log.info("pending actions wait for their partitions", jobs=released)
+        elif executor is not None and store is not None:
             saved = store.load(self.actions_unit)
             if saved is not None:
                 executor.restore(saved["executor"])
@@ -154,7 +165,9 @@ class Daemon:
         if not self._closed:
             self.checkpoint(gone, wait=False)
         for p in gone:
-            del self.units[p]
+            unit = self.units.pop(p)
+            if self.handover and not self._closed:
+                self.executor.release(set(unit.models))
         log.info("partitions revoked", partitions=partitions)
 
     def _restore(self, partition: int) -> Unit:
@@ -175,6 +188,10 @@ class Daemon:
             mon = self._new_monitor(model, policy)
             mon.restore(state)
             unit.models[model] = mon
+        if self.handover:
+            self.executor.adopt(
+                set(doc["models"]), doc.get("actions"), ours=doc.get("replica") == self.replica
+            )
         log.info(
             "state restored",
             partition=partition,
@@ -211,18 +228,19 @@ class Daemon:
         for p in parts:
             unit = self.units[p]
             if self.store is not None:
-                self.store.save(
-                    f"p{p}",
-                    {
-                        "partition": p,
-                        "offsets": [[t, pp, o] for (t, pp), o in sorted(unit.offsets.items())],
-                        "invalid": unit.invalid,
-                        "unmonitored": unit.unmonitored,
-                        "models": {m: mon.state() for m, mon in sorted(unit.models.items())},
-                    },
-                )
+                doc: dict[str, Any] = {
+                    "partition": p,
+                    "offsets": [[t, pp, o] for (t, pp), o in sorted(unit.offsets.items())],
+                    "invalid": unit.invalid,
+                    "unmonitored": unit.unmonitored,
+                    "models": {m: mon.state() for m, mon in sorted(unit.models.items())},
+                }
+                if self.handover:
+                    doc["replica"] = self.replica
+                    doc["actions"] = self.executor.handover_state(set(unit.models))
+                self.store.save(f"p{p}", doc)
             offsets.update(unit.offsets)
-        if self.executor is not None and self.store is not None:
+        if self.executor is not None and self.store is not None and not self.handover:
             self.store.save(self.actions_unit, {"executor": self.executor.state()})
         self.source.commit(offsets, wait=wait)
         self._since_checkpoint = 0

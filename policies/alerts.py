@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -463,8 +463,8 @@ class AlertBook:
 
     # Serialisation.
 
-    def to_state(self) -> dict[str, Any]:
-        """Versioned, JSON-ready state."""
+    def to_state(self, models: Collection[str] | None = None) -> dict[str, Any]:
+        """Versioned, JSON-ready state (only the alerts of ``models`` if given)."""
         return {
             "version": ALERT_STATE_VERSION,
             "active": [
@@ -474,8 +474,20 @@ class AlertBook:
                     "last_sent": e.last_sent,
                 }
                 for e in sorted(self._active.values(), key=_entry_order)
+                if models is None or e.alert.model in models
             ],
         }
+
+    def drop_models(self, models: Collection[str]) -> None:
+        """Forget the alerts of ``models`` (another replica keeps them now)."""
+        for fp in [fp for fp, e in self._active.items() if e.alert.model in models]:
+            del self._active[fp]
+
+    def take_models(self, models: Collection[str], state: Mapping[str, Any]) -> None:
+        """Replace the alerts of ``models`` with those of a :meth:`to_state` of them."""
+        self.drop_models(models)
+        other = AlertBook.from_state(state)
+        self._active.update({fp: e for fp, e in other._active.items() if e.alert.model in models})
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> AlertBook:

@@ -58,7 +58,7 @@ def test_done_job_never_runs_again_even_if_replayed(box: Outbox) -> None:
     assert box.enqueue("k", "alert", {"x": 1}) is False
     assert box.run_due(10_000.0, {"alert": h}) == []
     assert len(h.calls) == 1
-    assert box.stats() == {"pending": 0, "done": 1, "dead": 0, "attempts": 1}
+    assert box.stats() == {"pending": 0, "done": 1, "dead": 0, "released": 0, "attempts": 1}
 
 
 def test_retryable_failure_backs_off_then_succeeds(box: Outbox) -> None:
