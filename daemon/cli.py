@@ -48,7 +48,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     # operator's own MLFLOW_HTTP_REQUEST_* settings win).
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-    daemon = build_daemon(settings, events_path=args.events)
+    daemon = _build_or_explain(build_daemon, settings, args.events)
     # Long-lived objects built at start-up (policies, profiles, imports) never need scanning
     # again, and the loop allocates many short-lived dicts: fewer, larger young collections.
     import gc
@@ -81,6 +81,27 @@ def cmd_run(args: argparse.Namespace) -> int:
             daemon.store.close()
     print(json.dumps(summary.__dict__, sort_keys=True))
     return 0
+
+
+def _build_or_explain(build: Any, settings: Any, events: str | None) -> Any:
+    """``build_daemon``, with a Kafka connection failure at start-up as one plain sentence."""
+    from kafka.errors import KafkaError
+
+    from .app import StartupError
+
+    try:
+        return build(settings, events_path=events)
+    except KafkaError as exc:
+        kafka = settings["kafka"]
+        proto = kafka["security"].get("security_protocol", "PLAINTEXT")
+        name, text = type(exc).__name__, str(exc)
+        detail = text if text.startswith(name) else f"{name}: {text}"
+        raise StartupError(
+            f"kafka: cannot connect to {kafka['bootstrap_servers']} over {proto} "
+            f"({detail}). Check kafka.bootstrap_servers and kafka.security: "
+            "a wrong SASL user or password or an untrusted certificate looks like this from "
+            "the client (the broker's log names the failed authentication)."
+        ) from None
 
 
 # -- validate / test -------------------------------------------------------------------------

@@ -118,7 +118,10 @@ def _merge(
             known = ", ".join(sorted(base))
             errors.append(f"{src}: {where}: unknown key (known here: {known})")
             continue
-        if isinstance(base[key], dict) and key not in ("security",):
+        if key == "security" and isinstance(value, Mapping):
+            # Opaque kafka-python settings: merged key by key (file, then environment).
+            base[key] = {**base[key], **value}
+        elif isinstance(base[key], dict) and key != "security":
             if not isinstance(value, Mapping):
                 errors.append(f"{src}: {where}: must be a mapping, got {type(value).__name__}")
                 continue
@@ -136,7 +139,11 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
         node = out
         for p in parts[:-1]:
             node = node.setdefault(p, {})
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else raw
+        if parts[:-1] == ["kafka", "security"]:
+            # A secret stays the string it is ("12345", "yes", "0x1f" are passwords too).
+            node[parts[-1]] = {"true": True, "false": False}.get(raw.strip().lower(), raw)
+        else:
+            node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else raw
     return out
 
 

@@ -66,3 +66,27 @@ def test_shipped_configs_are_valid() -> None:
     """The config files in config/ load with their defaults."""
     for cfg in sorted(Path("config").glob("driftwarden*.yaml")):
         load_settings(cfg, env={})
+
+
+def test_kafka_security_merges_per_key_and_env_secrets_stay_strings(tmp_path: Path) -> None:
+    """The file names the mechanism, the environment adds the secret: one merged mapping; a
+    password that YAML would read as a number or a bool stays the exact string."""
+    cfg = tmp_path / "dw.yaml"
+    cfg.write_text(
+        "kafka:\n  security: {security_protocol: SASL_SSL, sasl_mechanism: SCRAM-SHA-512,\n"
+        "             sasl_plain_username: driftwarden}\n"
+    )
+    env = {
+        "DRIFTWARDEN_KAFKA__SECURITY__SASL_PLAIN_PASSWORD": "012345",
+        "DRIFTWARDEN_KAFKA__SECURITY__SSL_CHECK_HOSTNAME": "false",
+    }
+    sec = load_settings(cfg, env=env)["kafka"]["security"]
+    assert sec == {
+        "security_protocol": "SASL_SSL",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "driftwarden",
+        "sasl_plain_password": "012345",
+        "ssl_check_hostname": False,
+    }
+    env = {"DRIFTWARDEN_KAFKA__SECURITY__SASL_PLAIN_PASSWORD": "yes"}
+    assert load_settings(cfg, env=env)["kafka"]["security"]["sasl_plain_password"] == "yes"
