@@ -10,6 +10,7 @@ Command line::
 
     python scripts/kafka_broker.py fetch                         # jars into scripts/kafka/lib
     python scripts/kafka_broker.py start --dir DIR [--port P]    # prints host:port
+    python scripts/kafka_broker.py start --dir DIR --security sasl_ssl  # SASL_SSL/SCRAM port
     python scripts/kafka_broker.py status --dir DIR
     python scripts/kafka_broker.py stop --dir DIR
 
@@ -22,6 +23,14 @@ Python::
 
 ``DIR`` holds ``server.properties``, ``broker.json`` (ports), ``data/`` (the KRaft log dirs),
 ``kafka.out`` (broker stdout/stderr, appended across restarts), ``bootstrap`` and ``pid``.
+
+``security="sasl_ssl"`` makes the client port a SASL_SSL listener that only accepts the SCRAM-SHA-512
+user ``driftwarden`` (what managed Kafka services offer). A throw-away CA and a broker certificate
+for 127.0.0.1/localhost are made with ``keytool`` at the first start (``DIR/tls/``; the CA is
+``DIR/tls/ca.pem`` for ``ssl_cafile``); the user's random password sits in ``broker.json``, and
+``Broker.client_security()`` gives the kafka-python settings. Inter-broker traffic and the
+readiness probe use an extra PLAINTEXT listener on loopback (``Broker.internal_port``), so this is
+a test double of a secured cluster, not a hardened broker.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ import hashlib
 import json
 import os
 import random
+import secrets
 import shutil
 import signal
 import socket
@@ -45,15 +55,20 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "KAFKA_DIR",
     "READY_MESSAGE",
+    "SASL_MECHANISM",
+    "SASL_USER",
+    "SECURITY_MODES",
     "Broker",
     "BrokerError",
     "ensure_jars",
     "free_port",
     "jars_present",
+    "make_tls_material",
     "main",
     "new_cluster_id",
     "parse_api_versions",
@@ -61,6 +76,7 @@ __all__ = [
     "probe_metadata",
     "render_properties",
     "running_broker",
+    "secure_properties",
     "start",
     "stop",
 ]
@@ -72,6 +88,12 @@ READY_MESSAGE = "Kafka Server started"
 # Written into lib/ after a complete Maven copy; holds the pom's hash so a version bump refetches.
 _FETCH_MARKER = ".fetched"
 _LOG_TAIL_CHARS = 4000
+#: ``Broker(security=...)``: the client listener's protocol.
+SECURITY_MODES = ("plaintext", "sasl_ssl")
+#: The SCRAM user a ``sasl_ssl`` broker is formatted with, and its mechanism.
+SASL_USER = "driftwarden"
+SASL_MECHANISM = "SCRAM-SHA-512"
+_CERT_DAYS = 30
 
 
 class BrokerError(RuntimeError):
@@ -329,6 +351,93 @@ def render_properties(template: str, *, port: int, controller_port: int, log_dir
     )
 
 
+def secure_properties(
+    rendered: str, *, port: int, internal_port: int, controller_port: int, tls: Path, password: str
+) -> str:
+    """Turn rendered PLAINTEXT properties into a broker whose client port requires SASL_SSL.
+
+    The client port becomes the ``SASL_SSL`` listener (SCRAM-SHA-512 only, TLS from the PKCS12
+    keystore ``tls/broker.p12`` locked with ``password``); ``INTERNAL`` is a PLAINTEXT listener on
+    ``internal_port`` for inter-broker traffic and the readiness probe. Keys already in
+    ``rendered`` are replaced in place, the others are appended.
+    """
+    jaas = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+    overrides = {
+        "listeners": (
+            f"SASL_SSL://{HOST}:{port},INTERNAL://{HOST}:{internal_port},"
+            f"CONTROLLER://{HOST}:{controller_port}"
+        ),
+        "advertised.listeners": f"SASL_SSL://{HOST}:{port},INTERNAL://{HOST}:{internal_port}",
+        "inter.broker.listener.name": "INTERNAL",
+        "listener.security.protocol.map": (
+            "CONTROLLER:PLAINTEXT,INTERNAL:PLAINTEXT,SASL_SSL:SASL_SSL"
+        ),
+        "sasl.enabled.mechanisms": SASL_MECHANISM,
+        f"listener.name.sasl_ssl.{SASL_MECHANISM.lower()}.sasl.jaas.config": jaas,
+        "ssl.keystore.type": "PKCS12",
+        "ssl.keystore.location": str(tls / "broker.p12"),
+        "ssl.keystore.password": password,
+        "ssl.key.password": password,
+        "ssl.client.auth": "none",
+        "ssl.endpoint.identification.algorithm": "https",
+    }
+    lines = rendered.splitlines()
+    for i, line in enumerate(lines):
+        key = line.split("=", 1)[0]
+        if not line.startswith("#") and "=" in line and key in overrides:
+            lines[i] = f"{key}={overrides.pop(key)}"
+    lines += ["", "# SASL_SSL client listener (scripts/kafka_broker.py, security=sasl_ssl)"]
+    lines += [f"{key}={value}" for key, value in overrides.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _keytool(*args: str) -> bytes:
+    keytool = shutil.which("keytool", path=str(Path(_java()).parent)) or shutil.which("keytool")
+    if keytool is None:
+        raise BrokerError("No keytool found next to java or on PATH (it comes with the JDK/JRE).")
+    done = subprocess.run([keytool, *args], capture_output=True, timeout=120, check=False)
+    if done.returncode != 0:
+        out = (done.stdout + done.stderr).decode("utf-8", errors="replace")
+        raise BrokerError(f"keytool {args[0]} failed (exit {done.returncode}):\n{out}")
+    return done.stdout
+
+
+def make_tls_material(tls: Path, password: str, days: int = _CERT_DAYS) -> None:
+    """Make a throw-away CA and a CA-signed broker key pair for 127.0.0.1/localhost in ``tls``.
+
+    Writes ``ca.pem`` (the trust anchor for clients), ``broker.pem`` and ``broker.p12`` (the
+    broker's PKCS12 keystore: key plus chain, locked with ``password``). ``ca.p12`` holds the
+    CA's key. Seven ``keytool`` runs (a few seconds), only at a broker's first start.
+    """
+    tls.mkdir(parents=True, exist_ok=True)
+    ca, store = tls / "ca.p12", tls / "broker.p12"
+    for stale in (ca, store):
+        stale.unlink(missing_ok=True)
+    common = ["-storetype", "PKCS12", "-storepass", password, "-keypass", password]
+    gen = ["-genkeypair", "-keyalg", "RSA", "-keysize", "2048", "-validity", str(days)]
+    _keytool(*gen, "-alias", "ca", "-dname", "CN=driftwarden test CA", "-ext", "bc:c",
+             "-keystore", str(ca), *common)  # fmt: skip
+    _keytool(*gen, "-alias", "broker", "-dname", "CN=localhost", "-keystore", str(store), *common)
+    (tls / "ca.pem").write_bytes(
+        _keytool("-exportcert", "-rfc", "-alias", "ca", "-keystore", str(ca), *common)
+    )
+    request = tls / "broker.csr"
+    request.write_bytes(_keytool("-certreq", "-alias", "broker", "-keystore", str(store), *common))
+    signed = _keytool(
+        "-gencert", "-rfc", "-alias", "ca", "-keystore", str(ca), *common,
+        "-infile", str(request), "-validity", str(days),
+        "-ext", "SAN=ip:127.0.0.1,dns:localhost", "-ext", "KU=digitalSignature,keyEncipherment",
+        "-ext", "EKU=serverAuth",
+    )  # fmt: skip
+    request.unlink()
+    (tls / "broker.pem").write_bytes(signed)
+    # The keystore entry must hold the whole chain: CA first (trusted), then the signed reply.
+    _keytool("-importcert", "-noprompt", "-alias", "ca", "-file", str(tls / "ca.pem"),
+             "-keystore", str(store), *common)  # fmt: skip
+    _keytool("-importcert", "-noprompt", "-alias", "broker", "-file", str(tls / "broker.pem"),
+             "-keystore", str(store), *common)  # fmt: skip
+
+
 class Broker:
     """One single-node KRaft broker bound to a work directory; restartable on the same port.
 
@@ -353,6 +462,10 @@ class Broker:
         Run the JVM with the C1 compiler only (``-XX:TieredStopAtLevel=1``). Measured here it
         halves the storage-format time, starts ~20 % faster and takes ~35 MB less memory; peak
         throughput is lower, so benchmarks should pass False.
+    security
+        ``"plaintext"`` or ``"sasl_ssl"``: the client port then requires TLS and a SCRAM-SHA-512
+        login (see the module docstring and ``client_security()``). Fixed when the work directory
+        is first used; None means the directory's mode (``"plaintext"`` for a new directory).
     """
 
     def __init__(
@@ -364,7 +477,10 @@ class Broker:
         heap: str = "512m",
         die_with_parent: bool = True,
         quick_jit: bool = True,
+        security: str | None = None,
     ) -> None:
+        if security is not None and security not in SECURITY_MODES:
+            raise BrokerError(f"security={security!r} is not one of {', '.join(SECURITY_MODES)}.")
         self.workdir = Path(workdir).resolve()
         self.kafka_dir = Path(kafka_dir).resolve()
         self.heap = heap
@@ -372,19 +488,43 @@ class Broker:
         self.quick_jit = quick_jit
         self._proc: subprocess.Popen[bytes] | None = None
         self.workdir.mkdir(parents=True, exist_ok=True)
-        saved = self._load_ports()
-        if saved is not None:
-            if port is not None and port != saved[0]:
+        loaded = self._load_saved()
+        if loaded is not None:
+            if port is not None and port != loaded["port"]:
                 raise BrokerError(
-                    f"{self.workdir} already holds a broker on port {saved[0]}, not {port}."
+                    f"{self.workdir} already holds a broker on port {loaded['port']}, not {port}."
                 )
-            self.port, self.controller_port = saved
+            held = str(loaded.get("security", "plaintext"))
+            if security is not None and security != held:
+                raise BrokerError(
+                    f"{self.workdir} already holds a {held} broker, not a {security} one."
+                )
+            security, saved = held, loaded
         else:
-            self.port = port if port is not None else free_port()
-            self.controller_port = free_port(exclude=(self.port,))
-            (self.workdir / "broker.json").write_text(
-                json.dumps({"port": self.port, "controller_port": self.controller_port}) + "\n"
-            )
+            security = security or "plaintext"
+            saved = self._new_saved(port, security)
+        self.port, self.controller_port = int(saved["port"]), int(saved["controller_port"])
+        self.security = security
+        self._saved = saved
+
+    def _new_saved(self, port: int | None, security: str) -> dict[str, Any]:
+        """Choose the ports (and, when secured, the passwords) of a new work dir; save them."""
+        client = port if port is not None else free_port()
+        controller = free_port(exclude=(client,))
+        saved: dict[str, Any] = {"port": client, "controller_port": controller}
+        path = self.workdir / "broker.json"
+        if security == "plaintext":  # a plaintext broker.json stays as it always was
+            path.write_text(json.dumps(saved) + "\n")
+            return saved
+        saved.update(
+            security=security,
+            internal_port=free_port(exclude=(client, controller)),
+            sasl_password=secrets.token_urlsafe(18),
+            store_password=secrets.token_urlsafe(18),
+        )
+        path.touch(mode=0o600)
+        path.write_text(json.dumps(saved) + "\n")
+        return saved
 
     # -- paths and state
 
@@ -392,6 +532,32 @@ class Broker:
     def bootstrap(self) -> str:
         """The ``host:port`` clients connect to."""
         return f"{HOST}:{self.port}"
+
+    @property
+    def internal_port(self) -> int | None:
+        """The PLAINTEXT inter-broker/probe port of a ``sasl_ssl`` broker (None for plaintext)."""
+        port = self._saved.get("internal_port")
+        return int(port) if port is not None else None
+
+    @property
+    def ca_file(self) -> Path | None:
+        """The PEM CA certificate clients trust (``ssl_cafile``), None for a plaintext broker."""
+        return self.workdir / "tls" / "ca.pem" if self.security == "sasl_ssl" else None
+
+    def client_security(self, password: str | None = None) -> dict[str, str]:
+        """The kafka-python settings that reach the client port (empty for plaintext).
+
+        ``password`` replaces the user's real password (to test a refused login).
+        """
+        if self.security == "plaintext":
+            return {}
+        return {
+            "security_protocol": "SASL_SSL",
+            "sasl_mechanism": SASL_MECHANISM,
+            "sasl_plain_username": SASL_USER,
+            "sasl_plain_password": self._saved["sasl_password"] if password is None else password,
+            "ssl_cafile": str(self.ca_file),
+        }
 
     @property
     def log_path(self) -> Path:
@@ -425,12 +591,12 @@ class Broker:
         """The last few thousand characters of the broker log."""
         return _log_tail(self.log_path)
 
-    def _load_ports(self) -> tuple[int, int] | None:
+    def _load_saved(self) -> dict[str, Any] | None:
         path = self.workdir / "broker.json"
         if not path.is_file():
             return None
-        saved = json.loads(path.read_text())
-        return int(saved["port"]), int(saved["controller_port"])
+        saved: dict[str, Any] = json.loads(path.read_text())
+        return saved
 
     def _java_cmd(self) -> list[str]:
         return [
@@ -451,14 +617,29 @@ class Broker:
     def _write_config(self) -> Path:
         props = self.workdir / "server.properties"
         template = (self.kafka_dir / "server.properties.template").read_text()
-        props.write_text(
-            render_properties(
-                template,
-                port=self.port,
-                controller_port=self.controller_port,
-                log_dir=self.workdir / "data",
-            )
+        text = render_properties(
+            template,
+            port=self.port,
+            controller_port=self.controller_port,
+            log_dir=self.workdir / "data",
         )
+        if self.security == "sasl_ssl":
+            assert self.internal_port is not None
+            tls = self.workdir / "tls"
+            password = str(self._saved["store_password"])
+            if not (tls / "broker.p12").is_file() or not (tls / "ca.pem").is_file():
+                make_tls_material(tls, password)
+            text = secure_properties(
+                text,
+                port=self.port,
+                internal_port=self.internal_port,
+                controller_port=self.controller_port,
+                tls=tls,
+                password=password,
+            )
+        if self.security != "plaintext":
+            props.touch(mode=0o600)  # holds the keystore password
+        props.write_text(text)
         return props
 
     def _format(self, props: Path) -> None:
@@ -472,6 +653,9 @@ class Broker:
             "--config",
             str(props),
         ]
+        if self.security == "sasl_ssl":  # KRaft: SCRAM users are written at format time
+            password = self._saved["sasl_password"]
+            cmd += ["--add-scram", f"{SASL_MECHANISM}=[name={SASL_USER},password={password}]"]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False)
         if done.returncode != 0:
             raise BrokerError(
@@ -487,7 +671,10 @@ class Broker:
         """
         if self.is_running():
             raise BrokerError(f"The broker in {self.workdir} is already running (pid {self.pid}).")
-        for p, what in ((self.port, "client"), (self.controller_port, "controller")):
+        ports = [(self.port, "client"), (self.controller_port, "controller")]
+        if self.internal_port is not None:
+            ports.append((self.internal_port, "internal"))
+        for p, what in ports:
             if not _port_is_free(p):
                 raise BrokerError(f"The Kafka {what} port {HOST}:{p} is already in use.")
         ensure_jars(self.kafka_dir)
@@ -516,6 +703,8 @@ class Broker:
     def _wait_ready(self, log_offset: int, deadline: float) -> None:
         assert self._proc is not None
         logged = False
+        # A secured client port cannot be probed with plain sockets: probe the internal one.
+        probe_port = self.internal_port if self.internal_port is not None else self.port
         while True:
             if self._proc.poll() is not None:
                 raise BrokerError(
@@ -526,7 +715,10 @@ class Broker:
                 logged = READY_MESSAGE in _read_from(self.log_path, log_offset)
             if logged:
                 with contextlib.suppress(OSError):
-                    if any(p == self.port for _, _, p in probe_metadata(HOST, self.port, 2.0)):
+                    if any(p == probe_port for _, _, p in probe_metadata(HOST, probe_port, 2.0)):
+                        if probe_port == self.port:
+                            return
+                        socket.create_connection((HOST, self.port), timeout=2.0).close()
                         return
             if time.monotonic() > deadline:
                 raise BrokerError(
@@ -620,9 +812,17 @@ def start(
     heap: str = "512m",
     die_with_parent: bool = True,
     quick_jit: bool = True,
+    security: str | None = None,
 ) -> Broker:
     """Create a ``Broker`` in ``workdir``, start it and return it (see ``Broker.start``)."""
-    broker = Broker(workdir, port, heap=heap, die_with_parent=die_with_parent, quick_jit=quick_jit)
+    broker = Broker(
+        workdir,
+        port,
+        heap=heap,
+        die_with_parent=die_with_parent,
+        quick_jit=quick_jit,
+        security=security,
+    )
     broker.start(timeout)
     return broker
 
@@ -679,6 +879,7 @@ def _cmd_start(args: argparse.Namespace) -> int:
         heap=args.heap,
         die_with_parent=False,
         quick_jit=not args.full_jit,
+        security=args.security,
     )
     print(broker.start(args.timeout))
     return 0
@@ -695,7 +896,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if not broker.is_running():
         print(f"stopped ({broker.workdir})")
         return 1
-    print(f"running pid={broker.pid} bootstrap={broker.bootstrap} rss_kib={broker.rss_kib()}")
+    print(
+        f"running pid={broker.pid} bootstrap={broker.bootstrap} rss_kib={broker.rss_kib()}"
+        + ("" if broker.security == "plaintext" else f" security={broker.security}")
+    )
     return 0
 
 
@@ -711,6 +915,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=120.0)
     p.add_argument("--heap", default="512m", help="JVM -Xmx (default 512m)")
     p.add_argument("--full-jit", action="store_true", help="C2 JIT too (for benchmarks)")
+    p.add_argument(
+        "--security",
+        choices=SECURITY_MODES,
+        help="plaintext (default for a new DIR) or sasl_ssl: the client port requires TLS + SCRAM-SHA-512 (password in DIR/broker.json)",
+    )
     p = sub.add_parser("stop", help="stop the broker of --dir (SIGTERM, then SIGKILL)")
     p.add_argument("--dir", required=True, type=Path)
     p.add_argument("--timeout", type=float, default=60.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import shutil
 import subprocess
@@ -89,6 +90,66 @@ def test_rendered_properties_fill_every_placeholder(tmp_path: Path) -> None:
     assert props["controller.quorum.voters"] == "1@127.0.0.1:21002"
     assert props["log.dirs"] == str(tmp_path)
     assert props["group.initial.rebalance.delay.ms"] == "0"
+
+
+def _props(text: str) -> dict[str, str]:
+    pairs = [line.split("=", 1) for line in text.splitlines() if line and not line.startswith("#")]
+    keys = [k for k, _ in pairs]
+    assert len(keys) == len(set(keys)), "a key is set twice"
+    return dict(pairs)
+
+
+def test_secured_properties_make_the_client_port_sasl_ssl(tmp_path: Path) -> None:
+    """sasl_ssl: the client port is SASL_SSL/SCRAM-SHA-512; probe and inter-broker use INTERNAL."""
+    template = (kb.KAFKA_DIR / "server.properties.template").read_text()
+    plain = kb.render_properties(template, port=21001, controller_port=21002, log_dir=tmp_path)
+    text = kb.secure_properties(
+        plain, port=21001, internal_port=21003, controller_port=21002, tls=tmp_path, password="pw"
+    )
+    props, before = _props(text), _props(plain)
+    assert props["listeners"] == (
+        "SASL_SSL://127.0.0.1:21001,INTERNAL://127.0.0.1:21003,CONTROLLER://127.0.0.1:21002"
+    )
+    assert props["advertised.listeners"] == "SASL_SSL://127.0.0.1:21001,INTERNAL://127.0.0.1:21003"
+    assert props["inter.broker.listener.name"] == "INTERNAL"
+    assert "SASL_SSL:SASL_SSL" in props["listener.security.protocol.map"].split(",")
+    assert props["sasl.enabled.mechanisms"] == "SCRAM-SHA-512"
+    assert "ScramLoginModule" in props["listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config"]
+    assert props["ssl.keystore.location"] == str(tmp_path / "broker.p12")
+    changed = {k for k in before if before[k] != props[k]}
+    assert changed == {
+        "listeners",
+        "advertised.listeners",
+        "inter.broker.listener.name",
+        "listener.security.protocol.map",
+    }
+
+
+def test_security_mode_is_kept_by_the_work_directory(tmp_path: Path) -> None:
+    """A sasl_ssl dir keeps its mode, ports and secrets (owner-only); plaintext stays as before."""
+    secured = kb.Broker(tmp_path / "s", security="sasl_ssl")
+    saved = (tmp_path / "s" / "broker.json").stat()
+    assert saved.st_mode & 0o777 == 0o600
+    again = kb.Broker(tmp_path / "s")
+    assert again.security == "sasl_ssl"
+    assert again.client_security() == secured.client_security()
+    assert again.internal_port == secured.internal_port not in (secured.port, None)
+    sec = secured.client_security()
+    assert sec["security_protocol"] == "SASL_SSL" and sec["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert sec["ssl_cafile"] == str(tmp_path / "s" / "tls" / "ca.pem")
+    assert secured.client_security(password="x")["sasl_plain_password"] == "x"
+    with pytest.raises(kb.BrokerError, match="already holds a sasl_ssl broker"):
+        kb.Broker(tmp_path / "s", security="plaintext")
+    with pytest.raises(kb.BrokerError, match="not one of"):
+        kb.Broker(tmp_path / "x", security="ssl")
+
+    plain = kb.Broker(tmp_path / "p")
+    assert plain.security == "plaintext" and plain.client_security() == {}
+    assert plain.internal_port is None and plain.ca_file is None
+    assert set(json.loads((tmp_path / "p" / "broker.json").read_text())) == {
+        "port",
+        "controller_port",
+    }
 
 
 def test_free_ports_lie_below_the_ephemeral_range() -> None:
