@@ -328,6 +328,47 @@ def _infer_task(y: pd.Series) -> Literal["classification", "regression"]:
     return "classification" if integral and np.unique(v).size <= 20 else "regression"
 
 
+def _binary_counts(yk: np.ndarray, pk: np.ndarray, positive: str | None) -> dict[str, float] | None:
+    """Accuracy, precision, recall and F1 of a binary task from its confusion counts.
+
+    The values sklearn's binary-average scores give (``zero_division=0``; one division of
+    integer counts each, so equal to the last bit), without their per-call label checks.
+    ``None`` when sklearn must decide (no rows, no positive label, more than two labels, or
+    two labels without the positive one, which sklearn refuses).
+    """
+    if positive is None or yk.size == 0:
+        return None
+    labels = set(np.unique(yk).tolist()) | set(np.unique(pk).tolist())
+    if len(labels) > 2 or (len(labels) == 2 and positive not in labels):
+        return None
+    true_pos, pred_pos = yk == positive, pk == positive
+    tp = int(np.count_nonzero(true_pos & pred_pos))
+    n_true, n_pred = int(np.count_nonzero(true_pos)), int(np.count_nonzero(pred_pos))
+    return {
+        "accuracy": int(np.count_nonzero(yk == pk)) / yk.size,
+        "precision": tp / n_pred if n_pred else 0.0,
+        "recall": tp / n_true if n_true else 0.0,
+        "f1": 2.0 * tp / (n_true + n_pred) if n_true + n_pred else 0.0,
+    }
+
+
+def _sklearn_label_metrics(yk: pd.Series, pk: pd.Series, positive: str | None) -> dict[str, float]:
+    """Accuracy, precision, recall and F1 through sklearn (macro average without a positive)."""
+    from sklearn import metrics as skm
+
+    kw: dict[str, Any]
+    if positive is not None:
+        kw = {"pos_label": positive, "average": "binary", "zero_division": 0}
+    else:
+        kw = {"average": "macro", "zero_division": 0}
+    return {
+        "accuracy": float(skm.accuracy_score(yk, pk)),
+        "precision": float(skm.precision_score(yk, pk, **kw)),
+        "recall": float(skm.recall_score(yk, pk, **kw)),
+        "f1": float(skm.f1_score(yk, pk, **kw)),
+    }
+
+
 def _classification_metrics(
     y: pd.Series, pred: pd.Series | None, score: pd.Series | None, positive: str | None
 ) -> dict[str, Any]:
@@ -337,14 +378,11 @@ def _classification_metrics(
     yk = y.map(value_key).astype(str)
     if pred is not None:
         pk = pred.map(value_key).astype(str)
-        out["accuracy"] = float(skm.accuracy_score(yk, pk))
-        if positive is not None:
-            kw: dict[str, Any] = {"pos_label": positive, "average": "binary", "zero_division": 0}
+        fast = _binary_counts(yk.to_numpy(), pk.to_numpy(), positive)
+        if fast is not None:
+            out.update(fast)
         else:
-            kw = {"average": "macro", "zero_division": 0}
-        out["precision"] = float(skm.precision_score(yk, pk, **kw))
-        out["recall"] = float(skm.recall_score(yk, pk, **kw))
-        out["f1"] = float(skm.f1_score(yk, pk, **kw))
+            out.update(_sklearn_label_metrics(yk, pk, positive))
     if score is not None and positive is not None:
         truth = (yk == positive).to_numpy()
         # ROC AUC is undefined when the slice holds one class only.

@@ -30,8 +30,10 @@ __all__ = [
     "DEFAULT_MIN_HOLDOUT",
     "GateResult",
     "METRICS",
+    "ModelOutputs",
     "check_gates",
     "evaluate",
+    "model_outputs",
     "validate_gates",
 ]
 
@@ -94,17 +96,43 @@ def validate_gates(gates: Mapping[str, Any]) -> None:
                 )
 
 
+@dataclass(frozen=True)
+class ModelOutputs:
+    """A model's raw outputs on a table: ``predict`` and (if it has one) ``predict_proba``.
+
+    Computed once per model and table, then shared by :func:`evaluate` and whatever else
+    needs the same predictions (the pipeline's candidate profile).
+    """
+
+    predicted: np.ndarray
+    proba: np.ndarray | None
+    classes: list[Any]
+
+
+def model_outputs(model: Any, frame: pd.DataFrame, features: Sequence[str]) -> ModelOutputs:
+    """``predict`` and ``predict_proba`` of ``model`` on ``frame[features]``."""
+    x = frame[list(features)]
+    proba = np.asarray(model.predict_proba(x)) if hasattr(model, "predict_proba") else None
+    return ModelOutputs(
+        np.asarray(model.predict(x)), proba, list(getattr(model, "classes_", [0, 1]))
+    )
+
+
 def _metric_set(y: np.ndarray, score: np.ndarray | None, pred: np.ndarray) -> dict[str, Any]:
     from sklearn import metrics as skm
 
-    out: dict[str, Any] = {"n": int(y.size), "positives": int(y.sum())}
-    two_classes = 0 < y.sum() < y.size
-    out["accuracy"] = float(skm.accuracy_score(y, pred)) if y.size else None
+    n, positives, predicted = int(y.size), int(y.sum()), int(pred.sum())
+    out: dict[str, Any] = {"n": n, "positives": positives}
+    two_classes = 0 < positives < n
+    # The count metrics straight from the confusion counts (sklearn's definitions, without
+    # its per-call input checks; equal to the last bit: integer counts, one division each).
+    tp = int(np.count_nonzero(y & pred))
+    out["accuracy"] = int(np.count_nonzero(y == pred)) / n if n else None
     # Recall is undefined without positives and precision without predicted positives:
     # record None (missing evidence) rather than sklearn's zero_division fill.
-    out["recall"] = float(skm.recall_score(y, pred, zero_division=0)) if y.sum() else None
-    out["precision"] = float(skm.precision_score(y, pred, zero_division=0)) if pred.sum() else None
-    out["f1"] = float(skm.f1_score(y, pred, zero_division=0)) if y.sum() else None
+    out["recall"] = tp / positives if positives else None
+    out["precision"] = tp / predicted if predicted else None
+    out["f1"] = 2.0 * tp / (positives + predicted) if positives else None
     if score is not None and two_classes:
         out["roc_auc"] = float(skm.roc_auc_score(y, score))
         clipped = np.clip(score, 1e-15, 1 - 1e-15)
@@ -123,24 +151,29 @@ def evaluate(
     features: Sequence[str],
     slices: Sequence[str] = (),
     positive: Any = 1,
+    outputs: ModelOutputs | None = None,
 ) -> dict[str, Any]:
     """Metrics of a binary classifier on ``holdout``: ``{"overall": {...}, "slices": {col:
-    {value: {...}}}}``, each with ``n``. ``score`` is ``predict_proba`` of the positive class."""
-    x = holdout[list(features)]
+    {value: {...}}}}``, each with ``n``. ``score`` is ``predict_proba`` of the positive class.
+
+    ``outputs`` are the model's :func:`model_outputs` on ``holdout`` when the caller has them
+    already (the model is then not called again).
+    """
+    out = outputs if outputs is not None else model_outputs(model, holdout, features)
     y = (holdout[target].to_numpy() == positive).astype(int)
     score: np.ndarray | None = None
-    if hasattr(model, "predict_proba"):
-        proba = np.asarray(model.predict_proba(x))
-        classes = list(getattr(model, "classes_", [0, 1]))
-        col = classes.index(positive) if positive in classes else proba.shape[1] - 1
-        score = proba[:, col].astype(np.float64)
-    pred = (np.asarray(model.predict(x)) == positive).astype(int)
+    if out.proba is not None:
+        col = out.classes.index(positive) if positive in out.classes else out.proba.shape[1] - 1
+        score = out.proba[:, col].astype(np.float64)
+    pred = (out.predicted == positive).astype(int)
     result: dict[str, Any] = {"overall": _metric_set(y, score, pred), "slices": {}}
     for col in slices:
-        values = holdout[col].astype(object).where(holdout[col].notna(), None).to_numpy()
+        # One string key per row (None for nulls), then one mask per distinct value.
+        keys = holdout[col].astype(object).where(holdout[col].notna(), None).to_numpy()
+        keys = np.array([None if v is None else str(v) for v in keys], dtype=object)
         per: dict[str, Any] = {}
-        for v in sorted({str(v) for v in values if v is not None}):
-            mask = np.array([x is not None and str(x) == v for x in values])
+        for v in sorted({k for k in keys if k is not None}):
+            mask = keys == v
             per[v] = _metric_set(y[mask], None if score is None else score[mask], pred[mask])
         result["slices"][col] = per
     return result

@@ -37,6 +37,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cache, partial
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
@@ -46,7 +47,7 @@ import orjson
 import pandas as pd
 import structlog
 
-from .gates import check_gates, evaluate, validate_gates
+from .gates import ModelOutputs, check_gates, evaluate, model_outputs, validate_gates
 from .labeled_store import LabeledStore, flatten_rows
 from .registry import PROFILE_ARTIFACT, Registry, RegistryError, Unavailable
 from .trainers import load_trainer
@@ -72,6 +73,9 @@ MODEL_ARTIFACT = "model"
 ACTION_KEY_TAG = "driftwarden.action_key"
 Status = Literal["registered", "blocked_by_data_gate", "gates_failed", "failed"]
 _SCHEMA_SAMPLE_ROWS = 1000
+# MLflow's log_batch limits: 100 params, 1000 entities per request.
+_BATCH_PARAMS = 100
+_BATCH_ENTITIES = 1000
 _META_COLUMNS = ("score", "predicted", "value", "timestamp", "prediction_id", "model_version")
 
 
@@ -173,12 +177,7 @@ class RetrainOutcome:
 def snapshot_hash(frame: pd.DataFrame) -> str:
     """sha256 of a canonical serialisation: columns sorted by name, rows in order."""
     cols = sorted(map(str, frame.columns))
-    doc = {
-        "columns": cols,
-        "data": [
-            [None if _isnan(v) else v for v in frame[c].astype(object).tolist()] for c in cols
-        ],
-    }
+    doc = {"columns": cols, "data": [_hash_values(frame[c]) for c in cols]}
     blob = orjson.dumps(
         doc, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS, default=str
     )
@@ -187,6 +186,22 @@ def snapshot_hash(frame: pd.DataFrame) -> str:
 
 def _isnan(v: Any) -> bool:
     return isinstance(v, float) and v != v
+
+
+def _hash_values(column: pd.Series) -> list[Any]:
+    """The column's values as Python objects, float NaN as ``None`` (what the hash sees).
+
+    Vectorised: ``pandas.isna`` finds the candidates in C and only they are checked for being
+    float NaN (``None``, ``NaT`` and ``pd.NA`` keep their own serialisation, as before).
+    """
+    values = column.astype(object).to_numpy()
+    candidates = np.flatnonzero(pd.isna(values))
+    if candidates.size:
+        values = values.copy()
+        for i in candidates:
+            if _isnan(values[i]):
+                values[i] = None
+    return values.tolist()
 
 
 def _driftwarden_version() -> str:
@@ -300,9 +315,18 @@ def _existing(request: RetrainRequest, registry: Registry) -> RetrainOutcome | N
 
 
 def _finish_aliases(
-    request: RetrainRequest, registry: Registry, version: str, tags: Mapping[str, str]
+    request: RetrainRequest,
+    registry: Registry,
+    version: str,
+    tags: Mapping[str, str],
+    *,
+    just_registered: bool = False,
 ) -> list[dict[str, Any]]:
-    """Move ``challenger`` (and ``champion`` on auto) unless an earlier attempt already did."""
+    """Move ``challenger`` (and ``champion`` on auto) unless an earlier attempt already did.
+
+    ``just_registered``: this attempt created ``version`` a moment ago, so its existence is
+    not checked again.
+    """
     moves: list[dict[str, Any]] = []
     why = f"passed every gate (action {request.action_key})"
     if "driftwarden.alias.challenger.set_by" not in tags:
@@ -314,6 +338,7 @@ def _finish_aliases(
                 actor="driftwarden.retrain",
                 reason=why,
                 decision_key=request.action_key,
+                check_version=not just_registered,
             ).to_dict()
         )
     if request.promote == "auto" and "driftwarden.alias.champion.set_by" not in tags:
@@ -448,8 +473,14 @@ def run_retrain(
             "slices": slices,
             "positive": request.positive_label,
         }
+        # The candidate's outputs on its profile table, computed once: its evaluation and
+        # its reference profile below both use them.
+        profile_table = holdout if n_hold else train
+        cand_outputs = model_outputs(candidate, profile_table, request.features)
         cand_metrics = (
-            evaluate(candidate, holdout, **kw) if n_hold else {"overall": {}, "slices": {}}
+            evaluate(candidate, holdout, **kw, outputs=cand_outputs)
+            if n_hold
+            else {"overall": {}, "slices": {}}
         )
         champ_metrics = (
             evaluate(champion_model, holdout, **kw)
@@ -494,7 +525,7 @@ def run_retrain(
     # The candidate's reference profile: its own predictions on the holdout, so a version
     # brings its own baseline metrics per slice.
     run.log_model(candidate)
-    cand_profile = _build_profile(request, holdout if n_hold else train, candidate, None)
+    cand_profile = _build_profile(request, profile_table, candidate, None, cand_outputs)
     run.log_text(cand_profile.to_json(), PROFILE_ARTIFACT)
     run.finish(report, status="FINISHED")
     if not passed:
@@ -508,7 +539,9 @@ def run_retrain(
         run_id=run.run_id,
         tags={**tags, "driftwarden.status": "passed_gates"},
     )
-    moves = _finish_aliases(request, registry, version, {})
+    # The next retrain's champion may be this version: no need to download it again.
+    registry.remember_model(request.model, version, candidate)
+    moves = _finish_aliases(request, registry, version, {}, just_registered=True)
     bound.info(
         "retrain.registered",
         version=version,
@@ -519,7 +552,11 @@ def run_retrain(
 
 
 def _build_profile(
-    request: RetrainRequest, frame: pd.DataFrame, model: Any, version: str | None
+    request: RetrainRequest,
+    frame: pd.DataFrame,
+    model: Any,
+    version: str | None,
+    outputs: ModelOutputs | None = None,
 ) -> Any:
     from driftwarden.detectors.profile import build_profile
 
@@ -535,12 +572,11 @@ def _build_profile(
             model_version=version,
             feature_columns=features,
         )
-    x = frame[features]
+    if outputs is None:
+        outputs = model_outputs(model, frame, features)
     frame = frame.assign(
-        _prediction=np.asarray(model.predict(x)),
-        _score=np.asarray(model.predict_proba(x))[:, -1]
-        if hasattr(model, "predict_proba")
-        else np.nan,
+        _prediction=outputs.predicted,
+        _score=outputs.proba[:, -1] if outputs.proba is not None else np.nan,
     )
     return build_profile(
         frame,
@@ -572,7 +608,14 @@ def _champion_snapshot(request: RetrainRequest, registry: Registry) -> pd.DataFr
 
 
 class _Run:
-    """One MLflow run for one attempt, through the registry's client (explicit URI)."""
+    """One MLflow run for one attempt, through the registry's client (explicit URI).
+
+    Round trips are the attempt's fixed cost, so the run buffers: params and metrics go out
+    in one ``log_batch`` and every artifact (snapshot, model, profile, report) is staged in a
+    local folder and uploaded by one ``log_artifacts`` call, all in :meth:`finish`, which
+    must therefore come before the model is registered (it does: registration needs the
+    uploaded model).
+    """
 
     def __init__(
         self, registry: Registry, request: RetrainRequest, tags: Mapping[str, str]
@@ -580,39 +623,35 @@ class _Run:
         self.registry = registry
         client = registry.client
         name = f"driftwarden/{request.model}"
-        exp = registry.call(
-            f"reading experiment {name!r}", lambda: client.get_experiment_by_name(name)
-        )
-        if exp is None:
-            try:
-                exp_id = registry.call(
-                    f"creating experiment {name!r}", lambda: client.create_experiment(name)
-                )
-            except Unavailable:
-                raise
-            except Exception:  # created concurrently by another worker
-                again = client.get_experiment_by_name(name)
-                if again is None:
-                    raise
-                exp_id = again.experiment_id
-        else:
-            exp_id = exp.experiment_id
-        run = registry.call(
-            "creating the retrain run",
-            lambda: client.create_run(
-                exp_id, tags=dict(tags), run_name=f"retrain {request.action_key}"
-            ),
-        )
+        exp_id = registry.experiment_id(name)
+        try:
+            run = registry.call(
+                "creating the retrain run",
+                lambda: client.create_run(
+                    exp_id, tags=dict(tags), run_name=f"retrain {request.action_key}"
+                ),
+            )
+        except Unavailable:
+            raise
+        except Exception:  # the remembered experiment was deleted: look it up again, once
+            exp_id = registry.experiment_id(name, refresh=True)
+            run = registry.call(
+                "creating the retrain run",
+                lambda: client.create_run(
+                    exp_id, tags=dict(tags), run_name=f"retrain {request.action_key}"
+                ),
+            )
         self.run_id: str = run.info.run_id
         self.artifact_uri: str = run.info.artifact_uri
+        self._staging = tempfile.TemporaryDirectory(prefix="driftwarden-run-")
+        self.staging = Path(self._staging.name)
+        self._params: list[Any] = []
+        self._metrics: list[Any] = []
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(str(k), str(v)[:6000]) for k, v in params.items()]
-        self.registry.call(
-            "logging params", lambda: self.registry.client.log_batch(self.run_id, params=items)
-        )
+        self._params += [Param(str(k), str(v)[:6000]) for k, v in params.items()]
 
     def log_metrics(self, metrics: Mapping[str, Any], prefix: str) -> None:
         from mlflow.entities import Metric
@@ -627,25 +666,18 @@ class _Run:
                 for k, v in m.items():
                     if isinstance(v, (int, float)):
                         flat[f"{prefix}.slice.{col}.{_metric_safe(val)}.{k}"] = float(v)
-        items = [Metric(k, v, ts, 0) for k, v in flat.items()]
-        self.registry.call(
-            "logging metrics", lambda: self.registry.client.log_batch(self.run_id, metrics=items)
-        )
+        self._metrics += [Metric(k, v, ts, 0) for k, v in flat.items()]
 
     def log_snapshot(self, snapshot: pd.DataFrame, digest: str) -> None:
         from mlflow.data.pandas_dataset import from_pandas
         from mlflow.entities import Dataset, DatasetInput, InputTag
         from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "snapshot.parquet"
-            snapshot.astype(
-                {c: "string" for c in snapshot.columns if snapshot[c].dtype == object}
-            ).to_parquet(path, index=False)
-            self.registry.call(
-                "uploading the snapshot",
-                lambda: self.registry.client.log_artifact(self.run_id, str(path), "driftwarden"),
-            )
+        path = self.staging / SNAPSHOT_ARTIFACT
+        path.parent.mkdir(parents=True, exist_ok=True)
+        snapshot.astype(
+            {c: "string" for c in snapshot.columns if snapshot[c].dtype == object}
+        ).to_parquet(path, index=False)
         with warnings.catch_warnings():
             # mlflow warns that a local path could be either of two equal source types and
             # that integer columns cannot hold NaN; neither matters for a lineage record.
@@ -682,47 +714,68 @@ class _Run:
         )
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        self.registry.call(
-            f"uploading {artifact_file}",
-            lambda: self.registry.client.log_text(self.run_id, text, artifact_file),
-        )
+        path = self.staging / artifact_file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
 
     def log_model(self, model: Any) -> None:
         import mlflow.sklearn
 
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / MODEL_ARTIFACT
-            # Explicit requirements: mlflow otherwise infers them by importing the model in a
-            # subprocess, which costs seconds per candidate.
-            mlflow.sklearn.save_model(
-                model,
-                str(path),
-                serialization_format="cloudpickle",
-                pip_requirements=_pip_requirements(),
-            )
+        # Explicit requirements: mlflow otherwise infers them by importing the model in a
+        # subprocess, which costs seconds per candidate.
+        mlflow.sklearn.save_model(
+            model,
+            str(self.staging / MODEL_ARTIFACT),
+            serialization_format="cloudpickle",
+            pip_requirements=list(_pip_requirements()),
+        )
+
+    def _flush_batch(self) -> None:
+        """Params and metrics in as few ``log_batch`` calls as MLflow's limits allow."""
+        params, metrics = self._params, self._metrics
+        self._params, self._metrics = [], []
+        client = self.registry.client
+        while params or metrics:
+            p, params = params[:_BATCH_PARAMS], params[_BATCH_PARAMS:]
+            room = _BATCH_ENTITIES - len(p)
+            m, metrics = metrics[:room], metrics[room:]
             self.registry.call(
-                "uploading the model",
-                lambda: self.registry.client.log_artifacts(self.run_id, str(path), MODEL_ARTIFACT),
+                "logging params and metrics", partial(client.log_batch, self.run_id, m, p)
             )
 
     def finish(self, report: Mapping[str, Any], *, status: str) -> None:
         text = json.dumps(report, indent=2, sort_keys=True, default=str)
         self.log_text(text, REPORT_ARTIFACT)
         self.log_text(_report_html(report), REPORT_HTML_ARTIFACT)
+        try:
+            # Params/metrics and the artifact upload are independent requests: sent together.
+            self.registry.concurrently(
+                [
+                    self._flush_batch,
+                    lambda: self.registry.call(
+                        "uploading the run's artifacts",
+                        lambda: self.registry.client.log_artifacts(self.run_id, str(self.staging)),
+                    ),
+                ]
+            )
+        finally:
+            self._staging.cleanup()
         self.registry.call(
             "closing the retrain run",
             lambda: self.registry.client.set_terminated(self.run_id, status=status),
         )
 
 
-def _pip_requirements() -> list[str]:
+@cache
+def _pip_requirements() -> tuple[str, ...]:
+    """Pinned requirements of a saved candidate (looked up once per process)."""
     reqs = []
     for dist in ("mlflow", "scikit-learn", "cloudpickle", "numpy", "pandas", "scipy"):
         try:
             reqs.append(f"{dist}=={metadata.version(dist)}")
         except metadata.PackageNotFoundError:
             continue
-    return reqs
+    return tuple(reqs)
 
 
 def _metric_safe(value: str) -> str:

@@ -15,16 +15,26 @@ writes to the decision log.
 Connection failures surface as :class:`Unavailable` (retry later); how hard the MLflow client
 itself retries a request is set by MLflow's own ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` /
 ``MLFLOW_HTTP_REQUEST_TIMEOUT`` environment variables (the defaults retry for minutes).
+
+Round trips are what a retrain attempt waits on, so the registry avoids the avoidable ones:
+version and alias reads/writes go through MLflow's model-registry client (the public
+``MlflowClient`` methods first fetch the registered model again to refuse prompts, doubling
+each call; driftwarden's models are never prompts), loaded models are kept per
+``(model, version)`` (a version's artifacts never change), and registered models and
+experiments known to exist are not fetched again.
 """
 
 from __future__ import annotations
 
 import tempfile
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -48,6 +58,7 @@ log = structlog.get_logger(__name__)
 
 PROFILE_ARTIFACT = "driftwarden/profile.json"
 _TAG_MAX = 5000  # MLflow's limit on a model version tag value
+_MODEL_CACHE_SIZE = 4  # loaded models kept per process (champion, previous, recent candidates)
 _T = TypeVar("_T")
 
 
@@ -153,7 +164,17 @@ class Registry:
         self.registry_uri = registry_uri or tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=self.registry_uri)
         self._profiles: dict[tuple[str, str], ReferenceProfile] = {}
+        self._models: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        self._known_models: set[str] = set()
+        self._experiments: dict[str, str] = {}
         self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+
+    @property
+    def _reg(self) -> Any:
+        """MLflow's model-registry client: one round trip per call (no prompt check)."""
+        get = getattr(self.client, "_get_registry_client", None)
+        return get() if get is not None else self.client
 
     # ------------------------------------------------------------------ reading
 
@@ -161,7 +182,7 @@ class Registry:
         """The version ``alias`` points at, or ``None`` if the alias or model does not exist."""
         with _guard(f"reading alias {alias!r} of model {model!r}"):
             try:
-                return str(self.client.get_model_version_by_alias(model, alias).version)
+                return str(self._reg.get_model_version_by_alias(model, alias).version)
             except MlflowException as exc:
                 if _missing(exc):
                     return None
@@ -171,7 +192,8 @@ class Registry:
         """The registry's record of one version (``RegistryError`` if it does not exist)."""
         with _guard(f"reading version {version} of model {model!r}"):
             try:
-                return self.client.get_model_version(model, str(version))
+                mv: ModelVersion = self._reg.get_model_version(model, str(version))
+                return mv
             except MlflowException as exc:
                 if _missing(exc):
                     raise RegistryError(
@@ -222,12 +244,21 @@ class Registry:
         return profile
 
     def load_model(self, model: str, version: str) -> Any:
-        """The version's model, loaded with ``mlflow.sklearn`` (has predict/predict_proba)."""
+        """The version's model, loaded with ``mlflow.sklearn`` (has predict/predict_proba).
+
+        Kept per ``(model, version)`` for the process (the last few used): the daemon
+        evaluates the same champion on every retrain, and a version's artifacts never change.
+        """
         import mlflow.artifacts
         import mlflow.sklearn
 
+        key = (model, str(version))
+        with self._lock:
+            if key in self._models:
+                self._models.move_to_end(key)
+                return self._models[key]
         with _guard(f"locating version {version} of model {model!r}"):
-            source = self.client.get_model_version_download_uri(model, str(version))
+            source = self._reg.get_model_version_download_uri(model, str(version))
         with (
             _guard(f"downloading version {version} of model {model!r}"),
             tempfile.TemporaryDirectory() as tmp,
@@ -235,12 +266,54 @@ class Registry:
             local = mlflow.artifacts.download_artifacts(
                 artifact_uri=source, dst_path=tmp, tracking_uri=self.tracking_uri
             )
-            return mlflow.sklearn.load_model(local)
+            loaded = mlflow.sklearn.load_model(local)
+        self.remember_model(model, version, loaded)
+        return loaded
+
+    def remember_model(self, model: str, version: str, obj: Any) -> None:
+        """Keep ``obj`` as the loaded form of ``version`` (the pipeline passes the candidate it
+        just registered, so promoting it does not cost a download on the next retrain)."""
+        with self._lock:
+            self._models[(model, str(version))] = obj
+            self._models.move_to_end((model, str(version)))
+            while len(self._models) > _MODEL_CACHE_SIZE:
+                self._models.popitem(last=False)
+
+    def experiment_id(self, name: str, *, refresh: bool = False) -> str:
+        """The id of experiment ``name``, created if missing (remembered for the process)."""
+        with self._lock:
+            known = None if refresh else self._experiments.get(name)
+        if known is not None:
+            return known
+        exp = self.call(
+            f"reading experiment {name!r}", lambda: self.client.get_experiment_by_name(name)
+        )
+        if exp is None:
+            try:
+                exp_id = str(
+                    self.call(
+                        f"creating experiment {name!r}", lambda: self.client.create_experiment(name)
+                    )
+                )
+            except Unavailable:
+                raise
+            except Exception:  # created concurrently by another worker
+                again = self.client.get_experiment_by_name(name)
+                if again is None:
+                    raise
+                exp_id = str(again.experiment_id)
+        else:
+            exp_id = str(exp.experiment_id)
+        with self._lock:
+            self._experiments[name] = exp_id
+        return exp_id
 
     # ------------------------------------------------------------------ writing
 
-    def ensure_model(self, model: str) -> None:
-        """Create the registered model if it does not exist yet."""
+    def ensure_model(self, model: str, *, refresh: bool = False) -> None:
+        """Create the registered model if it does not exist yet (checked once per process)."""
+        if model in self._known_models and not refresh:
+            return
         with _guard(f"creating registered model {model!r}"):
             try:
                 self.client.get_registered_model(model)
@@ -254,17 +327,26 @@ class Registry:
                 except MlflowException as exc2:
                     if exc2.error_code != "RESOURCE_ALREADY_EXISTS":
                         raise
+        self._known_models.add(model)
 
     def register(self, model: str, *, source: str, run_id: str, tags: Mapping[str, str]) -> str:
         """Create a model version from a run's artifact ``source``; returns the version."""
         self.ensure_model(model)
+        clipped = {k: str(v)[:_TAG_MAX] for k, v in tags.items()}
         with _guard(f"registering a version of model {model!r}"):
-            mv = self.client.create_model_version(
-                model,
-                source=source,
-                run_id=run_id,
-                tags={k: str(v)[:_TAG_MAX] for k, v in tags.items()},
-            )
+            try:
+                mv = self.client.create_model_version(
+                    model, source=source, run_id=run_id, tags=clipped
+                )
+            except MlflowException as exc:
+                if exc.error_code != "RESOURCE_DOES_NOT_EXIST" or model not in self._known_models:
+                    raise
+                # Deleted behind our back since it was last seen: create it again, once.
+                self._known_models.discard(model)
+                self.ensure_model(model, refresh=True)
+                mv = self.client.create_model_version(
+                    model, source=source, run_id=run_id, tags=clipped
+                )
         log.info("registry.registered", model=model, version=mv.version, run_id=run_id)
         return str(mv.version)
 
@@ -277,19 +359,31 @@ class Registry:
         actor: str,
         reason: str,
         decision_key: str | None = None,
+        check_version: bool = True,
     ) -> AliasMove:
-        """Point ``alias`` at ``version`` and tag the version with who, why and when."""
-        self.model_version(model, str(version))  # a clear error for a missing version
+        """Point ``alias`` at ``version`` and tag the version with who, why and when.
+
+        ``check_version=False`` skips the existence check (a clear error for a missing
+        version) when the caller has just read or created that version.
+        """
+        if check_version:
+            self.model_version(model, str(version))
         before = self.version_by_alias(model, alias)
         at = _now()
         with _guard(f"moving alias {alias!r} of model {model!r} to version {version}"):
-            self.client.set_registered_model_alias(model, alias, str(version))
+            self._reg.set_registered_model_alias(model, alias, str(version))
             prefix = f"driftwarden.alias.{alias}"
             tags = {f"{prefix}.set_by": actor, f"{prefix}.reason": reason, f"{prefix}.at": at}
             if decision_key is not None:
                 tags[f"{prefix}.decision_key"] = decision_key
-            for key, value in tags.items():
-                self.client.set_model_version_tag(model, str(version), key, value[:_TAG_MAX])
+            # MLflow has no batch call for version tags: the few independent writes go out
+            # together.
+            self.concurrently(
+                [
+                    partial(self._reg.set_model_version_tag, model, str(version), k, v[:_TAG_MAX])
+                    for k, v in tags.items()
+                ]
+            )
         move = AliasMove(model, alias, str(version), before, actor, reason, at, decision_key)
         log.info("registry.alias_moved", **move.to_dict())
         return move
@@ -303,14 +397,14 @@ class Registry:
             return None
         at = _now()
         with _guard(f"removing alias {alias!r} of model {model!r}"):
-            self.client.delete_registered_model_alias(model, alias)
+            self._reg.delete_registered_model_alias(model, alias)
             prefix = f"driftwarden.alias.{alias}"
             for key, value in (
                 (f"{prefix}.removed_by", actor),
                 (f"{prefix}.removed_reason", reason),
                 (f"{prefix}.removed_at", at),
             ):
-                self.client.set_model_version_tag(model, before, key, value[:_TAG_MAX])
+                self._reg.set_model_version_tag(model, before, key, value[:_TAG_MAX])
         move = AliasMove(model, alias, None, before, actor, reason, at, decision_key)
         log.info("registry.alias_removed", **move.to_dict())
         return move
@@ -338,11 +432,18 @@ class Registry:
                     actor=actor,
                     reason=f"replaced as champion by version {version}: {reason}",
                     decision_key=decision_key,
+                    check_version=False,
                 )
             )
         moves.append(
             self.set_alias(
-                model, "champion", version, actor=actor, reason=reason, decision_key=decision_key
+                model,
+                "champion",
+                version,
+                actor=actor,
+                reason=reason,
+                decision_key=decision_key,
+                check_version=False,
             )
         )
         if self.version_by_alias(model, "challenger") == version:
@@ -476,6 +577,22 @@ class Registry:
         )
         log.info("registry.serving_routed", **move.to_dict())
         return move
+
+    def concurrently(self, calls: Sequence[Callable[[], Any]]) -> list[Any]:
+        """Run independent MLflow calls at the same time (they wait on the server, not the
+        CPU); their results in order. Every call finishes before the first error is raised."""
+        if len(calls) <= 1:
+            return [c() for c in calls]
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mlflow-io")
+            pool = self._pool
+        futures = [pool.submit(c) for c in calls]
+        errors = [f.exception() for f in futures]
+        for err in errors:
+            if err is not None:
+                raise err
+        return [f.result() for f in futures]
 
     def call(self, what: str, fn: Callable[[], _T]) -> _T:
         """Run ``fn`` (an MLflow client call) with connection errors as :class:`Unavailable`."""

@@ -137,3 +137,116 @@ def test_load_trainer_from_config_dir_and_errors() -> None:
         load_trainer("just_a_name", [])
     with pytest.raises(TrainerError, match="list of strings"):
         load_trainer({"command": "train.sh"}, [])
+
+
+def _sklearn_metric_set(y: np.ndarray, score: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
+    from sklearn import metrics as skm
+
+    return {
+        "accuracy": skm.accuracy_score(y, pred),
+        "recall": skm.recall_score(y, pred, zero_division=0) if y.sum() else None,
+        "precision": skm.precision_score(y, pred, zero_division=0) if pred.sum() else None,
+        "f1": skm.f1_score(y, pred, zero_division=0) if y.sum() else None,
+        "roc_auc": skm.roc_auc_score(y, score) if 0 < y.sum() < y.size else None,
+    }
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_evaluate_count_metrics_equal_sklearn_exactly(seed: int) -> None:
+    """Accuracy/precision/recall/F1 from confusion counts are sklearn's to the last bit,
+    overall and per slice (including slices with one class or no predicted positives)."""
+
+    class Threshold:
+        classes_ = np.array([0, 1])
+
+        def predict_proba(self, x: pd.DataFrame) -> np.ndarray:
+            p = x["s"].to_numpy(dtype=float)
+            return np.column_stack([1 - p, p])
+
+        def predict(self, x: pd.DataFrame) -> np.ndarray:
+            return (x["s"].to_numpy() >= 0.7).astype(int)
+
+    rng = np.random.default_rng(seed)
+    n = 400
+    g = rng.choice(np.array(["a", "b", "c", None], dtype=object), n)
+    s = rng.random(n)
+    y = (rng.random(n) < np.where(g == "c", 0.0, s)).astype(int)  # slice c: no positives
+    s[g == "b"] = 0.1  # slice b: no predicted positives
+    df = pd.DataFrame({"s": s, "y": y, "g": g})
+    out = evaluate(Threshold(), df, target="y", features=["s"], slices=["g"])
+    pred = (s >= 0.7).astype(int)
+    cases = {"overall": np.ones(n, dtype=bool)} | {f"g={v}": g == v for v in "abc"}
+    for where, mask in cases.items():
+        got = out["overall"] if where == "overall" else out["slices"]["g"][where[2:]]
+        want = _sklearn_metric_set(y[mask], s[mask], pred[mask])
+        for metric, value in want.items():
+            assert got[metric] == value, (where, metric)
+    assert set(out["slices"]["g"]) == {"a", "b", "c"}
+
+
+def test_profile_count_metrics_equal_sklearn_exactly() -> None:
+    """The reference profile's binary metrics (fast path) equal sklearn's binary scores,
+    and cases sklearn must judge (three labels) still go to sklearn."""
+    from sklearn import metrics as skm
+
+    from driftwarden.detectors.profile import _classification_metrics
+
+    rng = np.random.default_rng(42)
+    for labels, positive in ((["0", "1"], "1"), (["no", "yes"], "yes"), (["0"], "1")):
+        for _ in range(5):
+            y = pd.Series(rng.choice(labels, 300))
+            p = pd.Series(rng.choice(labels, 300))
+            got = _classification_metrics(y, p, None, positive)
+            kw: dict[str, Any] = {"pos_label": positive, "average": "binary", "zero_division": 0}
+            assert got["accuracy"] == skm.accuracy_score(y, p)
+            assert got["precision"] == skm.precision_score(y, p, **kw)
+            assert got["recall"] == skm.recall_score(y, p, **kw)
+            assert got["f1"] == skm.f1_score(y, p, **kw)
+    y = pd.Series(rng.choice(["a", "b", "c"], 300))
+    with pytest.raises(ValueError):
+        _classification_metrics(y, y, None, "a")
+    macro = _classification_metrics(
+        y, y.sample(frac=1.0, random_state=1).reset_index(drop=True), None, None
+    )
+    assert 0.0 < macro["f1"] < 1.0
+
+
+def _reference_snapshot_hash(frame: pd.DataFrame) -> str:
+    """The value-by-value form of :func:`snapshot_hash` (the definition it must keep)."""
+    import hashlib
+
+    import orjson
+
+    cols = sorted(map(str, frame.columns))
+    data = [
+        [None if isinstance(v, float) and v != v else v for v in frame[c].astype(object).tolist()]
+        for c in cols
+    ]
+    blob = orjson.dumps(
+        {"columns": cols, "data": data},
+        option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS,
+        default=str,
+    )
+    return hashlib.sha256(blob).hexdigest()
+
+
+def test_snapshot_hash_equals_value_by_value_definition() -> None:
+    """Float NaN becomes null; None, NaT, pd.NA, bools, ints and strings keep their form."""
+    rng = np.random.default_rng(3)
+    n = 600
+    frame = pd.DataFrame(
+        {
+            "f": np.where(rng.random(n) < 0.2, np.nan, rng.normal(size=n)),
+            "i": rng.integers(0, 9, n),
+            "s": rng.choice(np.array(["x", "y", None], dtype=object), n),
+            "o": np.array(
+                [np.nan, "s", None, 1.5, True, np.float32("nan")] * (n // 6), dtype=object
+            ),
+            "b": rng.random(n) < 0.5,
+            "ni": pd.array([1, None, 3] * (n // 3), dtype="Int64"),
+            "t": pd.to_datetime(np.where(rng.random(n) < 0.1, None, "2024-01-01")),
+            "ps": pd.Series(["a", None, "b"] * (n // 3), dtype="string"),
+        }
+    )
+    assert snapshot_hash(frame) == _reference_snapshot_hash(frame)
+    assert snapshot_hash(frame.iloc[:0]) == _reference_snapshot_hash(frame.iloc[:0])
