@@ -141,7 +141,9 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
             node = node.setdefault(p, {})
         if parts[:-1] == ["kafka", "security"]:
             # A secret stays the string it is ("12345", "yes", "0x1f" are passwords too).
-            node[parts[-1]] = {"true": True, "false": False}.get(raw.strip().lower(), raw)
+            key = parts[-1]
+            flag = {"true": True, "false": False}.get(raw.strip().lower())
+            node[key] = raw if flag is None or "password" in key else flag
         else:
             node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else raw
     return out

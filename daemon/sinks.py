@@ -61,6 +61,10 @@ class KafkaSink(Sink):
             acks="all",
             linger_ms=5,
             retries=2147483647,
+            # kafka-python backs reconnects off up to 30 s: after a few broker outages in a
+            # row the producer would come back that long after the broker (stalling flushes,
+            # so checkpoints and commits). 5 s at most.
+            reconnect_backoff_max_ms=5000,
             **security,
         )
 

@@ -162,6 +162,7 @@ class KafkaSource(Source):
             session_timeout_ms=session_timeout_ms,
             max_poll_interval_ms=max_poll_interval_ms,
             max_partition_fetch_bytes=max_partition_fetch_bytes,
+            reconnect_backoff_max_ms=5000,  # back within 5 s of a broker's return (default 30)
             **security,
         )
         source = self

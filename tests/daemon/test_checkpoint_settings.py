@@ -88,5 +88,6 @@ def test_kafka_security_merges_per_key_and_env_secrets_stay_strings(tmp_path: Pa
         "sasl_plain_password": "012345",
         "ssl_check_hostname": False,
     }
-    env = {"DRIFTWARDEN_KAFKA__SECURITY__SASL_PLAIN_PASSWORD": "yes"}
-    assert load_settings(cfg, env=env)["kafka"]["security"]["sasl_plain_password"] == "yes"
+    for secret in ("yes", "true", "1e3"):
+        env = {"DRIFTWARDEN_KAFKA__SECURITY__SASL_PLAIN_PASSWORD": secret}
+        assert load_settings(cfg, env=env)["kafka"]["security"]["sasl_plain_password"] == secret
