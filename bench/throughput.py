@@ -87,6 +87,7 @@ NULL_RATE = 0.01  # on num_0 and cat_0 only, as real pipelines have a few gappy 
 T0 = 1_795_000_000.0  # fixed event-time origin (2026-11-18)
 RATE_PER_S = 10.0  # event time: 10 predictions per second per model
 MAX_MESSAGE_BYTES = 1_048_576  # the daemon's default limits.max_message_bytes
+GC_THRESHOLD = (50_000, 20, 100)  # what `driftwarden run` sets (daemon/cli.py)
 
 POLICY = """\
 apiVersion: driftwarden/v1
@@ -413,6 +414,9 @@ def daemon_ingest(
 
     # Instrumented from outside: the daemon's code is measured as it is.
     daemon.source.poll = timed_poll
+    # As `driftwarden run` does after building the daemon (daemon/cli.py): the long-lived
+    # start-up objects leave the collector's view; GC_THRESHOLD is set for both paths in main().
+    gc.freeze()
     try:
         with GcMeter() as meter:
             if profiler is not None:
@@ -422,6 +426,7 @@ def daemon_ingest(
                 profiler.disable()
         end = time.perf_counter()
     finally:
+        gc.unfreeze()
         daemon.sink.close()
         daemon.source.close()
     notes = []
@@ -508,9 +513,13 @@ def stages(base: Path, n_per_model: int, models: int, label_share: float, partit
         options=options_from(settings),
     )
     daemon.assign(sorted({r.partition for r in raw}))
+    gc.freeze()  # as `driftwarden run` does once the daemon is built
     t0 = time.perf_counter()
-    with GcMeter() as meter:
-        summary = daemon.run(max_events=n, timeout_s=600.0)
+    try:
+        with GcMeter() as meter:
+            summary = daemon.run(max_events=n, timeout_s=600.0)
+    finally:
+        gc.unfreeze()
     took = time.perf_counter() - t0
     rows.append(("Daemon.run in memory (all but Kafka)", took))
     rows.append(("  of which cyclic gc pauses", meter.seconds))
@@ -666,6 +675,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--events must be at least --models, and --models and --repeat at least 1.")
 
     configure_logs("warning")
+    # The collector settings of `driftwarden run` (daemon/cli.py), for both paths alike.
+    gc.set_threshold(*GC_THRESHOLD)
     # kafka-python warns "No partition metadata" while a fresh group's metadata loads: noise.
     logging.getLogger("kafka").setLevel(logging.ERROR)
     if args.no_crc_check:

@@ -9,7 +9,7 @@ with a one-sentence reason; the daemon sends the latter to the dead-letter topic
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -50,6 +50,9 @@ class PredictionEvent:
     features: dict[str, Any]
     prediction: dict[str, Any]
     segment: dict[str, Any]
+    #: the bytes the event was decoded from: the join buffer keeps them while the prediction
+    #: waits for its label, instead of encoding the record again
+    raw: bytes | None = field(default=None, compare=False, repr=False)
 
     def record(self) -> dict[str, Any]:
         """The plain record the join buffer, windows and labeled store keep."""
@@ -151,7 +154,7 @@ def _finite(pred: dict[str, Any], key: str) -> None:
             raise InvalidEvent(f"prediction.{key} must be a finite number")
 
 
-def _decode_prediction(obj: dict[str, Any]) -> PredictionEvent:
+def _decode_prediction(obj: dict[str, Any], raw: bytes | None = None) -> PredictionEvent:
     pred = obj.get("prediction")
     if not isinstance(pred, dict):
         raise InvalidEvent(
@@ -171,6 +174,7 @@ def _decode_prediction(obj: dict[str, Any]) -> PredictionEvent:
         features=_flat_object(obj, "features", required=True),
         prediction=pred,
         segment=_flat_object(obj, "segment", required=False),
+        raw=raw,
     )
 
 
@@ -192,11 +196,84 @@ def _decode_label(obj: dict[str, Any]) -> LabelEvent:
     )
 
 
+# Exact types orjson yields for a valid flat value (its floats are always finite: it refuses
+# NaN, Infinity and numbers that overflow a double).
+_LEAF = frozenset({str, int, float, bool, type(None)})
+_NUMBER = frozenset({int, float})
+_LABEL_TYPES = frozenset({str, int, float, bool})
+
+
+def _fast_prediction(obj: dict[str, Any], raw: bytes) -> PredictionEvent | None:
+    """The common valid prediction with few Python operations; None sends it to the detailed
+    validator, which either accepts it the same way or names what is wrong."""
+    pred = obj.get("prediction")
+    features = obj.get("features")
+    segment = obj.get("segment")
+    if segment is None:
+        segment = {}
+    pid = obj.get("prediction_id")
+    model = obj.get("model")
+    version = obj.get("model_version")
+    stamp = obj.get("timestamp")
+    if (
+        type(pred) is not dict
+        or type(features) is not dict
+        or type(segment) is not dict
+        or type(pid) is not str
+        or type(model) is not str
+        or type(version) is not str
+        or type(stamp) is not str
+        or not 0 < len(pid) <= _MAX_ID
+        or not 0 < len(model) <= _MAX_ID
+        or not 0 < len(version) <= _MAX_ID
+        or len(features) > _MAX_FEATURES
+        or len(segment) > _MAX_FEATURES
+        # one C-level pass over the values: every one a plain JSON scalar
+        or not _LEAF.issuperset(map(type, features.values()))
+        or not _LEAF.issuperset(map(type, segment.values()))
+    ):
+        return None
+    found = False
+    if "score" in pred:
+        if type(pred["score"]) not in _NUMBER:
+            return None
+        found = True
+    if "value" in pred:
+        if type(pred["value"]) not in _NUMBER:
+            return None
+        found = True
+    if "label" in pred:
+        if type(pred["label"]) not in _LEAF:
+            return None
+        found = True
+    if not found:
+        return None
+    return PredictionEvent(pid, model, version, parse_time(stamp), features, pred, segment, raw)
+
+
+def _fast_label(obj: dict[str, Any]) -> LabelEvent | None:
+    """The common valid label event (see :func:`_fast_prediction`)."""
+    pid = obj.get("prediction_id")
+    model = obj.get("model")
+    stamp = obj.get("timestamp")
+    label = obj.get("label")
+    if (
+        type(pid) is not str
+        or type(model) is not str
+        or type(stamp) is not str
+        or type(label) not in _LABEL_TYPES
+        or not 0 < len(pid) <= _MAX_ID
+        or not 0 < len(model) <= _MAX_ID
+    ):
+        return None
+    return LabelEvent(pid, model, parse_time(stamp), label)
+
+
 def decode(
     raw: bytes | None, *, expect: str | None = None, max_bytes: int = DEFAULT_MAX_BYTES
 ) -> PredictionEvent | LabelEvent:
     """Decode one event's bytes; ``expect`` is the schema the topic carries (or None: any)."""
-    if raw is None or len(raw) == 0:
+    if not raw:
         raise InvalidEvent("empty message")
     if len(raw) > max_bytes:
         raise InvalidEvent(f"message is {len(raw)} bytes, over the {max_bytes}-byte limit")
@@ -204,13 +281,28 @@ def decode(
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidEvent(f"invalid JSON: {exc}") from None
-    if not isinstance(obj, dict):
+    if type(obj) is not dict:
         raise InvalidEvent(f"event must be a JSON object, got {type(obj).__name__}")
     schema = obj.get("schema")
+    # Fast path: the event meets the contract in the common way (a time that does not parse
+    # still raises from parse_time with its reason, as the detailed path would).
+    if schema == PREDICTION_SCHEMA and (expect is None or expect == schema):
+        ev: PredictionEvent | LabelEvent | None = _fast_prediction(obj, _exact(raw))
+        if ev is not None:
+            return ev
+    elif schema == LABEL_SCHEMA and (expect is None or expect == schema):
+        ev = _fast_label(obj)
+        if ev is not None:
+            return ev
     if schema not in (PREDICTION_SCHEMA, LABEL_SCHEMA):
         raise InvalidEvent(f"unknown schema {str(schema)[:80]!r}")
     if expect is not None and schema != expect:
         raise InvalidEvent(f"schema {schema!r} on a topic that carries {expect!r}")
     if schema == PREDICTION_SCHEMA:
-        return _decode_prediction(obj)
+        return _decode_prediction(obj, _exact(raw))
     return _decode_label(obj)
+
+
+def _exact(raw: Any) -> bytes:
+    """``raw`` as its own bytes object (a memoryview would pin the buffer it views)."""
+    return raw if type(raw) is bytes else bytes(raw)

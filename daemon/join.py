@@ -18,7 +18,10 @@ import orjson
 
 __all__ = ["JoinBuffer", "JoinCounters"]
 
-STATE_VERSION = 2
+STATE_VERSION = 3
+# Version 2 kept only encoded records as waiting predictions; version 3 may also keep the
+# prediction event's own JSON. _waiting_record reads both, so a version 2 state still loads.
+_READABLE_VERSIONS = (2, 3)
 
 
 @dataclass
@@ -47,14 +50,24 @@ class JoinBuffer:
     counters: JoinCounters = field(default_factory=JoinCounters)
     # Waiting predictions as (event time, compact JSON): a dict per record costs ~3.7 KB of
     # memory with 25 features, its JSON ~0.5 KB; it is decoded only when its label arrives.
-    # (Measured with bench/memory.py.)
+    # (Measured with bench/memory.py.) The JSON is the event's own bytes when the caller has
+    # them (no second encoding on the hot path) or the encoded record; :func:`_waiting_record`
+    # reads both.
     _predictions: OrderedDict[str, tuple[float, bytes]] = field(default_factory=OrderedDict)
     _labels: OrderedDict[str, tuple[float, Any]] = field(default_factory=OrderedDict)
 
-    def add_prediction(self, pid: str, record: dict[str, Any]) -> dict[str, Any] | None:
-        """Add a prediction record; returns the joined record if its label was waiting."""
+    def add_prediction(
+        self, pid: str, record: dict[str, Any], raw: bytes | None = None
+    ) -> dict[str, Any] | None:
+        """Add a prediction record; returns the joined record if its label was waiting.
+
+        ``raw`` is the prediction event's JSON the record was decoded from (optional): kept as
+        is while the prediction waits, instead of encoding ``record`` again.
+        """
         self.counters.predictions += 1
-        self._advance(record["timestamp"])
+        ts = record["timestamp"]
+        if ts > self.watermark:
+            self._advance(ts)
         waiting = self._labels.pop(pid, None)
         if waiting is not None:
             self.counters.matched += 1
@@ -62,25 +75,30 @@ class JoinBuffer:
         if pid in self._predictions:
             self.counters.duplicate_predictions += 1
             return None
-        # Copied to an exact-size bytes object: orjson's own result keeps its whole working
-        # buffer (about 8 KB) behind a ~0.5 KB record.
-        self._predictions[pid] = (record["timestamp"], bytes(memoryview(orjson.dumps(record))))
-        self._bound(self._predictions, "expired_unlabeled")
+        if raw is None:
+            # Copied to an exact-size bytes object: orjson's own result keeps its whole working
+            # buffer (about 8 KB) behind a ~0.5 KB record.
+            raw = bytes(memoryview(orjson.dumps(record)))
+        self._predictions[pid] = (ts, raw)
+        if len(self._predictions) > self.max_entries:
+            self._bound(self._predictions, "expired_unlabeled")
         return None
 
     def add_label(self, pid: str, label: Any, ts: float) -> dict[str, Any] | None:
         """Add a label; returns the joined record if its prediction was waiting."""
         self.counters.labels += 1
-        self._advance(ts)
+        if ts > self.watermark:
+            self._advance(ts)
         waiting = self._predictions.pop(pid, None)
         if waiting is not None:
             self.counters.matched += 1
-            return _joined(orjson.loads(waiting[1]), label, ts)
+            return _joined(_waiting_record(pid, *waiting), label, ts)
         if pid in self._labels:
             self.counters.duplicate_labels += 1
             return None
         self._labels[pid] = (ts, label)
-        self._bound(self._labels, "orphan_labels")
+        if len(self._labels) > self.max_entries:
+            self._bound(self._labels, "orphan_labels")
         return None
 
     @property
@@ -131,7 +149,7 @@ class JoinBuffer:
     @classmethod
     def from_state(cls, state: dict[str, Any], *, ttl_s: float, max_entries: int) -> JoinBuffer:
         """Restore :meth:`state`; refuses an unknown version."""
-        if state.get("version") != STATE_VERSION:
+        if state.get("version") not in _READABLE_VERSIONS:
             raise ValueError(
                 f"join buffer state version {state.get('version')!r} is unknown "
                 f"(this driftwarden reads version {STATE_VERSION})."
@@ -145,6 +163,25 @@ class JoinBuffer:
         )
         buf._labels = OrderedDict((pid, (ts, lab)) for pid, ts, lab in state["labels"])
         return buf
+
+
+def _waiting_record(pid: str, ts: float, blob: bytes) -> dict[str, Any]:
+    """The record of a waiting prediction from its JSON (an encoded record or the event).
+
+    Only the fields a record and a valid event share are read; the event time is the one the
+    buffer kept, so both forms give the same record (``model_version`` as text, a missing or
+    null ``segment`` as ``{}``, as :mod:`.events` decodes them).
+    """
+    doc = orjson.loads(blob)
+    version = doc["model_version"]
+    return {
+        "prediction_id": pid,
+        "model_version": version if type(version) is str else str(version),
+        "timestamp": ts,
+        "features": doc["features"],
+        "prediction": doc["prediction"],
+        "segment": doc.get("segment") or {},
+    }
 
 
 def _joined(record: dict[str, Any], label: Any, label_ts: float) -> dict[str, Any]:

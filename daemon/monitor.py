@@ -37,6 +37,8 @@ __all__ = ["ModelMonitor", "MonitorOutput", "ProfileMissing"]
 
 log = structlog.get_logger(__name__)
 STATE_VERSION = 1
+#: rows a stream's detectors receive at once at most between window closes (see ModelMonitor)
+FEED_ROWS = 1024
 
 
 class ProfileMissing(RuntimeError):
@@ -98,6 +100,13 @@ class ModelMonitor:
         self.pred_watermark = -math.inf
         self.label_watermark = -math.inf
         self._labeled_index = 0
+        # Columns of records already in a window but not yet given to the detectors: polls
+        # bring a few hundred records per model, and a detector's update costs about as much
+        # for 300 rows as for 1000, so updates wait for FEED_ROWS rows (about 1 KB of columns
+        # each), the window's close, a checkpoint or a change of detectors, whichever comes
+        # first. Same records in the same order; only the batch boundaries move.
+        self._pending: dict[str, list[Batch]] = {"predictions": [], "labeled": []}
+        self._pending_rows: dict[str, int] = {"predictions": 0, "labeled": 0}
 
     def set_policy(self, policy: Policy) -> None:
         """Switch to an edited policy (hot reload).
@@ -108,6 +117,7 @@ class ModelMonitor:
         """
         old_specs = _specs(self.policy)
         self.policy = policy
+        self._flush_all()  # into the detectors about to be dropped, as if fed at once
         self.detectors = {}
         self.profile_version = None
         self.last_labeled = {}
@@ -129,6 +139,7 @@ class ModelMonitor:
             # A new model version mid-window: keep this window's reference; switch at the next.
             return
         profile = self._profile_loader(self.model, model_version)
+        self._flush_all()  # queued rows belong to the detectors being replaced
         self.detectors = self.policy.build_detectors(profile)
         self.profile_version = model_version
         log.info(
@@ -139,14 +150,33 @@ class ModelMonitor:
         )
 
     def _feed(self, stream: str, records: list[dict[str, Any]]) -> None:
+        """Queue the records' columns for the stream's detectors (fed by :meth:`_flush`)."""
         if not records:
             return
-        batch = Batch.from_records(records)
+        parts = self._pending[stream]
+        parts.append(Batch.from_records(records))
+        self._pending_rows[stream] += len(records)
+        if self._pending_rows[stream] >= FEED_ROWS:
+            self._flush(stream)
+
+    def _flush(self, stream: str) -> None:
+        """Update the stream's detectors with every queued batch, as one batch."""
+        parts = self._pending[stream]
+        if not parts:
+            return
+        batch = parts[0] if len(parts) == 1 else Batch.concat(parts)
+        self._pending[stream] = []
+        self._pending_rows[stream] = 0
         for det in self.detectors.values():
             if det.stream == stream:
                 det.update(batch)
 
+    def _flush_all(self) -> None:
+        for stream in self._pending:
+            self._flush(stream)
+
     def _close(self, stream: str, closed: ClosedWindow) -> dict[str, DetectorResult]:
+        self._flush(stream)
         results = {}
         for name, det in self.detectors.items():
             if det.stream == stream:
@@ -160,19 +190,27 @@ class ModelMonitor:
         out = MonitorOutput()
         preds: list[dict[str, Any]] = []
         labeled: list[dict[str, Any]] = []
+        add_prediction, add_label = self.join.add_prediction, self.join.add_label
+        pred_wm, label_wm = self.pred_watermark, self.label_watermark
+        n_labels = 0
         for ev in events:
-            if isinstance(ev, PredictionEvent):
+            if type(ev) is PredictionEvent:
                 rec = ev.record()
-                self.events += 1
-                self.pred_watermark = max(self.pred_watermark, ev.timestamp)
+                if ev.timestamp > pred_wm:
+                    pred_wm = ev.timestamp
                 preds.append(rec)
-                joined = self.join.add_prediction(ev.prediction_id, rec)
+                joined = add_prediction(ev.prediction_id, rec, ev.raw)
             else:
-                self.labels += 1
-                self.label_watermark = max(self.label_watermark, ev.timestamp)
-                joined = self.join.add_label(ev.prediction_id, ev.label, ev.timestamp)
+                assert isinstance(ev, LabelEvent)
+                n_labels += 1
+                if ev.timestamp > label_wm:
+                    label_wm = ev.timestamp
+                joined = add_label(ev.prediction_id, ev.label, ev.timestamp)
             if joined is not None:
                 labeled.append(joined)
+        self.events += len(preds)
+        self.labels += n_labels
+        self.pred_watermark, self.label_watermark = pred_wm, label_wm
         if preds:
             self._ensure_detectors(preds[0]["model_version"])
         elif labeled and not self.detectors:
@@ -233,7 +271,8 @@ class ModelMonitor:
 
     # -- state -----------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        """JSON-ready state (versioned)."""
+        """JSON-ready state (versioned); queued rows are given to the detectors first."""
+        self._flush_all()
         return {
             "version": STATE_VERSION,
             "model": self.model,
@@ -262,6 +301,8 @@ class ModelMonitor:
         self.labels = int(state["labels"])
         self.pred_watermark = _from_finite(state["pred_watermark"])
         self.label_watermark = _from_finite(state["label_watermark"])
+        self._pending = {"predictions": [], "labeled": []}
+        self._pending_rows = {"predictions": 0, "labeled": 0}
         self.join = JoinBuffer.from_state(
             state["join"], ttl_s=self.join.ttl_s, max_entries=self.join.max_entries
         )

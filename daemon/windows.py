@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 __all__ = ["ClosedWindow", "WindowSpec", "Windower"]
@@ -86,9 +87,16 @@ class Windower:
         feed: list[dict[str, Any]] = []
         if self.spec.events is not None:
             n = self.spec.events
-            for rec in records:
-                feed.append(rec)
-                self._note(rec["timestamp"])
+            i, total = 0, len(records)
+            while i < total:
+                # As many records as the open window still takes, noted in one go.
+                chunk = records[i : i + n - self.count]
+                i += len(chunk)
+                stamps = list(map(_timestamp, chunk))
+                self.count += len(chunk)
+                self.first_ts = min(self.first_ts, min(stamps))
+                self.last_ts = max(self.last_ts, max(stamps))
+                feed.extend(chunk)
                 if self.count >= n:
                     steps.append((feed, self._close(self.first_ts, self.last_ts)))
                     feed = []
@@ -197,6 +205,9 @@ class Windower:
         w.held = list(state["held"])
         w.future = {int(k): list(v) for k, v in state["future"]}
         return w
+
+
+_timestamp = itemgetter("timestamp")
 
 
 def _order(rec: dict[str, Any]) -> tuple[float, str]:

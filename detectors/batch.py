@@ -20,6 +20,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -99,6 +101,93 @@ def _column(records: Sequence[Mapping[str, Any]], key: str) -> list[Any]:
     return [r.get(key, _ABSENT) for r in records]
 
 
+# Exact value types the vectorised column builder handles; anything else (numpy scalars,
+# subclasses, containers) goes through :meth:`FeatureColumn.from_values` one value at a time.
+_FAST_TYPES = frozenset({float, int, str, bool, type(None), _Absent})
+_NUMBER_TYPES = frozenset({float, int})
+
+
+def _feature_column(values: Sequence[Any]) -> FeatureColumn:
+    """:meth:`FeatureColumn.from_values` with numpy doing the per-value work.
+
+    Gives the same four arrays; one pass of ``type()`` over the values picks the route.
+    """
+    kinds = set(map(type, values))
+    if not kinds <= _FAST_TYPES:
+        return FeatureColumn.from_values(values)
+    n = len(values)
+    try:
+        if kinds <= _NUMBER_TYPES:
+            numeric = np.fromiter(values, dtype=np.float64, count=n)
+            numeric[~np.isfinite(numeric)] = np.nan
+            return FeatureColumn(
+                numeric, np.empty(n, dtype=object), np.zeros(n, dtype=bool), np.zeros(n, bool)
+            )
+        obj = _objects(list(values))
+        if kinds == {str}:
+            return FeatureColumn(
+                np.full(n, np.nan), obj, np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+            )
+        types = _objects(list(map(type, values)))
+        null = _of_type(types, type(None))
+        absent = _of_type(types, _Absent)
+        numeric = np.full(n, np.nan)
+        if kinds & _NUMBER_TYPES:
+            is_num = _of_type(types, float) | _of_type(types, int)
+            numeric[is_num] = obj[is_num].astype(np.float64)
+            numeric[~np.isfinite(numeric)] = np.nan
+        text = np.empty(n, dtype=object)
+        if str in kinds:
+            is_str = _of_type(types, str)
+            text[is_str] = obj[is_str]
+        if bool in kinds:
+            is_bool = _of_type(types, bool)
+            text[is_bool] = _objects(["true" if v else "false" for v in obj[is_bool]])
+    except OverflowError:  # an int beyond float64: the slow path raises the same error
+        return FeatureColumn.from_values(values)
+    return FeatureColumn(numeric=numeric, text=text, null=null, absent=absent)
+
+
+def _of_type(types: np.ndarray, kind: type) -> np.ndarray:
+    """Mask of the rows whose value's exact type (from an object array of types) is ``kind``."""
+    scalar = np.empty((), dtype=object)
+    scalar[()] = kind
+    mask: np.ndarray = np.equal(types, scalar)
+    return mask
+
+
+def _columns(records: Sequence[Mapping[str, Any]]) -> dict[str, list[Any] | tuple[Any, ...]]:
+    """Each key's values in record order (``_ABSENT`` where a record lacks the key).
+
+    When every record has every key (the usual case) the table is transposed in C with
+    ``itemgetter`` and ``zip``; otherwise one list per key is gathered.
+    """
+    n = len(records)
+    first = list(records[0]) if n else []
+    if len(first) > 1 and sum(map(len, records)) == n * len(first):
+        try:
+            rows = list(map(itemgetter(*first), records))
+        except KeyError:
+            pass
+        else:
+            # Every record has all of the first record's keys and no more (the total count
+            # says so), so these are all the keys, in first-seen order.
+            return dict(zip(first, zip(*rows, strict=True), strict=True))
+    names = dict.fromkeys(chain.from_iterable(records))
+    return {k: _column(records, k) for k in names}
+
+
+def _floats(values: list[Any]) -> np.ndarray:
+    """``[_num(v) for v in values]`` as float64, vectorised when the types allow it."""
+    kinds = set(map(type, values))
+    if kinds <= _NUMBER_TYPES | {type(None)}:
+        try:
+            return np.array(values, dtype=np.float64).reshape(len(values))
+        except OverflowError:
+            pass
+    return np.array([_num(v) for v in values], dtype=np.float64).reshape(len(values))
+
+
 @dataclass(frozen=True)
 class Batch:
     """A micro-batch of events for one model, as numpy columns.
@@ -140,35 +229,18 @@ class Batch:
         >>> b.n, b.features["x"].null.tolist(), b.features["plan"].absent.tolist()
         (2, [False, True], [False, True])
         """
-        n = len(records)
         feats: list[Mapping[str, Any]] = [r.get("features") or {} for r in records]
-        names: dict[str, None] = {}
-        for f in feats:
-            for k in f:
-                names.setdefault(k, None)
-        features = {k: FeatureColumn.from_values(_column(feats, k)) for k in names}
+        features = {k: _feature_column(v) for k, v in _columns(feats).items()}
 
         segs: list[Mapping[str, Any]] = [r.get("segment") or {} for r in records]
-        seg_names: dict[str, None] = {}
-        for s in segs:
-            for k in s:
-                seg_names.setdefault(k, None)
-        # Segment values use the profile's key form, so ``True`` meets its baseline ``"true"``.
-        segments = {
-            k: np.array(
-                [None if s.get(k) is None else value_key(s.get(k)) for s in segs], dtype=object
-            )
-            for k in seg_names
-        }
+        segments = {k: _segment_column(v) for k, v in _columns(segs).items()}
 
         preds: list[Mapping[str, Any]] = [r.get("prediction") or {} for r in records]
-        score = np.array([_num(p.get("score")) for p in preds], dtype=np.float64).reshape(n)
-        value = np.array([_num(p.get("value")) for p in preds], dtype=np.float64).reshape(n)
+        score = _floats([p.get("score") for p in preds])
+        value = _floats([p.get("value") for p in preds])
         predicted = _objects([p.get("label") for p in preds])
         label = _objects([r.get("label") for r in records])
-        timestamp = np.array(
-            [_num(r.get("timestamp", 0.0)) for r in records], dtype=np.float64
-        ).reshape(n)
+        timestamp = _floats([r.get("timestamp", 0.0) for r in records])
         model_version = _objects([r.get("model_version") for r in records])
         return cls(features, segments, score, value, predicted, label, timestamp, model_version)
 
@@ -246,6 +318,14 @@ def _num(v: Any) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return math.nan
     return float(v)
+
+
+def _segment_column(values: Sequence[Any]) -> np.ndarray:
+    """Segment values in the profile's key form (``True`` meets its baseline ``"true"``);
+    missing and null are ``None``."""
+    if set(map(type, values)) <= {str, type(None)}:
+        return _objects(list(values))  # value_key(s) is s for an exact str
+    return _objects([None if v is None or v is _ABSENT else value_key(v) for v in values])
 
 
 def _objects(values: list[Any]) -> np.ndarray:

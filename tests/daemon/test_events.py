@@ -118,3 +118,43 @@ def test_time_round_trip() -> None:
     """format_time and parse_time are inverse on whole and fractional seconds."""
     for ts in (0.0, 1795688100.0, 1795688100.25):
         assert parse_time(format_time(ts)) == ts
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"model_version": 7},
+        {"segment": None},
+        {"segment": ...},
+        {"prediction": {"value": 3}},
+        {"prediction": {"label": True, "probabilities": [0.2, 0.8]}},
+        {"prediction": {"label": None, "score": 1}},
+        {"features": {}},
+        {"extra": {"ignored": [1, 2]}},
+    ],
+)
+def test_fast_path_decodes_like_the_detailed_validator(changes: dict[str, object]) -> None:
+    """The one-pass fast path and the field-by-field validator give equal events."""
+    from driftwarden.daemon.events import _decode_prediction
+
+    raw = _mut(**changes)
+    ev = decode(raw)
+    assert ev == _decode_prediction(orjson.loads(raw))
+    assert isinstance(ev, PredictionEvent) and ev.raw == raw
+
+
+def test_valid_label_fast_path_equals_detailed() -> None:
+    """A label event takes the fast path and equals the detailed validator's result."""
+    from driftwarden.daemon.events import _decode_label
+
+    raw = label_event("churn", "c0a8-1", "yes", timestamp="2026-12-20T00:00:00Z")
+    assert decode(raw) == _decode_label(orjson.loads(raw))
+
+
+def test_raw_bytes_are_an_exact_copy() -> None:
+    """A memoryview or bytearray input is kept as its own bytes (no view on a larger buffer)."""
+    raw = orjson.dumps(GOOD)
+    for given in (memoryview(raw), bytearray(raw)):
+        ev = decode(given)
+        assert isinstance(ev, PredictionEvent) and type(ev.raw) is bytes and ev.raw == raw

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import orjson
+import pytest
 
 from driftwarden.daemon.join import JoinBuffer
 
@@ -72,3 +73,44 @@ def test_state_round_trip_gives_identical_later_behaviour() -> None:
         buf.add_prediction("q", rec("q", 4.0))
         buf.add_prediction("late", rec("late", 100.0))
     assert a.state() == b.state()
+
+
+def _event(pid: str, ts: float, **extra: object) -> bytes:
+    return orjson.dumps(
+        {
+            "schema": "driftwarden.prediction/v1",
+            "prediction_id": pid,
+            "model": "m",
+            "model_version": "1",
+            "timestamp": "2026-11-26T10:15:00Z",
+            "features": {"x": 1},
+            "prediction": {"label": 1},
+            **extra,
+        }
+    )
+
+
+def test_waiting_event_bytes_join_like_the_record() -> None:
+    """A prediction kept as its event's bytes joins to the same record as one kept encoded."""
+    by_record, by_event = JoinBuffer(ttl_s=100), JoinBuffer(ttl_s=100)
+    by_record.add_prediction("a", rec("a", 3.0))
+    by_event.add_prediction("a", rec("a", 3.0), _event("a", 3.0, segment=None))
+    assert by_event.add_label("a", 0, 9.0) == by_record.add_label("a", 0, 9.0)
+    # An integer model_version is text in records, as the decoder makes it.
+    j = JoinBuffer(ttl_s=100)
+    j.add_prediction("b", rec("b", 3.0), _event("b", 3.0, model_version=1))
+    joined = j.add_label("b", 1, 4.0)
+    assert joined is not None and joined["model_version"] == "1" and joined["segment"] == {}
+
+
+def test_version_2_state_still_loads() -> None:
+    """A version 2 state (encoded records only) restores and joins as before."""
+    old = JoinBuffer(ttl_s=100)
+    old.add_prediction("a", rec("a", 3.0))
+    state = orjson.loads(orjson.dumps(old.state()))
+    state["version"] = 2
+    restored = JoinBuffer.from_state(state, ttl_s=100, max_entries=10)
+    assert restored.add_label("a", 0, 9.0) == old.add_label("a", 0, 9.0)
+    state["version"] = 1
+    with pytest.raises(ValueError, match="version 1 is unknown"):
+        JoinBuffer.from_state(state, ttl_s=100, max_entries=10)
