@@ -283,9 +283,10 @@ def _data_gate(
     return False, reasons, evidence
 
 
-def _champion(request: RetrainRequest, registry: Registry) -> tuple[str | None, Any, Any]:
-    """(champion version, its model, its profile); Nones when there is no champion."""
-    version = registry.version_by_alias(request.model, "champion")
+def _champion(
+    request: RetrainRequest, registry: Registry, version: str | None
+) -> tuple[str | None, Any, Any]:
+    """(champion ``version``, its model, its profile); Nones when there is no champion."""
     if version is None:
         return None, None, None
     model = registry.load_model(request.model, version)
@@ -296,9 +297,10 @@ def _champion(request: RetrainRequest, registry: Registry) -> tuple[str | None, 
     return version, model, profile
 
 
-def _existing(request: RetrainRequest, registry: Registry) -> RetrainOutcome | None:
-    """The outcome of an earlier attempt that already registered this action's version."""
-    version = registry.find_version_by_tag(request.model, ACTION_KEY_TAG, request.action_key)
+def _existing(
+    request: RetrainRequest, registry: Registry, version: str | None
+) -> RetrainOutcome | None:
+    """The outcome of an earlier attempt that registered this action's ``version`` already."""
     if version is None:
         return None
     mv = registry.model_version(request.model, version)
@@ -370,7 +372,16 @@ def run_retrain(
     recorded on the run and returned as ``failed``.
     """
     validate_gates(request.gates)
-    existing = _existing(request, registry)
+    # The idempotency search and the champion's alias are independent reads: asked together.
+    done_before, champion_at = registry.concurrently(
+        [
+            partial(
+                registry.find_version_by_tag, request.model, ACTION_KEY_TAG, request.action_key
+            ),
+            partial(registry.version_by_alias, request.model, "champion"),
+        ]
+    )
+    existing = _existing(request, registry, done_before)
     if existing is not None:
         return existing
     bound = log.bind(model=request.model, action_key=request.action_key)
@@ -392,7 +403,7 @@ def run_retrain(
     data_hash = snapshot_hash(snapshot)
 
     # 2. data gate
-    champion_version, champion_model, champion_profile = _champion(request, registry)
+    champion_version, champion_model, champion_profile = _champion(request, registry, champion_at)
     profile = champion_profile
     if profile is None and not reference.empty:
         profile = _build_profile(request, reference, None, None)
@@ -647,6 +658,7 @@ class _Run:
         self.staging = Path(self._staging.name)
         self._params: list[Any] = []
         self._metrics: list[Any] = []
+        self._pending: list[Future[Any]] = []
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
@@ -708,9 +720,14 @@ class _Run:
                 InputTag(key="driftwarden.data_hash", value=digest),
             ],
         )
-        self.registry.call(
-            "logging the snapshot input",
-            lambda: self.registry.client.log_inputs(self.run_id, datasets=[inp]),
+        # Nothing waits for this request: it is sent in the background and awaited in finish.
+        self._pending.append(
+            self.registry.background(
+                lambda: self.registry.call(
+                    "logging the snapshot input",
+                    lambda: self.registry.client.log_inputs(self.run_id, datasets=[inp]),
+                )
+            )
         )
 
     def log_text(self, text: str, artifact_file: str) -> None:
@@ -760,6 +777,9 @@ class _Run:
             )
         finally:
             self._staging.cleanup()
+        pending, self._pending = self._pending, []
+        for f in pending:
+            f.result()
         self.registry.call(
             "closing the retrain run",
             lambda: self.registry.client.set_terminated(self.run_id, status=status),

@@ -30,7 +30,7 @@ import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -578,15 +578,22 @@ class Registry:
         log.info("registry.serving_routed", **move.to_dict())
         return move
 
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mlflow-io")
+            return self._pool
+
+    def background(self, call: Callable[[], _T]) -> Future[_T]:
+        """Start an MLflow call whose answer nobody waits for yet; ``result()`` it later."""
+        return self._executor().submit(call)
+
     def concurrently(self, calls: Sequence[Callable[[], Any]]) -> list[Any]:
         """Run independent MLflow calls at the same time (they wait on the server, not the
         CPU); their results in order. Every call finishes before the first error is raised."""
         if len(calls) <= 1:
             return [c() for c in calls]
-        with self._lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mlflow-io")
-            pool = self._pool
+        pool = self._executor()
         futures = [pool.submit(c) for c in calls]
         errors = [f.exception() for f in futures]
         for err in errors:
