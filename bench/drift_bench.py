@@ -102,7 +102,12 @@ def best_run(
 ) -> tuple[float, set[str], float, float]:
     """:func:`run` ``repeat`` times; the fastest time (the least disturbed on a shared box)."""
     runs = [run(method, profile, window, batch_size) for _ in range(max(1, repeat))]
+    RUN_SECONDS[method] = [r[0] for r in runs]
     return min(runs, key=lambda r: r[0])
+
+
+#: Every run's seconds per method (``best_run`` keeps them for the per-repeat ratios).
+RUN_SECONDS: dict[str, list[float]] = {}
 
 
 class AnchorsError(RuntimeError):
@@ -315,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
         fp = len(flagged - truth)
         missed = sorted(truth - flagged)
         print(
-            f"{method:12s} {seconds:7.3f} s   TP {tp}/{len(truth)}  FP {fp}   "
+            f"{method:12s} {seconds:7.3f} s   runs "
+            f"{', '.join(f'{x:.3f}' for x in RUN_SECONDS[method])}   TP {tp}/{len(truth)}  FP {fp}   "
             f"max effect {stat:.3f}   missed {missed}   setup {setup * 1e3:.1f} ms"
         )
     if python is None:
@@ -346,6 +352,13 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
     for line in anchors_notes(anchors):
         print(line)
+    ours_runs = RUN_SECONDS.get(args.baseline, [])
+    for t in anchors.get("tools", []):
+        if "error" in t or not ours_runs:
+            continue
+        pairs = list(zip(t["seconds"], ours_runs, strict=False))
+        ratios = ", ".join(f"{a / o:.1f}x" for a, o in pairs)
+        print(f"{t['tool']} run i / driftwarden {args.baseline} run i: {ratios}")
     failed = any("error" in t for t in anchors.get("tools", []))
     return 1 if failed else 0
 
