@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import random
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -51,19 +52,47 @@ from tests.daemon.test_faults import (  # noqa: E402
     _kafka_state,
     _state,
 )
-from tests.daemon.test_kafka_ingest import _comparable, _run_cli, _windows  # noqa: E402
+from tests.daemon.test_kafka_ingest import _comparable, _windows  # noqa: E402
 from tests.fixtures.kafka import load_broker_module  # noqa: E402
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost")
 STALL_S = 20.0
 
 
+_LIVES = [0]
+
+
+def _run_cli(config: Path) -> Any:
+    """``driftwarden run`` with its stderr in a file next to the config.
+
+    Not a pipe: nobody reads a pipe while the daemon runs, and once its 64 KiB fill up (the
+    Kafka client logs every failed reconnect during a broker outage) every thread that logs
+    blocks — the producer's network thread too, so flushes, checkpoints and commits stall.
+    That was the "55 s commit stall after quick outages" of earlier soaks: the harness's, not
+    the daemon's.
+    """
+    _LIVES[0] += 1
+    log = config.with_name(f"daemon-{_LIVES[0]}.stderr")
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "driftwarden.daemon.cli", "run", "--config", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    proc.log_path = log  # type: ignore[attr-defined]
+    return proc
+
+
+def _stderr(proc: Any) -> str:
+    return Path(proc.log_path).read_text(errors="replace")
+
+
 def _stop_daemon(proc: Any, crashes: list[str]) -> None:
     """SIGTERM the daemon (its final checkpoint commits); a non-zero exit counts as a crash."""
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
+    proc.wait(timeout=120)
     if proc.returncode != 0:
-        crashes.append(f"final SIGTERM exit {proc.returncode}: {err.decode()[-300:]}")
+        crashes.append(f"final SIGTERM exit {proc.returncode}: {_stderr(proc)[-300:]}")
 
 
 def _say(text: str) -> None:
@@ -148,8 +177,8 @@ def soak(args: argparse.Namespace, bootstrap: str, broker: Any, workdir: Path) -
                 finished = True
                 break
             if proc.poll() is not None:  # died on its own (not by our signal): restart, count it
-                _, err = proc.communicate()
-                crashes.append(f"exit {proc.returncode}: " + _crash_summary(err.decode()))
+                proc.wait()
+                crashes.append(f"exit {proc.returncode}: " + _crash_summary(_stderr(proc)))
                 _say(f"daemon died on its own: {crashes[-1]}")
                 proc = _run_cli(config)
                 starts += 1
@@ -213,7 +242,7 @@ def soak(args: argparse.Namespace, bootstrap: str, broker: Any, workdir: Path) -
                     time.sleep(0.5)
             elif len(kills) < args.kills:
                 proc.send_signal(signal.SIGKILL)
-                proc.communicate()
+                proc.wait()
                 kills.append({"committed_before": before})
                 _say(f"kill -9 {len(kills)}: committed {before}/{n_records}")
                 proc = _run_cli(config)
@@ -227,7 +256,7 @@ def soak(args: argparse.Namespace, bootstrap: str, broker: Any, workdir: Path) -
             broker.start(timeout=180)
         if proc.poll() is None:
             proc.kill()
-            proc.communicate()
+            proc.wait()
     faulted_s = time.monotonic() - t0
 
     figures: dict[str, Any] = {

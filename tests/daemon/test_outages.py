@@ -124,12 +124,15 @@ def _now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
 
 
-def _wait(what: str, cond: Callable[[], bool], proc: subprocess.Popen[bytes]) -> float:
+def _wait(
+    what: str, cond: Callable[[], bool], proc: subprocess.Popen[bytes], stderr: Callable[[], str]
+) -> float:
     t0 = time.monotonic()
     while not cond():
         if proc.poll() is not None:
-            err = proc.stderr.read().decode()[-3000:] if proc.stderr else ""
-            pytest.fail(f"the daemon exited ({proc.returncode}) while waiting for {what}: {err}")
+            pytest.fail(
+                f"the daemon exited ({proc.returncode}) while waiting for {what}: {stderr()}"
+            )
         assert time.monotonic() - t0 < WAIT_S, f"timed out after {WAIT_S} s waiting for {what}"
         time.sleep(0.3)
     return time.monotonic() - t0
@@ -234,13 +237,22 @@ def test_receivers_and_registry_down_monitoring_goes_on_and_every_action_lands_o
         "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
     }
 
+    lives: list[Path] = []
+
     def start() -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            [sys.executable, "-m", "driftwarden.daemon.cli", "run", "--config", str(config)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        # stderr to a file, not a pipe: an unread pipe fills up with the retry warnings of the
+        # outage and then blocks every thread that logs.
+        lives.append(tmp_path / f"daemon-{len(lives)}.stderr")
+        with open(lives[-1], "wb") as err:
+            return subprocess.Popen(
+                [sys.executable, "-m", "driftwarden.daemon.cli", "run", "--config", str(config)],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
+
+    def stderr() -> str:
+        return lives[-1].read_text(errors="replace")[-3000:]
 
     webhook_server.down = True
     n_pred = _produce(kafka_bootstrap, topics, model)
@@ -254,6 +266,7 @@ def test_receivers_and_registry_down_monitoring_goes_on_and_every_action_lands_o
             "the daemon to commit the whole input",
             lambda: _committed(kafka_bootstrap, group, topics["predictions"]) == n_pred,
             proc,
+            stderr,
         )
         windows = _records(kafka_bootstrap, topics["windows"])
         assert len(windows) == 7, [w.get("window") for w in windows]
@@ -262,7 +275,7 @@ def test_receivers_and_registry_down_monitoring_goes_on_and_every_action_lands_o
             ("broken-input", "firing"),
             ("broken-input", "resolved"),
         ]
-        _wait("the webhook to be tried", lambda: len(webhook_server.requests) >= 2, proc)
+        _wait("the webhook to be tried", lambda: len(webhook_server.requests) >= 2, proc, stderr)
         assert webhook_server.delivered == [] and relay.posts == []
         assert registry.version_by_alias(model, "serving") == v2
         assert _records(kafka_bootstrap, topics["routing"]) == []
@@ -304,6 +317,7 @@ def test_receivers_and_registry_down_monitoring_goes_on_and_every_action_lands_o
                 and len(_records(kafka_bootstrap, topics["routing"])) == 2
             ),
             proc,
+            stderr,
         )
         # 4. Nothing more arrives while the daemon keeps running (several ticks and retries).
         time.sleep(max(5.0, took))
@@ -331,7 +345,7 @@ def test_receivers_and_registry_down_monitoring_goes_on_and_every_action_lands_o
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
-            _, err = proc.communicate(timeout=120)
+            proc.wait(timeout=120)
             # A clean stop is part of the test, unless it already failed.
-            assert proc.returncode == 0 or not passed, err.decode()[-3000:]
+            assert proc.returncode == 0 or not passed, stderr()
         mlflow.stop()
