@@ -305,4 +305,6 @@ def decode(
 
 def _exact(raw: Any) -> bytes:
     """``raw`` as its own bytes object (a memoryview would pin the buffer it views)."""
-    return raw if type(raw) is bytes else bytes(raw)
+    if type(raw) is bytes:
+        return raw
+    return raw.encode() if isinstance(raw, str) else bytes(raw)

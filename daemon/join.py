@@ -19,8 +19,9 @@ import orjson
 __all__ = ["JoinBuffer", "JoinCounters"]
 
 STATE_VERSION = 3
-# Version 2 kept only encoded records as waiting predictions; version 3 may also keep the
-# prediction event's own JSON. _waiting_record reads both, so a version 2 state still loads.
+# Waiting predictions in the state: version 2 holds each as a JSON string of its record;
+# version 3 embeds its JSON (the record's or the event's own) as a nested object, written
+# as is by orjson (no re-encoding, no string escaping). Both load.
 _READABLE_VERSIONS = (2, 3)
 
 
@@ -135,13 +136,14 @@ class JoinBuffer:
             setattr(self.counters, counter, getattr(self.counters, counter) + 1)
 
     def state(self) -> dict[str, Any]:
-        """JSON-ready state (versioned)."""
+        """State for orjson (versioned): each waiting prediction's JSON is an
+        ``orjson.Fragment``, so the checkpoint embeds it without encoding it again."""
         return {
             "version": STATE_VERSION,
             "watermark": self.watermark if self.watermark != float("-inf") else None,
             "counters": self.counters.as_dict(),
             "predictions": [
-                [pid, ts, blob.decode()] for pid, (ts, blob) in self._predictions.items()
+                [pid, ts, orjson.Fragment(blob)] for pid, (ts, blob) in self._predictions.items()
             ],
             "labels": [[pid, ts, lab] for pid, (ts, lab) in self._labels.items()],
         }
@@ -159,10 +161,19 @@ class JoinBuffer:
         buf.watermark = float("-inf") if wm is None else float(wm)
         buf.counters = JoinCounters(**state["counters"])
         buf._predictions = OrderedDict(
-            (pid, (float(ts), blob.encode())) for pid, ts, blob in state["predictions"]
+            (pid, (float(ts), _blob(doc))) for pid, ts, doc in state["predictions"]
         )
         buf._labels = OrderedDict((pid, (ts, lab)) for pid, ts, lab in state["labels"])
         return buf
+
+
+def _blob(doc: Any) -> bytes:
+    """A waiting prediction's JSON from a loaded state: a string (version 2) or an object."""
+    if isinstance(doc, str):
+        return doc.encode()
+    if isinstance(doc, orjson.Fragment):  # a state handed over without a JSON round trip
+        return bytes(orjson.dumps(doc))
+    return bytes(memoryview(orjson.dumps(doc)))  # exact size (see add_prediction)
 
 
 def _waiting_record(pid: str, ts: float, blob: bytes) -> dict[str, Any]:

@@ -123,12 +123,12 @@ def _feature_column(values: Sequence[Any]) -> FeatureColumn:
             return FeatureColumn(
                 numeric, np.empty(n, dtype=object), np.zeros(n, dtype=bool), np.zeros(n, bool)
             )
-        obj = _objects(list(values))
+        obj = _objects(values)
         if kinds == {str}:
             return FeatureColumn(
                 np.full(n, np.nan), obj, np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
             )
-        types = _objects(list(map(type, values)))
+        types = np.fromiter(map(type, values), dtype=object, count=n)
         null = _of_type(types, type(None))
         absent = _of_type(types, _Absent)
         numeric = np.full(n, np.nan)
@@ -324,11 +324,11 @@ def _segment_column(values: Sequence[Any]) -> np.ndarray:
     """Segment values in the profile's key form (``True`` meets its baseline ``"true"``);
     missing and null are ``None``."""
     if set(map(type, values)) <= {str, type(None)}:
-        return _objects(list(values))  # value_key(s) is s for an exact str
+        return _objects(values)  # value_key(s) is s for an exact str
     return _objects([None if v is None or v is _ABSENT else value_key(v) for v in values])
 
 
-def _objects(values: list[Any]) -> np.ndarray:
-    arr = np.empty(len(values), dtype=object)
-    arr[:] = values
-    return arr
+def _objects(values: Sequence[Any]) -> np.ndarray:
+    """A 1-d object array holding exactly these objects (``fromiter`` stores them as they are;
+    a slice assignment would first look into each one, slowly for types and lists)."""
+    return np.fromiter(values, dtype=object, count=len(values))

@@ -72,7 +72,9 @@ def test_state_round_trip_gives_identical_later_behaviour() -> None:
         buf.add_label("p3", 0, 12.0)
         buf.add_prediction("q", rec("q", 4.0))
         buf.add_prediction("late", rec("late", 100.0))
-    assert a.state() == b.state()
+    assert orjson.dumps(a.state()) == orjson.dumps(b.state())
+    c = JoinBuffer.from_state(a.state(), ttl_s=30, max_entries=a.max_entries)
+    assert orjson.dumps(c.state()) == orjson.dumps(a.state())
 
 
 def _event(pid: str, ts: float, **extra: object) -> bytes:
@@ -104,11 +106,15 @@ def test_waiting_event_bytes_join_like_the_record() -> None:
 
 
 def test_version_2_state_still_loads() -> None:
-    """A version 2 state (encoded records only) restores and joins as before."""
+    """A version 2 state (records as JSON strings) restores and joins as before."""
     old = JoinBuffer(ttl_s=100)
     old.add_prediction("a", rec("a", 3.0))
     state = orjson.loads(orjson.dumps(old.state()))
+    assert state["predictions"][0][2] == rec("a", 3.0)  # version 3: an embedded object
     state["version"] = 2
+    state["predictions"] = [
+        [pid, ts, orjson.dumps(doc).decode()] for pid, ts, doc in state["predictions"]
+    ]
     restored = JoinBuffer.from_state(state, ttl_s=100, max_entries=10)
     assert restored.add_label("a", 0, 9.0) == old.add_label("a", 0, 9.0)
     state["version"] = 1
