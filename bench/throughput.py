@@ -8,6 +8,11 @@ seeded events to fresh topics, then measures on the same data, alternating:
     data_quality + feature_drift + prediction_drift + slice_performance on windows of 5000
     events (labeled windows of 5000 too), Kafka sinks and local checkpoints.
 
+Both use the same consumer settings (``max_poll_records`` 2000, the daemon's default; the fetch
+size the daemon asks for) and the collector settings of ``driftwarden run`` (thresholds
+50000/20/100; the daemon's start-up objects frozen). The daemon runs with its default settings
+(checkpoints every 50 000 records or 30 s, local state directory).
+
 Each reads every record (predictions and labels) once, in its own consumer group. Rates are
 records per second from the first non-empty poll to the last record handled (the daemon's
 final checkpoint included); "wall" adds consumer start-up and the group join. The best of

@@ -105,6 +105,7 @@ def _column(records: Sequence[Mapping[str, Any]], key: str) -> list[Any]:
 # subclasses, containers) goes through :meth:`FeatureColumn.from_values` one value at a time.
 _FAST_TYPES = frozenset({float, int, str, bool, type(None), _Absent})
 _NUMBER_TYPES = frozenset({float, int})
+_NUMBER_OR_NULL = _NUMBER_TYPES | {type(None)}
 
 
 def _feature_column(values: Sequence[Any]) -> FeatureColumn:
@@ -123,6 +124,14 @@ def _feature_column(values: Sequence[Any]) -> FeatureColumn:
             return FeatureColumn(
                 numeric, np.empty(n, dtype=object), np.zeros(n, dtype=bool), np.zeros(n, bool)
             )
+        if kinds <= _NUMBER_OR_NULL:
+            # Numbers with gaps: numpy turns None into NaN; when the NaNs are exactly the
+            # Nones (JSON has no NaN) they are the null mask.
+            numeric = np.array(values, dtype=np.float64).reshape(n)
+            null = np.isnan(numeric)
+            if int(null.sum()) == values.count(None):
+                numeric[~np.isfinite(numeric)] = np.nan
+                return FeatureColumn(numeric, np.empty(n, dtype=object), null, np.zeros(n, bool))
         obj = _objects(values)
         if kinds == {str}:
             return FeatureColumn(
