@@ -15,7 +15,7 @@ paging on negligible shifts.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import jsonschema
@@ -34,7 +34,6 @@ from .stats import (
     ks_from_grid,
     numeric_keys,
     psi,
-    sorted_bin_counts,
     wasserstein_from_grid,
 )
 
@@ -76,6 +75,14 @@ class _Binner:
     std: float | None
     categories: pd.Index | None
     numbers_are_categories: bool
+    # Derived once per profile: both grids as one sorted-search query, and category slots.
+    queries: np.ndarray = field(init=False, repr=False)
+    slots: dict[Any, int] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.queries = np.concatenate([self.edges, self.grid])
+        names = [] if self.categories is None else list(self.categories)
+        self.slots = {c: i for i, c in enumerate(names)}
 
     @classmethod
     def from_profile(cls, fp: FeatureProfile) -> _Binner:
@@ -131,15 +138,21 @@ class _Binner:
         One sort serves every grid (a few binary searches into the sorted values), and the
         tail sums only touch the values outside the grid, which sit at the two ends.
         """
-        if xs.size == 0:
+        n = xs.size
+        if n == 0:
             return
-        acc["n"] += int(xs.size)
-        acc["coarse"] += sorted_bin_counts(xs, self.edges)
+        acc["n"] += int(n)
+        # Values at or below each edge and grid point, in one binary search per query point
+        # (what stats.sorted_bin_counts does per grid; per-call overhead matters for small
+        # micro-batches).
+        at = xs.searchsorted(self.queries, side="right")
+        ne = self.edges.size
+        acc["coarse"] += _counts_from_cumulative(at[:ne], n)
         if self.grid.size:
-            acc["fine"] += sorted_bin_counts(xs, self.grid)
+            acc["fine"] += _counts_from_cumulative(at[ne:], n)
             lo, hi = self.grid[0], self.grid[-1]
-            below = int(np.searchsorted(xs, lo, side="left"))
-            above = int(np.searchsorted(xs, hi, side="right"))
+            below = int(xs.searchsorted(lo, side="left"))
+            above = int(at[-1])
             acc["low"] += float(np.sum(lo - xs[:below])) if below else 0.0
             acc["high"] += float(np.sum(xs[above:] - hi)) if above < xs.size else 0.0
 
@@ -167,9 +180,10 @@ class _Binner:
         if len(uniques) == 0:
             return
         per_unique = np.bincount(codes + 1, minlength=len(uniques) + 1)[1:]
-        slot = self.categories.get_indexer(np.asarray(uniques, dtype=object))
-        slot[slot < 0] = len(self.categories)
-        np.add.at(acc["coarse"], slot, per_unique)
+        other = len(self.categories)
+        coarse = acc["coarse"]
+        for u, c in zip(uniques, per_unique.tolist(), strict=True):
+            coarse[self.slots.get(u, other)] += c
         acc["n"] += int(per_unique.sum())
 
     def add_column(self, acc: dict[str, Any], col: FeatureColumn) -> None:
@@ -207,6 +221,14 @@ class _Binner:
             return (float(np.sqrt(stat / total)) if np.isfinite(stat) else 1.0), p
         # js, and wasserstein on a categorical feature
         return js_distance(self.ref_freqs, counts), p
+
+
+def _counts_from_cumulative(at: np.ndarray, n: int) -> np.ndarray:
+    """Counts per right-closed bin from the number of values at or below each inner edge."""
+    cum = np.empty(at.size + 2, dtype=np.int64)
+    cum[0], cum[-1] = 0, n
+    cum[1:-1] = at
+    return cum[1:] - cum[:-1]
 
 
 def _acc_to_json(acc: Mapping[str, Any]) -> dict[str, Any]:
