@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import orjson
@@ -60,6 +61,21 @@ def reference_table(n: int = 20_000, seed: int = 1) -> pd.DataFrame:
             "region": r["region"],
         }
     )
+
+
+def save_profile(path: Path, model: str = "churn") -> Path:
+    """The reference profile of :func:`reference_table` (segments tier and region) at ``path``."""
+    from driftwarden.detectors.profile import build_profile
+
+    build_profile(
+        reference_table(),
+        model,
+        target="churned",
+        prediction="predicted",
+        score="score",
+        segments=["customer_tier", "region"],
+    ).save(path)
+    return path
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,6 @@ import yaml
 from driftwarden.daemon.app import build_daemon
 from driftwarden.daemon.checkpoint import LocalCheckpointStore
 from driftwarden.daemon.settings import load_settings
-from driftwarden.detectors.profile import build_profile
 from tests.daemon import eventgen
 from tests.daemon.test_kafka_ingest import (
     MAX_BYTES,
@@ -102,14 +101,7 @@ class Stream:
         self.base = base / name
         (self.base / "policies").mkdir(parents=True)
         (self.base / "policies" / "all.yaml").write_text(POLICY)
-        build_profile(
-            eventgen.reference_table(),
-            "churn",
-            target="churned",
-            prediction="predicted",
-            score="score",
-            segments=["customer_tier", "region"],
-        ).save(self.base / "policies" / "profile.json")
+        eventgen.save_profile(self.base / "policies" / "profile.json")
 
     def as_dict(self) -> dict[str, Any]:
         """The shape ``test_kafka_ingest``'s helpers take."""

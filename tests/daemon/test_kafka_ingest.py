@@ -29,7 +29,6 @@ import yaml
 from driftwarden.daemon.app import build_daemon
 from driftwarden.daemon.checkpoint import LocalCheckpointStore
 from driftwarden.daemon.settings import load_settings
-from driftwarden.detectors.profile import build_profile
 
 from . import eventgen
 
@@ -60,11 +59,14 @@ receivers:
 """
 
 
-def _consume_all(bootstrap: str, topic: str, timeout_s: float = 120.0) -> list[Any]:
-    """Every record of a topic: read until the end offsets seen at the start are reached."""
+def _consume_all(bootstrap: str, topic: str, timeout_s: float = 120.0, **client: Any) -> list[Any]:
+    """Every record of a topic: read until the end offsets seen at the start are reached.
+
+    ``client``: more kafka-python settings (e.g. a secured listener's).
+    """
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, **client)
     try:
         deadline = time.monotonic() + timeout_s
         while not consumer.partitions_for_topic(topic):  # metadata arrives asynchronously
@@ -112,14 +114,7 @@ def stream(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> di
     base = tmp_path_factory.mktemp("ingest")
     (base / "policies").mkdir()
     (base / "policies" / "all.yaml").write_text(POLICY)
-    build_profile(
-        eventgen.reference_table(),
-        "churn",
-        target="churned",
-        prediction="predicted",
-        score="score",
-        segments=["customer_tier", "region"],
-    ).save(base / "policies" / "profile.json")
+    eventgen.save_profile(base / "policies" / "profile.json")
 
     rng = random.Random(7)
     producer = KafkaProducer(

@@ -30,7 +30,7 @@ import pytest
 import yaml
 
 from driftwarden.daemon.checkpoint import LocalCheckpointStore
-from driftwarden.detectors.profile import build_profile
+from tests.daemon.test_kafka_ingest import _consume_all as consume_all
 from tests.fixtures.kafka import load_broker_module
 
 from . import eventgen
@@ -84,26 +84,8 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 def _consume_all(broker: Any, topic: str, timeout_s: float = 60.0) -> list[Any]:
-    """Every record of a one-partition topic, read over the secured listener."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(
-        bootstrap_servers=broker.bootstrap, enable_auto_commit=False, **broker.client_security()
-    )
-    try:
-        tp = TopicPartition(topic, 0)
-        consumer.assign([tp])
-        consumer.seek_to_beginning(tp)
-        end = consumer.end_offsets([tp])[tp]
-        deadline = time.monotonic() + timeout_s
-        out: list[Any] = []
-        while consumer.position(tp) < end:
-            assert time.monotonic() < deadline, f"could not read {topic} to its end"
-            for recs in consumer.poll(timeout_ms=500).values():
-                out.extend(recs)
-        return out
-    finally:
-        consumer.close()
+    """Every record of a topic, read over the secured listener."""
+    return consume_all(broker.bootstrap, topic, timeout_s, **broker.client_security())
 
 
 @pytest.fixture(scope="module")
@@ -124,14 +106,7 @@ def stream(broker: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, A
     base = tmp_path_factory.mktemp("secured")
     (base / "policies").mkdir()
     (base / "policies" / "all.yaml").write_text(POLICY)
-    build_profile(
-        eventgen.reference_table(),
-        "churn",
-        target="churned",
-        prediction="predicted",
-        score="score",
-        segments=["customer_tier", "region"],
-    ).save(base / "policies" / "profile.json")
+    eventgen.save_profile(base / "policies" / "profile.json")
 
     streams = [
         iter(

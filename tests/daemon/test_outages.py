@@ -35,7 +35,6 @@ import orjson
 import pytest
 import yaml
 
-from driftwarden.detectors.profile import build_profile
 from driftwarden.retrain.registry import Registry
 from tests.daemon import eventgen
 from tests.daemon.test_actions import Forwarder, am_alerts, register_two_versions
@@ -212,14 +211,7 @@ def test_receivers_and_registry_down_monitoring_goes_on_and_every_action_lands_o
         admin.close()
     (tmp_path / "policies").mkdir()
     (tmp_path / "policies" / "outage.yaml").write_text(POLICY.format(model=model))
-    build_profile(
-        eventgen.reference_table(),
-        model,
-        target="churned",
-        prediction="predicted",
-        score="score",
-        segments=["customer_tier", "region"],
-    ).save(tmp_path / "policies" / "profile.json")
+    eventgen.save_profile(tmp_path / "policies" / "profile.json", model)
     config = _config({"topics": topics, "base": tmp_path}, kafka_bootstrap, "outage")
     cfg = yaml.safe_load(config.read_text())
     cfg["checkpoint"]["every"] = "1s"
