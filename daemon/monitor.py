@@ -39,6 +39,15 @@ log = structlog.get_logger(__name__)
 STATE_VERSION = 1
 #: rows a stream's detectors receive at once at most between window closes (see ModelMonitor)
 FEED_ROWS = 1024
+#: rows queued in all monitors of the process together (about 1 KB of columns each): past it,
+#: a monitor feeds its detectors at once, so many models cannot add up to much memory
+FEED_BUDGET_ROWS = 8192
+
+
+class _Queued:
+    """Rows waiting for detectors across every monitor (the loop is the only writer)."""
+
+    rows = 0
 
 
 class ProfileMissing(RuntimeError):
@@ -104,7 +113,8 @@ class ModelMonitor:
         # bring a few hundred records per model, and a detector's update costs about as much
         # for 300 rows as for 1000, so updates wait for FEED_ROWS rows (about 1 KB of columns
         # each), the window's close, a checkpoint or a change of detectors, whichever comes
-        # first. Same records in the same order; only the batch boundaries move.
+        # first, or sooner when all monitors together hold FEED_BUDGET_ROWS. Same records in
+        # the same order; only the batch boundaries move.
         self._pending: dict[str, list[Batch]] = {"predictions": [], "labeled": []}
         self._pending_rows: dict[str, int] = {"predictions": 0, "labeled": 0}
 
@@ -156,7 +166,8 @@ class ModelMonitor:
         parts = self._pending[stream]
         parts.append(Batch.from_records(records))
         self._pending_rows[stream] += len(records)
-        if self._pending_rows[stream] >= FEED_ROWS:
+        _Queued.rows += len(records)
+        if self._pending_rows[stream] >= FEED_ROWS or _Queued.rows > FEED_BUDGET_ROWS:
             self._flush(stream)
 
     def _flush(self, stream: str) -> None:
@@ -165,8 +176,7 @@ class ModelMonitor:
         if not parts:
             return
         batch = parts[0] if len(parts) == 1 else Batch.concat(parts)
-        self._pending[stream] = []
-        self._pending_rows[stream] = 0
+        self._drop_pending(stream)
         for det in self.detectors.values():
             if det.stream == stream:
                 det.update(batch)
@@ -174,6 +184,16 @@ class ModelMonitor:
     def _flush_all(self) -> None:
         for stream in self._pending:
             self._flush(stream)
+
+    def _drop_pending(self, stream: str) -> None:
+        _Queued.rows -= self._pending_rows[stream]
+        self._pending[stream] = []
+        self._pending_rows[stream] = 0
+
+    def __del__(self) -> None:
+        # A monitor dropped with queued rows (its model lost its policy) frees its share.
+        for stream in getattr(self, "_pending_rows", {}):
+            self._drop_pending(stream)
 
     def _close(self, stream: str, closed: ClosedWindow) -> dict[str, DetectorResult]:
         self._flush(stream)
@@ -301,8 +321,8 @@ class ModelMonitor:
         self.labels = int(state["labels"])
         self.pred_watermark = _from_finite(state["pred_watermark"])
         self.label_watermark = _from_finite(state["label_watermark"])
-        self._pending = {"predictions": [], "labeled": []}
-        self._pending_rows = {"predictions": 0, "labeled": 0}
+        for stream in self._pending:
+            self._drop_pending(stream)  # a restored state has every row in its detectors
         self.join = JoinBuffer.from_state(
             state["join"], ttl_s=self.join.ttl_s, max_entries=self.join.max_entries
         )
