@@ -757,6 +757,18 @@ def main(argv: list[str] | None = None) -> int:
         ratio = b.rate / a.rate if a.rate else 0.0
         wall_ratio = a.wall / b.wall if b.wall else 0.0
         print(f"ratio (b)/(a): {ratio:.3f} steady, {wall_ratio:.3f} wall  (target >= 0.8)")
+        # The bare rate swings a lot between rounds on a shared machine; each round's own pair
+        # (run back to back) and the medians are steadier than the ratio of the two bests.
+        pairs = [d.rate / r.rate for r, d in zip(runs[::2], runs[1::2], strict=True) if r.rate]
+        med = {
+            p: float(np.median([m.rate for m in runs if m.path == p])) for p in ("bare", "daemon")
+        }
+        print(
+            "per-round ratios: "
+            + ", ".join(f"{x:.3f}" for x in pairs)
+            + f"; median rates {med['bare']:,.0f} / {med['daemon']:,.0f} rec/s"
+            + f" = {med['daemon'] / med['bare'] if med['bare'] else 0.0:.3f}"
+        )
         incomplete = [m for m in runs if m.note.startswith("INCOMPLETE")]
         if profiler is not None:
             print(_profile_report(profiler, args.top))
