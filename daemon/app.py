@@ -144,9 +144,10 @@ def build_daemon(
 
     executor = None
     on_labeled = None
+    sync_labeled = None
     holder: dict[str, Any] = {"policies": policies}
     if with_state and with_actions:
-        executor, on_labeled = _actions(settings, policies, sink, loader, holder)
+        executor, on_labeled, sync_labeled = _actions(settings, policies, sink, loader, holder)
     # One replica = one state directory: replicas sharing a host differ by their directory.
     replica = (
         d["state"]["replica_id"] or f"{socket.gethostname()}:{Path(d['state']['dir']).resolve()}"
@@ -165,6 +166,8 @@ def build_daemon(
         on_labeled=on_labeled,
         **daemon_kwargs,
     )
+    if sync_labeled is not None:
+        daemon.before_checkpoint.append(sync_labeled)
     if executor is not None:
         executor.metrics = daemon.metrics
         launcher = executor.retrain_launcher
@@ -186,8 +189,8 @@ def _actions(
     sink: Sink,
     loader: ProfileLoader,
     holder: dict[str, Any],
-) -> tuple[Any, Any]:
-    """The action executor, the labeled store and (with MLflow) the retrain worker."""
+) -> tuple[Any, Any, Callable[[], Any]]:
+    """The action executor, the labeled store's append and sync, (with MLflow) the worker."""
 
     from .actions import ActionExecutor
 
@@ -239,11 +242,12 @@ def _actions(
 
     def on_labeled(model: str, rows: list[dict[str, Any]]) -> None:
         try:
-            store.append(model, rows)
+            # fsync'ed at the next checkpoint (on_labeled.sync), before the offsets commit.
+            store.append(model, rows, sync=False)
         except ValueError as exc:  # e.g. a model name that cannot name a folder
             log.warning("labeled examples not stored", model=model, error=str(exc))
 
-    return executor, on_labeled
+    return executor, on_labeled, store.sync
 
 
 def labeled_store(settings: Settings) -> Any:

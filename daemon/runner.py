@@ -121,6 +121,8 @@ class Daemon:
         self.muter: Any = None
         #: called with the new PolicySet after a successful hot reload
         self.policy_listeners: list[Callable[[PolicySet], None]] = []
+        #: made durable at every checkpoint, after the sinks, before the state and the commit
+        self.before_checkpoint: list[Callable[[], Any]] = []
         self.units: dict[int, Unit] = {}
         self.work: queue.Queue[Callable[[], None]] = queue.Queue()
         self._stop = threading.Event()
@@ -224,6 +226,8 @@ class Daemon:
         t0 = time.perf_counter()
         parts = sorted(self.units) if partitions is None else partitions
         self.sink.flush()
+        for hook in self.before_checkpoint:
+            hook()
         offsets: dict[tuple[str, int], int] = {}
         for p in parts:
             unit = self.units[p]
@@ -423,17 +427,22 @@ class Daemon:
         grouped: dict[tuple[int, str], list[PredictionEvent | LabelEvent]] = {}
         wall = time.time()
         n_pred = n_label = 0
+        units, roles = self.units, self.source.roles
+        max_bytes = self.opts.max_message_bytes
+        keys: dict[str, bytes] = {}  # model name -> its expected message key
+        self.summary.records += len(records)
+        self._since_checkpoint += len(records)
         for rec in records:
-            unit = self.units.get(rec.partition)
+            unit = units.get(rec.partition)
             if unit is None:  # the file source (and a race with revocation) land here
-                unit = self.units.setdefault(rec.partition, Unit(partition=rec.partition))
+                unit = units.setdefault(rec.partition, Unit(partition=rec.partition))
             unit.offsets[(rec.topic, rec.partition)] = rec.offset + 1
-            self.summary.records += 1
-            self._since_checkpoint += 1
-            role = self.source.roles.get(rec.topic)
             try:
-                ev = decode(rec.value, expect=_EXPECT[role], max_bytes=self.opts.max_message_bytes)
-                if rec.key is not None and rec.key != ev.model.encode():
+                ev = decode(rec.value, expect=_EXPECT[roles.get(rec.topic)], max_bytes=max_bytes)
+                key = keys.get(ev.model)
+                if key is None:
+                    key = keys[ev.model] = ev.model.encode()
+                if rec.key is not None and rec.key != key:
                     raise InvalidEvent(
                         f"message key {rec.key[:80]!r} does not match model {ev.model!r} "
                         "(producers must key events by model name)"
@@ -441,13 +450,17 @@ class Daemon:
             except InvalidEvent as exc:
                 self._dead_letter(unit, rec, str(exc))
                 continue
-            self.summary.valid += 1
-            if isinstance(ev, PredictionEvent):
+            if type(ev) is PredictionEvent:
                 n_pred += 1
             else:
                 n_label += 1
-            self.last_event_wall[ev.model] = wall
-            grouped.setdefault((rec.partition, ev.model), []).append(ev)
+            group = grouped.get((rec.partition, ev.model))
+            if group is None:
+                group = grouped[(rec.partition, ev.model)] = []
+            group.append(ev)
+        self.summary.valid += n_pred + n_label
+        for _, model in grouped:
+            self.last_event_wall[model] = wall
         # Counted once per batch: a labels() lookup per event is a measurable share of ingest.
         if n_pred:
             self.metrics.events.labels("prediction", "valid").inc(n_pred)

@@ -4,8 +4,10 @@ The daemon appends every joined example here; the retrain pipeline reads the rec
 a table. Per model the store is a folder of append-only JSONL segment files:
 
 * an append writes whole lines, flushes and ``fsync``\\ s before returning, so an acknowledged
-  row survives a crash; a torn last line (a crash mid-write) is cut off when the file is
-  opened again;
+  row survives a crash — or, with ``sync=False``, leaves the ``fsync`` to the next
+  :meth:`LabeledStore.sync` (the daemon syncs at each checkpoint, before the offsets that
+  produced the rows are committed: a crash before it replays them, and replays are skipped by
+  id); a torn last line (a crash mid-write) is cut off when the file is opened again;
 * rows are keyed by ``prediction_id``: a row whose id is already stored is skipped, so a
   replay after a crash never duplicates rows;
 * when a model holds more than ``max_rows_per_model`` rows (plus some slack, so compaction is
@@ -107,14 +109,16 @@ class LabeledStore:
         self.max_age_s = max_age_s
         self._lock = threading.RLock()
         self._models: dict[str, _ModelState] = {}
+        self._unsynced: set[Path] = set()
         self.directory.mkdir(parents=True, exist_ok=True)
 
     # ---------------------------------------------------------------- public API
 
-    def append(self, model: str, rows: Sequence[Mapping[str, Any]]) -> int:
+    def append(self, model: str, rows: Sequence[Mapping[str, Any]], *, sync: bool = True) -> int:
         """Store the rows not stored yet (by ``prediction_id``); returns how many were new.
 
-        The rows are durable (fsync'ed) when this returns.
+        The rows are durable (fsync'ed) when this returns; with ``sync=False`` only once
+        :meth:`sync` has run (they are written to the file, so readers see them at once).
         """
         with self._lock:
             state = self._state(model)
@@ -134,13 +138,33 @@ class LabeledStore:
             with open(path, "ab") as fh:
                 fh.write(payload)
                 fh.flush()
-                os.fsync(fh.fileno())
+                if sync:
+                    os.fsync(fh.fileno())
+                else:
+                    self._unsynced.add(path)
             for r in fresh:
                 state.rows[r["prediction_id"]] = r
                 if r["timestamp"] is not None:
                     state.newest_ts = max(state.newest_ts, r["timestamp"])
             self._maybe_compact(model, state)
             return len(fresh)
+
+    def sync(self) -> int:
+        """``fsync`` every segment appended to with ``sync=False`` since the last call."""
+        with self._lock:
+            paths, self._unsynced = self._unsynced, set()
+            n = 0
+            for path in paths:
+                try:
+                    fd = os.open(path, os.O_RDONLY)
+                except FileNotFoundError:  # compacted meanwhile: the new segment was fsync'ed
+                    continue
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                n += 1
+            return n
 
     def rows(self, model: str) -> list[dict[str, Any]]:
         """The stored rows of ``model`` in append order (copies)."""

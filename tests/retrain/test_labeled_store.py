@@ -134,3 +134,28 @@ def test_rejects_rows_without_id_and_bad_model_names(tmp_path: Path) -> None:
         store.append("churn", [{"features": {}, "label": 1}])
     with pytest.raises(ValueError, match="model name"):
         store.append("../etc", _rows(0, 1))
+
+
+def test_deferred_sync_fsyncs_each_written_segment_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``sync=False`` writes at once (readers see the rows) but fsyncs only in ``sync()``: one
+    fsync per segment touched, none when nothing was appended since."""
+    import os
+
+    synced: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real(fd))[1])
+    store = LabeledStore(tmp_path, max_rows_per_model=1_000)
+    rows = _rows(0, 30)
+    for part in (rows[:10], rows[10:20], rows[20:]):
+        store.append("churn", part, sync=False)
+    store.append("fraud", _rows(100, 5), sync=False)
+    assert synced == []
+    assert len(LabeledStore(tmp_path).rows("churn")) == 30  # written, not only buffered
+    assert store.sync() == 2 and len(synced) == 2
+    assert store.sync() == 0 and len(synced) == 2
+    store.append("churn", rows[:10], sync=False)  # all known: nothing written
+    assert store.sync() == 0
+    store.append("churn", _rows(30, 5))
+    assert len(synced) == 3  # the default still fsyncs before returning
