@@ -171,7 +171,9 @@ def render(tests: list[dict[str, Any]], soaks: list[tuple[str, str, dict[str, An
             f"- **Injected:** {injected}",
             "- **Checked:** final window summaries and per-model state equal an uninterrupted "
             "in-process run of the same input (windows republished after a kill must repeat "
-            "exactly); the whole input committed.",
+            "exactly); the whole input committed; a webhook receiver (every rule alerts it; "
+            "each model's input has a pipeline incident) got every notification the decisions "
+            "call for exactly once, by Idempotency-Key (`webhook_*` figures).",
             f"- **Command:** `{fig.get('command', '')}`",
             "",
             "| figure | value |",
@@ -187,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--kills", type=int, default=20, help="kill -9 count of the soak")
     ap.add_argument("--per-model", type=int, default=100_000, help="soak predictions per model")
-    ap.add_argument("--outages", type=int, default=3, help="broker outages of the second soak")
+    ap.add_argument("--outages", type=int, default=6, help="broker outages of the second soak")
     ap.add_argument("--timeout", type=float, default=900.0, help="bound on each step (s)")
     ap.add_argument("--out", type=Path, default=REPO / "RELIABILITY.md")
     args = ap.parse_args(argv)

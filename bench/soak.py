@@ -7,8 +7,11 @@ Then a daemon subprocess (``driftwarden.daemon.cli run``) reads the same input o
 and is killed with SIGKILL at random moments (``--kills``, default 20) and restarted at once,
 until the group has committed the whole input. ``--broker-outages K`` also stops the broker K
 times for a few seconds at random moments (needs the broker this script starts); a daemon that
-dies of the outage is restarted and counted. At the end the final window summaries and per-model
-state must equal the uninterrupted run's. The figures are printed, and with ``--json PATH``
+dies of the outage is restarted and counted. Each model's input has a pipeline incident (a
+stretch of zero-filled ``days_since_last_login``), so rules fire and resolve; every rule also
+alerts a webhook this script runs. At the end the final window summaries and per-model state
+must equal the uninterrupted run's, and the webhook must have received every notification the
+decisions call for exactly once (by ``Idempotency-Key``). The figures are printed, and with ``--json PATH``
 written as JSON (``bench/reliability.py`` reads them).
 
     .venv/bin/python bench/soak.py                      # 20 kills, ≈ 3-4 min on 2 cores
@@ -25,12 +28,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import random
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -46,17 +51,76 @@ from driftwarden.daemon.checkpoint import LocalCheckpointStore  # noqa: E402
 from driftwarden.daemon.logs import configure as configure_logs  # noqa: E402
 from driftwarden.daemon.settings import load_settings  # noqa: E402
 from tests.daemon.test_faults import (  # noqa: E402
+    POLICY,
     Stream,
     _crash_summary,
     _input,
     _kafka_state,
     _state,
 )
-from tests.daemon.test_kafka_ingest import _comparable, _windows  # noqa: E402
+from tests.daemon.test_kafka_ingest import _comparable, _consume_all, _windows  # noqa: E402
 from tests.fixtures.kafka import load_broker_module  # noqa: E402
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost")
 STALL_S = 20.0
+DELIVERY_WAIT_S = 60.0
+
+# The fault tests' policy, with every rule also alerting a webhook this script runs and counts.
+SOAK_POLICY = POLICY.replace(
+    "actions: [{alert: log}]", "actions: [{alert: log}, {alert: hook}]"
+).replace(
+    "  log: {type: log}", '  log: {type: log}\n  hook: {type: webhook, url: "${SOAK_HOOK_URL}"}'
+)
+
+
+class Hook:
+    """A webhook receiver on 127.0.0.1 that records each delivery's Idempotency-Key and alerts."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.deliveries: list[tuple[str, str, str]] = []  # (key, model/alertname, status)
+        lock = threading.Lock()
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802  (http.server's naming)
+                body = orjson.loads(self.rfile.read(int(self.headers["Content-Length"] or 0)))
+                with lock:
+                    for a in body["alerts"]:
+                        labels = a["labels"]
+                        hook.deliveries.append(
+                            (
+                                str(self.headers.get("Idempotency-Key")),
+                                f"{labels.get('model')}/{labels.get('alertname')}",
+                                a["status"],
+                            )
+                        )
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                pass
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/hook"
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+def _expected_notifications(stream: Stream) -> list[str]:
+    """The webhook's idempotency keys the run's decisions call for, each to arrive once."""
+    keys: set[str] = set()
+    for rec in _consume_all(stream.bootstrap, stream.topics["decisions"]):
+        for action in orjson.loads(rec.value).get("actions", []):
+            if action.get("params", {}).get("receiver") == "hook":
+                keys.add(str(action["key"]))
+    return sorted(keys)
 
 
 _LIVES = [0]
@@ -142,16 +206,25 @@ def soak(args: argparse.Namespace, bootstrap: str, broker: Any, workdir: Path) -
     t_start = time.monotonic()
     deadline = t_start + args.max_seconds
     rng = random.Random(args.seed)
-    n_records = len(_input(args.per_model))
+    n_records = len(_input(args.per_model, True))
 
-    clean = Stream(bootstrap, workdir, "soak-clean", n_per_model=args.per_model)
+    # The policy names ${SOAK_HOOK_URL}: the baseline (its final tick delivers too) gets a
+    # webhook of its own, the faulted run the one that is counted.
+    baseline_hook, hook = Hook(), Hook()
+    os.environ["SOAK_HOOK_URL"] = baseline_hook.url
+    opts = {"n_per_model": args.per_model, "incidents": True, "policy": SOAK_POLICY}
+    clean = Stream(bootstrap, workdir, "soak-clean", **opts)
     clean.produce(slice(None))
     t0 = time.monotonic()
     want = _baseline(clean)
     baseline_s = time.monotonic() - t0
     _say(f"baseline done in {baseline_s:.1f} s ({n_records} records)")
 
-    stream = Stream(bootstrap, workdir, "soak", n_per_model=args.per_model)
+    # The in-process baseline runs no action ticks: its decisions say what must be delivered.
+    want_hook = _expected_notifications(clean)
+    baseline_hook.close()
+    os.environ["SOAK_HOOK_URL"] = hook.url
+    stream = Stream(bootstrap, workdir, "soak", **opts)
     stream.produce(slice(None))
     ends = stream.end_offsets()
     config = stream.config("soak", backend=args.state)
@@ -250,6 +323,13 @@ def soak(args: argparse.Namespace, bootstrap: str, broker: Any, workdir: Path) -
             step += 1
         _say(f"finished={finished}; committed {sum(stream.committed(group).values())}")
         if finished and proc.poll() is None:
+            # Actions are delivered asynchronously: give the last ones time, then stop.
+            t_hook = time.monotonic()
+            while len(hook.deliveries) < len(want_hook) and time.monotonic() - t_hook < (
+                DELIVERY_WAIT_S
+            ):
+                time.sleep(0.5)
+            time.sleep(3.0)  # a duplicate would come now, if at all
             _stop_daemon(proc, crashes)
     finally:
         if broker is not None and not broker.is_running():
@@ -257,7 +337,10 @@ def soak(args: argparse.Namespace, bootstrap: str, broker: Any, workdir: Path) -
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        hook.close()
     faulted_s = time.monotonic() - t0
+    keys = Counter(k for k, _, _ in hook.deliveries)
+    got_hook = sorted(k for k, _, _ in hook.deliveries)  # a key twice is a difference
 
     figures: dict[str, Any] = {
         "records": n_records,
@@ -271,6 +354,13 @@ def soak(args: argparse.Namespace, bootstrap: str, broker: Any, workdir: Path) -
         "daemon_survived_outages": sum(1 for o in outages if o["daemon_survived"]),
         # Seconds from the broker's restart to the daemon's next commit (None: it died).
         "resume_s_after_outages": [o.get("resume_s") for o in outages],
+        # The webhook: notifications the run's decisions call for (each distinct firing and
+        # resolved decision once), what arrived, and keys that arrived more than once.
+        "webhook_expected": len(want_hook),
+        "webhook_delivered": len(hook.deliveries),
+        "webhook_duplicate_keys": sum(1 for n in keys.values() if n > 1),
+        "webhook_as_expected": got_hook == want_hook,
+        "webhook_statuses": dict(Counter(status for _, _, status in hook.deliveries)),
         "daemon_crashes": len(crashes),
         "crash_reasons": sorted(set(crashes)),
         "daemon_starts": starts,
@@ -299,6 +389,13 @@ def soak(args: argparse.Namespace, bootstrap: str, broker: Any, workdir: Path) -
     figures["windows"] = len(want[0])
     figures["window_records_published"] = published
     figures["windows_republished_after_kills"] = published - len(want[0])
+    if got_hook != want_hook:
+        diffs.append(
+            f"webhook: got {len(got_hook)} notifications, expected {len(want_hook)} "
+            f"(missing {sorted(set(want_hook) - set(got_hook))[:5]}, unexpected "
+            f"{sorted(set(got_hook) - set(want_hook))[:5]}, duplicate keys "
+            f"{[k for k, n in keys.items() if n > 1][:5]})"
+        )
     figures["identical"] = not diffs
     figures["differences"] = diffs
     return figures

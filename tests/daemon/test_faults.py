@@ -55,12 +55,27 @@ SESSION_TIMEOUT_MS = 10_000
 WAIT_S = 180.0  # bound on every wait below; a healthy run needs a fraction of it
 
 
+# With ``incidents``: a pipeline fills days_since_last_login with 0 for a stretch of each
+# model's input (as a fraction of it), so rules fire and resolve (the soak counts deliveries).
+INCIDENTS = {"churn": (0.30, 0.40), "fraud": (0.55, 0.62), "spam": (0.80, 0.90)}
+
+
 @functools.cache
-def _input(n_per_model: int = N_PER_MODEL) -> tuple[tuple[str, str, bytes], ...]:
+def _input(
+    n_per_model: int = N_PER_MODEL, incidents: bool = False
+) -> tuple[tuple[str, str, bytes], ...]:
     """The whole seeded input as (role, key, value), in publication order."""
     rng = random.Random(17)
+
+    def span(m: str) -> dict[str, int]:
+        if not incidents:
+            return {}
+        a, b = INCIDENTS[m]
+        return {"incident_from": int(a * n_per_model), "incident_to": int(b * n_per_model)}
+
     streams = [
-        iter(eventgen.events(n_per_model, seed=31 + i, model=m)) for i, m in enumerate(MODELS)
+        iter(eventgen.events(n_per_model, seed=31 + i, model=m, **span(m)))
+        for i, m in enumerate(MODELS)
     ]
     bad = eventgen.malformed(N_BAD, seed=5, max_bytes=MAX_BYTES)
     out = [
@@ -74,7 +89,14 @@ class Stream:
     """One set of uniquely named topics on the broker, with the policy directory beside them."""
 
     def __init__(
-        self, bootstrap: str, base: Path, name: str, n_per_model: int = N_PER_MODEL
+        self,
+        bootstrap: str,
+        base: Path,
+        name: str,
+        n_per_model: int = N_PER_MODEL,
+        *,
+        incidents: bool = False,
+        policy: str = POLICY,
     ) -> None:
         from kafka.admin import KafkaAdminClient, NewTopic
 
@@ -82,6 +104,7 @@ class Stream:
         self.bootstrap = bootstrap
         self.name = name
         self.n_per_model = n_per_model
+        self.incidents = incidents
         self.topics = {
             k: f"{k}-{tag}"
             for k in ("predictions", "labels", "dlq", "decisions", "windows", "alerts", "routing")
@@ -100,7 +123,7 @@ class Stream:
             admin.close()
         self.base = base / name
         (self.base / "policies").mkdir(parents=True)
-        (self.base / "policies" / "all.yaml").write_text(POLICY)
+        (self.base / "policies" / "all.yaml").write_text(policy)
         eventgen.save_profile(self.base / "policies" / "profile.json")
 
     def as_dict(self) -> dict[str, Any]:
@@ -114,7 +137,7 @@ class Stream:
         producer = KafkaProducer(
             bootstrap_servers=self.bootstrap, linger_ms=20, acks="all", batch_size=256 * 1024
         )
-        rows = _input(self.n_per_model)[part]
+        rows = _input(self.n_per_model, self.incidents)[part]
         try:
             for role, key, value in rows:
                 producer.send(self.topics[role], key=key.encode(), value=value)
