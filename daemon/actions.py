@@ -289,6 +289,9 @@ class ActionExecutor:
         # or down must never stall monitoring); this lock guards the book, the order chains and
         # the receivers. It is never held while a receiver or the registry is called.
         self._lock = threading.RLock()
+        # One tick at a time (the action thread's and the final one at shutdown): two ticks
+        # could otherwise both pick the same due job and deliver it twice.
+        self._tick_lock = threading.Lock()
         if registry_factory is None:
             log.warning(
                 "no model registry is set: fallback actions only publish the route and raise "
@@ -542,7 +545,10 @@ class ActionExecutor:
         :meth:`state` (the daemon does): the receivers and the registry are called without
         holding the executor's lock.
         """
-        now = self.now() if now is None else now
+        with self._tick_lock:
+            return self._tick(self.now() if now is None else now)
+
+    def _tick(self, now: float) -> TickReport:
         handlers: dict[str, Callable[[dict[str, Any]], Delivery]] = {
             "alert": self._deliver,
             "resolve": self._deliver,

@@ -167,3 +167,31 @@ def test_a_version_1_outbox_is_migrated_with_its_jobs(tmp_path: Path) -> None:
     assert box.revive(["k1"], now=11.0) == 1
     assert [j.key for j in box.due(11.0)] == ["k1"]
     box.close()
+
+
+def test_two_ticks_at_once_deliver_each_job_once(tmp_path: Path, webhook_server: Any) -> None:
+    """The action thread's tick and the final tick at shutdown may overlap: a job picked by one
+    must not be sent by the other (a slow receiver widens the window)."""
+    import threading
+    import time
+
+    policy = webhook_policy(tmp_path)
+    clock = Clock()
+    ex = executor(tmp_path, policy, clock, env={"HOOK_URL": webhook_server.url})
+    ex.on_decisions(Windows(policy, "churn").next("drift"))
+    hook = ex.receiver("churn", "ml-team")
+    assert hook is not None
+    send = hook.send
+
+    def slow_send(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.3)
+        return send(*args, **kwargs)
+
+    hook.send = slow_send  # type: ignore[method-assign]
+    threads = [threading.Thread(target=ex.tick) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert list(webhook_server.deliveries_per_key().values()) == [1]
+    ex.close()
