@@ -3,7 +3,7 @@
 1. The real-broker fault tests (``tests/daemon/test_faults.py``) through pytest with
    ``--junitxml``: outcome, duration and the figures each test attaches as junit properties.
 2. ``bench/soak.py``: a daemon killed with ``kill -9`` ``--kills`` times (default 20) during one
-   long run; and, with ``--outages K`` (default 3), a second soak where the broker is stopped K
+   long run; and, with ``--outages K`` (default 6), a second soak where the broker is stopped K
    times under the running daemon.
 
 Every figure in the written file comes from these runs; the prose around them only says what
