@@ -49,7 +49,7 @@ if __package__ in (None, ""):  # run as a file: make the ``bench`` package impor
 import numpy as np
 import orjson
 
-from bench.throughput import NULL_RATE, SEGMENTS, T0, _rows, reference_table
+from bench.throughput import NULL_RATE, SEGMENTS, T0, _rows, save_reference_profile
 from driftwarden.daemon.app import load_policy_set
 from driftwarden.daemon.checkpoint import LocalCheckpointStore
 from driftwarden.daemon.events import LABEL_SCHEMA, PREDICTION_SCHEMA, format_time
@@ -60,7 +60,6 @@ from driftwarden.daemon.runner import Daemon, DaemonOptions
 from driftwarden.daemon.settings import DEFAULTS, parse_duration
 from driftwarden.daemon.sinks import Sink
 from driftwarden.daemon.sources import RawRecord, Source
-from driftwarden.detectors.profile import build_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -305,15 +304,7 @@ def _setup(base: Path, window: int, labeled: int) -> Path:
     (folder / "bench.yaml").write_text(
         POLICY.format(window=window, labeled=labeled), encoding="utf-8"
     )
-    build_profile(
-        reference_table(),
-        "bench",
-        target="label",
-        prediction="predicted",
-        score="score",
-        segments=list(SEGMENTS),
-        created_at="-",
-    ).save(folder / "profile.json")
+    save_reference_profile(folder / "profile.json")
     return folder
 
 

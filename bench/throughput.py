@@ -217,6 +217,19 @@ class _ModelStream:
         )
 
 
+def save_reference_profile(path: Path) -> None:
+    """The benches' reference profile (of :func:`reference_table`, model ``bench``) at ``path``."""
+    build_profile(
+        reference_table(),
+        "bench",
+        target="label",
+        prediction="predicted",
+        score="score",
+        segments=list(SEGMENTS),
+        created_at="-",
+    ).save(path)
+
+
 def _publication_order(streams: list[_ModelStream], n: int) -> np.ndarray:
     """Rows (model, index, is_label) sorted by publication time (models interleaved)."""
     m = len(streams)
@@ -694,15 +707,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         (base / "policies").mkdir(exist_ok=True)
         (base / "policies" / "bench.yaml").write_text(POLICY, encoding="utf-8")
-        build_profile(
-            reference_table(),
-            "bench",
-            target="label",
-            prediction="predicted",
-            score="score",
-            segments=list(SEGMENTS),
-            created_at="-",
-        ).save(base / "policies" / "profile.json")
+        save_reference_profile(base / "policies" / "profile.json")
 
         if args.stages_only:
             stages(
