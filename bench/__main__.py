@@ -382,7 +382,16 @@ def machine() -> list[tuple[str, str]]:
 def versions() -> list[tuple[str, str]]:
     """Python, the libraries the numbers depend on, and driftwarden's git revision."""
     out = [("python", platform.python_version())]
-    for dist in ("numpy", "kafka-python", "river", "mlflow", "scipy", "pandas", "orjson"):
+    for dist in (
+        "numpy",
+        "kafka-python",
+        "river",
+        "mlflow",
+        "scipy",
+        "pandas",
+        "orjson",
+        "msgspec",
+    ):
         try:
             out.append((dist, version(dist)))
         except PackageNotFoundError:

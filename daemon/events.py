@@ -11,8 +11,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 import orjson
 
 __all__ = [
@@ -251,6 +252,85 @@ def _fast_prediction(obj: dict[str, Any], raw: bytes) -> PredictionEvent | None:
     return PredictionEvent(pid, model, version, parse_time(stamp), features, pred, segment, raw)
 
 
+# --- msgspec: the common valid event in one C pass -------------------------------------------
+#
+# The wire types accept a subset of what the orjson path accepts, and decode it to the same
+# Python values: exact JSON scalars only (no containers in ``features``, ``segment`` or
+# ``prediction``), integers within int64 (orjson turns larger ones into floats; those take the
+# orjson path and get its result), no unknown top-level fields (an ignored field could hold
+# what orjson refuses, e.g. 1e400, and the join buffer parses the raw bytes with orjson again).
+# Floats out of range, bad UTF-8, control characters and lone surrogates fail in both.
+# ``tests/daemon/test_fuzz_events.py`` checks on every input that both paths agree.
+
+_Int = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+_Scalar = str | _Int | float | bool | None
+
+
+class _WirePrediction(
+    msgspec.Struct, tag_field="schema", tag=PREDICTION_SCHEMA, forbid_unknown_fields=True
+):
+    prediction_id: str
+    model: str
+    model_version: str
+    timestamp: str
+    features: dict[str, _Scalar]
+    prediction: dict[str, _Scalar]
+    segment: dict[str, _Scalar] | None = None
+
+
+class _WireLabel(msgspec.Struct, tag_field="schema", tag=LABEL_SCHEMA, forbid_unknown_fields=True):
+    prediction_id: str
+    model: str
+    timestamp: str
+    label: str | _Int | float | bool
+
+
+_WIRE_DECODERS: dict[str | None, msgspec.json.Decoder[Any]] = {
+    None: msgspec.json.Decoder(_WirePrediction | _WireLabel),
+    PREDICTION_SCHEMA: msgspec.json.Decoder(_WirePrediction),
+    LABEL_SCHEMA: msgspec.json.Decoder(_WireLabel),
+}
+
+
+def _from_wire(wire: Any, raw: bytes) -> PredictionEvent | LabelEvent | None:
+    """The event of a msgspec-decoded value, or None when a check the types cannot express
+    fails (lengths, the prediction's fields): the orjson path then names the reason."""
+    if type(wire) is _WireLabel:
+        pid, model = wire.prediction_id, wire.model
+        if not 0 < len(pid) <= _MAX_ID or not 0 < len(model) <= _MAX_ID:
+            return None
+        return LabelEvent(pid, model, parse_time(wire.timestamp), wire.label)
+    pid, model, version = wire.prediction_id, wire.model, wire.model_version
+    features, pred = wire.features, wire.prediction
+    segment = wire.segment
+    if segment is None:
+        segment = {}
+    if (
+        not 0 < len(pid) <= _MAX_ID
+        or not 0 < len(model) <= _MAX_ID
+        or not 0 < len(version) <= _MAX_ID
+        or len(features) > _MAX_FEATURES
+        or len(segment) > _MAX_FEATURES
+    ):
+        return None
+    found = False
+    if "score" in pred:
+        if type(pred["score"]) not in _NUMBER:
+            return None
+        found = True
+    if "value" in pred:
+        if type(pred["value"]) not in _NUMBER:
+            return None
+        found = True
+    if "label" in pred:
+        found = True
+    if not found:
+        return None
+    return PredictionEvent(
+        pid, model, version, parse_time(wire.timestamp), features, pred, segment, _exact(raw)
+    )
+
+
 def _fast_label(obj: dict[str, Any]) -> LabelEvent | None:
     """The common valid label event (see :func:`_fast_prediction`)."""
     pid = obj.get("prediction_id")
@@ -272,11 +352,31 @@ def _fast_label(obj: dict[str, Any]) -> LabelEvent | None:
 def decode(
     raw: bytes | None, *, expect: str | None = None, max_bytes: int = DEFAULT_MAX_BYTES
 ) -> PredictionEvent | LabelEvent:
-    """Decode one event's bytes; ``expect`` is the schema the topic carries (or None: any)."""
+    """Decode one event's bytes; ``expect`` is the schema the topic carries (or None: any).
+
+    The common valid event is decoded and type-checked in one C pass by msgspec (see
+    :data:`_WIRE_DECODERS`); anything msgspec does not take goes to :func:`_decode_json`,
+    which accepts it the same way or names what is wrong.
+    """
     if not raw:
         raise InvalidEvent("empty message")
     if len(raw) > max_bytes:
         raise InvalidEvent(f"message is {len(raw)} bytes, over the {max_bytes}-byte limit")
+    wire_decoder = _WIRE_DECODERS.get(expect)
+    if wire_decoder is not None:
+        try:
+            wire = wire_decoder.decode(raw)
+        except Exception:  # noqa: BLE001 - DecodeError, UnicodeDecodeError, RecursionError...:
+            pass  # whatever msgspec does not take, the orjson path judges and explains
+        else:
+            ev = _from_wire(wire, raw)
+            if ev is not None:
+                return ev
+    return _decode_json(_exact(raw), expect)
+
+
+def _decode_json(raw: bytes, expect: str | None) -> PredictionEvent | LabelEvent:
+    """:func:`decode` with orjson and Python checks (every event msgspec did not take)."""
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

@@ -7,7 +7,9 @@ all go through :func:`driftwarden.daemon.events.decode`. The properties:
 * it returns an event or raises :class:`InvalidEvent` with a non-empty one-line reason; nothing
   else escapes (the daemon must never crash on input);
 * every rejected input makes a dead-letter record that decodes back to the original bytes;
-* every accepted event can be published again through ``daemon.client`` and decodes equal.
+* every accepted event can be published again through ``daemon.client`` and decodes equal;
+* msgspec's one-pass decoder and the orjson path agree on every input: the same event (values
+  of the same types) or the same reason.
 
 Hypothesis runs derandomised (a fixed seed per test, no example database), so CI sees the same
 examples on every run; each test is bounded by ``max_examples``.
@@ -36,6 +38,7 @@ from driftwarden.daemon.events import (
     InvalidEvent,
     LabelEvent,
     PredictionEvent,
+    _decode_json,
     decode,
     format_time,
 )
@@ -70,6 +73,7 @@ def check(raw: bytes, *, expect: str | None = None, max_bytes: int = DEFAULT_MAX
     try:
         event = decode(raw, expect=expect, max_bytes=max_bytes)
     except InvalidEvent as exc:
+        _check_same_as_orjson_path(raw, expect, max_bytes, exc)
         reason = str(exc)
         assert reason.strip(), "InvalidEvent without a reason"
         assert "\n" not in reason, reason
@@ -78,8 +82,28 @@ def check(raw: bytes, *, expect: str | None = None, max_bytes: int = DEFAULT_MAX
         note_event("rejected: " + " ".join(reason.split()[:2]))
         return exc
     assert isinstance(event, (PredictionEvent, LabelEvent))
+    _check_same_as_orjson_path(raw, expect, max_bytes, event)
     note_event(f"accepted {type(event).__name__}")
     return event
+
+
+def _check_same_as_orjson_path(
+    raw: bytes, expect: str | None, max_bytes: int, got: Event | InvalidEvent
+) -> None:
+    """``decode`` (msgspec first) gives what the orjson path alone gives for ``raw``."""
+    if not raw or len(raw) > max_bytes:
+        return  # refused before either decoder runs
+    try:
+        ref: Event | InvalidEvent = _decode_json(bytes(raw), expect)
+    except InvalidEvent as exc:
+        ref = exc
+    if isinstance(got, InvalidEvent) or isinstance(ref, InvalidEvent):
+        assert type(got) is type(ref) and str(got) == str(ref), (got, ref)
+        return
+    assert got == ref
+    # ``==`` calls 1 and 1.0 equal: the JSON of each mapping tells the types apart.
+    for name in ("features", "prediction", "segment", "label"):
+        assert orjson.dumps(getattr(got, name, None)) == orjson.dumps(getattr(ref, name, None))
 
 
 def _check_dead_letter(raw: bytes, reason: str) -> None:
