@@ -31,9 +31,12 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import chain
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pandas as pd
 import structlog
@@ -171,6 +174,18 @@ class LabeledStore:
         with self._lock:
             return [dict(r) for r in self._state(model).rows.values()]
 
+    def shared_rows(self, model: str) -> list[Mapping[str, Any]]:
+        """:meth:`rows` without the copies: the stored row dicts themselves, for readers that
+        only read them (the retrain snapshot). They must not be modified.
+
+        The store never changes a row once stored (compaction and appends only add or drop
+        whole rows), so the list is a consistent view even while appends go on. Copying 50 000
+        dicts costs more than the copy itself: the survivors bring on a full garbage
+        collection of the daemon's heap.
+        """
+        with self._lock:
+            return list(self._state(model).rows.values())
+
     def count(self, model: str) -> int:
         """How many rows ``model`` holds."""
         with self._lock:
@@ -184,7 +199,7 @@ class LabeledStore:
         ``predicted`` (the predicted label), ``value``, ``timestamp`` (epoch seconds),
         ``prediction_id`` and ``model_version``.
         """
-        rows = self.rows(model)
+        rows = self.shared_rows(model)
         if last is not None:
             rows = rows[-last:] if last > 0 else []
         return flatten_rows(rows)
@@ -324,8 +339,78 @@ def _normalise(raw: Mapping[str, Any], model: str, index: int) -> dict[str, Any]
     }
 
 
+try:  # what pandas does to a list column once it is an object array (see _frame)
+    from pandas.core.dtypes.cast import maybe_convert_platform as _convert_platform
+except ImportError:  # pragma: no cover - a pandas without it: lists, pandas' own way
+    _convert_platform = None
+
+_META = ("label", "score", "predicted", "value", "timestamp", "prediction_id", "model_version")
+
+
 def flatten_rows(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
-    """Flatten stored rows into a table (see :meth:`LabeledStore.frame` for the columns)."""
+    """Flatten stored rows into a table (see :meth:`LabeledStore.frame` for the columns).
+
+    Column by column: a nested key's values are gathered in C (``itemgetter``) when every
+    dict holds every key, else with one comprehension per column. Names that
+    would collide (a feature called like a meta column, two segments on one ``segment.<k>``)
+    take :func:`_flatten_rows_loop`, the row-by-row original, and its outcome.
+    """
+    rows = rows if isinstance(rows, list) else list(rows)
+    feats = [r.get("features") or {} for r in rows]
+    segs = [r.get("segment") or {} for r in rows]
+    feature_names = list(dict.fromkeys(chain.from_iterable(feats)))
+    segment_names = list(dict.fromkeys(chain.from_iterable(segs)))
+    reserved = set(feature_names).union(_META)
+    seg_cols = [f"segment.{k}" if k in reserved else k for k in segment_names]
+    names = [*feature_names, *seg_cols, *_META]
+    if len(set(names)) != len(names):
+        return _flatten_rows_loop(rows)
+    preds = [r.get("prediction") or {} for r in rows]
+    columns = dict(zip(feature_names, _transpose(feats, feature_names), strict=True))
+    columns.update(zip(seg_cols, _transpose(segs, segment_names), strict=True))
+    columns["label"] = [r.get("label") for r in rows]
+    columns["score"] = [p.get("score") for p in preds]
+    columns["predicted"] = [p.get("label") for p in preds]
+    columns["value"] = [p.get("value") for p in preds]
+    columns["timestamp"] = [r.get("timestamp") for r in rows]
+    columns["prediction_id"] = [r.get("prediction_id") for r in rows]
+    columns["model_version"] = [r.get("model_version") for r in rows]
+    return _frame(columns)
+
+
+def _transpose(dicts: list[Mapping[str, Any]], keys: list[str]) -> list[list[Any]]:
+    """``[[d.get(k) for d in dicts] for k in keys]``; ``keys`` holds every key of ``dicts``.
+
+    Per key, not with ``zip(*rows)``: that would allocate a tuple per row, and on a heap
+    holding the store's rows each allocation burst costs a garbage collection pass.
+    """
+    n = len(dicts)
+    if n and sum(map(len, dicts)) == n * len(keys):
+        # Each dict's keys are among ``keys`` and the counts add up: each has all of them.
+        return [list(map(itemgetter(k), dicts)) for k in keys]
+    return [[d.get(k) for d in dicts] for k in keys]
+
+
+def _frame(columns: dict[str, list[Any]]) -> pd.DataFrame:
+    """``pd.DataFrame(columns)`` with the numeric meta columns as float64.
+
+    pandas turns each list into an object array one item at a time in Python and then infers
+    its dtype (``maybe_convert_platform``); ``np.fromiter`` makes the same object array in C
+    and the same function infers the same dtype.
+    """
+    n = len(next(iter(columns.values()), ()))
+    if n and _convert_platform is not None and all(len(v) == n for v in columns.values()):
+        columns = {
+            k: _convert_platform(np.fromiter(v, dtype=object, count=n)) for k, v in columns.items()
+        }
+    frame = pd.DataFrame(columns)
+    for col in ("score", "value", "timestamp"):
+        frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")
+    return frame
+
+
+def _flatten_rows_loop(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """Row by row (the original :func:`flatten_rows`; it handles names that collide)."""
     rows = list(rows)
     feature_names = list(dict.fromkeys(k for r in rows for k in (r.get("features") or {})))
     segment_names = list(dict.fromkeys(k for r in rows for k in (r.get("segment") or {})))
@@ -359,10 +444,7 @@ def flatten_rows(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
         columns["timestamp"].append(r.get("timestamp"))
         columns["prediction_id"].append(r.get("prediction_id"))
         columns["model_version"].append(r.get("model_version"))
-    frame = pd.DataFrame(columns)
-    for col in ("score", "value", "timestamp"):
-        frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")
-    return frame
+    return _frame(columns)
 
 
 def _read_header(path: Path) -> dict[str, Any] | None:

@@ -238,8 +238,9 @@ def load_reference_data(request: RetrainRequest) -> pd.DataFrame | None:
     return read_table(path)
 
 
-def _recent_rows(request: RetrainRequest, store: LabeledStore) -> list[dict[str, Any]]:
-    rows = [r for r in store.rows(request.model) if r.get("label") is not None]
+def _recent_rows(request: RetrainRequest, store: LabeledStore) -> list[Mapping[str, Any]]:
+    """The labeled rows the snapshot takes, oldest first (the store's own dicts: read-only)."""
+    rows = [r for r in store.shared_rows(request.model) if r.get("label") is not None]
     recent = request.data.get("recent")
     if recent is not None:
         rows = rows[-int(recent) :] if int(recent) > 0 else []
@@ -247,7 +248,7 @@ def _recent_rows(request: RetrainRequest, store: LabeledStore) -> list[dict[str,
     return rows
 
 
-def _recent_frame(request: RetrainRequest, rows: list[dict[str, Any]]) -> pd.DataFrame:
+def _recent_frame(request: RetrainRequest, rows: list[Mapping[str, Any]]) -> pd.DataFrame:
     frame = flatten_rows(rows)
     frame = frame.rename(columns={"label": request.target})
     keep = [
@@ -257,7 +258,7 @@ def _recent_frame(request: RetrainRequest, rows: list[dict[str, Any]]) -> pd.Dat
 
 
 def _data_gate(
-    request: RetrainRequest, rows: list[dict[str, Any]], profile: Any
+    request: RetrainRequest, rows: list[Mapping[str, Any]], profile: Any
 ) -> tuple[bool, list[str], dict[str, Any]]:
     """Run the data_quality detector on the recent rows; (passed, reasons, evidence)."""
     from driftwarden.detectors import detector_class

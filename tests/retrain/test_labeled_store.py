@@ -159,3 +159,17 @@ def test_deferred_sync_fsyncs_each_written_segment_once(
     assert store.sync() == 0
     store.append("churn", _rows(30, 5))
     assert len(synced) == 3  # the default still fsyncs before returning
+
+
+def test_shared_rows_are_the_stored_rows_and_rows_copies(tmp_path: Path) -> None:
+    """shared_rows() hands out the stored dicts (read-only use); rows() still copies."""
+    store = LabeledStore(tmp_path)
+    store.append("churn", _rows(0, 5))
+    shared = store.shared_rows("churn")
+    assert shared == store.rows("churn")
+    assert shared[0] is store.shared_rows("churn")[0]
+    copies = store.rows("churn")
+    copies[0]["label"] = "changed"
+    assert store.rows("churn")[0]["label"] != "changed"
+    store.append("churn", _rows(5, 2))
+    assert len(shared) == 5 and len(store.shared_rows("churn")) == 7  # a list of its own
