@@ -19,6 +19,7 @@ loaded champion per model version too), as they reuse the registered model and e
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import sys
 import tempfile
@@ -51,6 +52,12 @@ def main() -> int:
         action="store_false",
         help="train all --max-iter iterations (a heavier, more realistic trainer)",
     )
+    ap.add_argument(
+        "--daemon-gc",
+        action="store_true",
+        help="garbage collector tuned as the daemon's CLI tunes it (gc.freeze() after start-up, "
+        "thresholds 50000/20/100) instead of Python's defaults",
+    )
     args = ap.parse_args()
 
     server = MlflowServer(Path(tempfile.mkdtemp(prefix="retrain-bench-")))
@@ -80,11 +87,15 @@ def main() -> int:
             code_version="bench",
         )
         assert boot.status == "registered", boot.reasons
+        if args.daemon_gc:  # as driftwarden.daemon.cli does once the daemon is built
+            gc.freeze()
+            gc.set_threshold(50_000, 20, 100)
 
         recent = store.frame(model).rename(columns={"label": TARGET})
         n_hold = round(len(recent) * 0.3)
         train_rows = pd.concat([reference, recent.iloc[: len(recent) - n_hold]], ignore_index=True)
         bare, full, inner = [], [], []
+        stages: dict[str, list[float]] = {"prepare": [], "evaluate": [], "MLflow + rest": []}
         for i in range(args.repeat):
             t0 = time.perf_counter()
             churn_train(train_rows, target=TARGET, features=FEATURES, params=params)
@@ -99,8 +110,12 @@ def main() -> int:
             )
             full.append(time.perf_counter() - t0)
             assert out.status == "registered", out.reasons
-            inner.append(float(out.report["seconds"]["train"]))
-            print(f"  attempt {i}: stages {out.report['seconds']} total {full[-1]:.2f} s")
+            seconds = out.report["seconds"]
+            inner.append(float(seconds["train"]))
+            stages["prepare"].append(float(seconds["prepare"]))
+            stages["evaluate"].append(float(seconds["evaluate"]))
+            stages["MLflow + rest"].append(full[-1] - sum(map(float, seconds.values())))
+            print(f"  attempt {i}: stages {seconds} total {full[-1]:.2f} s")
         b, f = statistics.median(bare), statistics.median(full)
         print(f"rows: reference={args.rows} recent={args.recent} train={len(train_rows)}")
         print(f"bare trainer      median {b:7.2f} s  {[round(x, 2) for x in bare]}")
@@ -113,6 +128,14 @@ def main() -> int:
             f"paired: attempt / its own trainer time median {statistics.median(paired):.2f}x "
             f"{[round(r, 2) for r in paired]}; overhead median {statistics.median(over):.2f} s "
             f"{[round(o, 2) for o in over]}"
+        )
+        # Where the overhead goes: prepare = snapshot + hash + data gate (+ champion, first
+        # attempt), evaluate = both models on the holdout, the rest = the MLflow run, the saved
+        # model and profile, registration and aliases.
+        print(
+            "overhead by stage median: "
+            + ", ".join(f"{k} {statistics.median(v):.2f} s" for k, v in stages.items())
+            + ("; GC as in the daemon" if args.daemon_gc else "; Python's default GC")
         )
     finally:
         server.stop()

@@ -27,6 +27,7 @@ model.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import html
 import json
@@ -34,8 +35,10 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache, partial
 from importlib import metadata
@@ -49,7 +52,7 @@ import structlog
 
 from .gates import ModelOutputs, check_gates, evaluate, model_outputs, validate_gates
 from .labeled_store import LabeledStore, flatten_rows
-from .registry import PROFILE_ARTIFACT, Registry, RegistryError, Unavailable
+from .registry import PROFILE_ARTIFACT, UNREAD, Registry, RegistryError, Unavailable, Unread
 from .trainers import load_trainer
 
 __all__ = [
@@ -188,12 +191,21 @@ def _isnan(v: Any) -> bool:
     return isinstance(v, float) and v != v
 
 
-def _hash_values(column: pd.Series) -> list[Any]:
+# numpy columns orjson writes exactly as the same values as Python objects (float NaN and
+# ±inf as null, like ``None``): they go to it as arrays, without a Python object per value.
+_NATIVE_DTYPES = (np.dtype("float64"), np.dtype("int64"), np.dtype("bool"))
+
+
+def _hash_values(column: pd.Series) -> list[Any] | np.ndarray:
     """The column's values as Python objects, float NaN as ``None`` (what the hash sees).
 
     Vectorised: ``pandas.isna`` finds the candidates in C and only they are checked for being
     float NaN (``None``, ``NaT`` and ``pd.NA`` keep their own serialisation, as before).
+    float64, int64 and bool columns are returned as arrays, which serialise to the same bytes.
     """
+    dtype = getattr(column, "dtype", None)
+    if isinstance(dtype, np.dtype) and dtype in _NATIVE_DTYPES:
+        return np.ascontiguousarray(column.to_numpy())
     values = column.astype(object).to_numpy()
     candidates = np.flatnonzero(pd.isna(values))
     if candidates.size:
@@ -273,7 +285,9 @@ def _data_gate(
     if not rows:
         return True, [], {"n": 0, "note": "no recent labeled rows"}
     detector = detector_class("data_quality")("retrain_data_gate", profile, **request.data_quality)
-    detector.update(Batch.from_records(rows))
+    with _gc_paused():
+        batch = Batch.from_records(rows)
+    detector.update(batch)
     result = detector.result()
     evidence = result.to_dict()
     if not result.triggered:
@@ -282,6 +296,26 @@ def _data_gate(
     reasons = [f"data quality check fired on the recent labeled rows ({result.n} rows)"]
     reasons += [json.dumps(t, default=str, sort_keys=True) for t in top]
     return False, reasons, evidence
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector off for a burst of short-lived, acyclic allocations.
+
+    ``Batch.from_records`` transposes the rows with ``zip(*rows)``: one live iterator per row,
+    all at once. Under Python's default thresholds those 100 000 objects (50 000 rows,
+    features and segments) are promoted to the old generation and bring on a full
+    collection of the whole heap (≈0.13 s with the store's rows in it) though they are freed
+    by reference counting a moment later. Paused, nothing is promoted. (The daemon's own
+    thresholds, set in its CLI, rarely collect during a retrain; this is for the rest.)
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _champion(
@@ -324,11 +358,13 @@ def _finish_aliases(
     tags: Mapping[str, str],
     *,
     just_registered: bool = False,
+    challenger_before: str | None | Unread = UNREAD,
 ) -> list[dict[str, Any]]:
     """Move ``challenger`` (and ``champion`` on auto) unless an earlier attempt already did.
 
     ``just_registered``: this attempt created ``version`` a moment ago, so its existence is
-    not checked again.
+    not checked again. ``challenger_before``: where ``challenger`` points, when the caller
+    has just read it.
     """
     moves: list[dict[str, Any]] = []
     why = f"passed every gate (action {request.action_key})"
@@ -342,6 +378,7 @@ def _finish_aliases(
                 reason=why,
                 decision_key=request.action_key,
                 check_version=not just_registered,
+                before=challenger_before,
             ).to_dict()
         )
     if request.promote == "auto" and "driftwarden.alias.champion.set_by" not in tags:
@@ -373,24 +410,28 @@ def run_retrain(
     recorded on the run and returned as ``failed``.
     """
     validate_gates(request.gates)
-    # The idempotency search and the champion's alias are independent reads: asked together.
-    done_before, champion_at = registry.concurrently(
-        [
-            partial(
-                registry.find_version_by_tag, request.model, ACTION_KEY_TAG, request.action_key
-            ),
-            partial(registry.version_by_alias, request.model, "champion"),
-        ]
-    )
+    # The idempotency search and the champion's alias are independent reads: asked together,
+    # and answered while the recent rows are read from the store (local work, wasted only
+    # when an earlier attempt registered this action already).
+    reads = [
+        registry.background(
+            partial(registry.find_version_by_tag, request.model, ACTION_KEY_TAG, request.action_key)
+        ),
+        registry.background(partial(registry.version_by_alias, request.model, "champion")),
+    ]
+    started = time.perf_counter()
+    try:
+        # 1. snapshot
+        rows = _recent_rows(request, store)
+        recent = _recent_frame(request, rows)
+    finally:
+        futures_wait(reads)
+    done_before, champion_at = (f.result() for f in reads)
     existing = _existing(request, registry, done_before)
     if existing is not None:
         return existing
     bound = log.bind(model=request.model, action_key=request.action_key)
-    started = time.perf_counter()
 
-    # 1. snapshot
-    rows = _recent_rows(request, store)
-    recent = _recent_frame(request, rows)
     reference = reference_data if reference_data is not None else pd.DataFrame()
     if request.data.get("reference") == "champion" and reference_data is None:
         reference = _champion_snapshot(request, registry)
@@ -539,21 +580,32 @@ def run_retrain(
     run.log_model(candidate)
     cand_profile = _build_profile(request, profile_table, candidate, None, cand_outputs)
     run.log_text(cand_profile.to_json(), PROFILE_ARTIFACT)
-    run.finish(report, status="FINISHED")
     if not passed:
+        run.finish(report, status="FINISHED")
         bound.info("retrain.gates_failed", failed=failed, run_id=run.run_id)
         return RetrainOutcome("gates_failed", None, run.run_id, failed, report)
 
-    # 7. register, then aliases
-    version = registry.register(
-        request.model,
-        source=f"{run.artifact_uri}/{MODEL_ARTIFACT}",
-        run_id=run.run_id,
-        tags={**tags, "driftwarden.status": "passed_gates"},
+    # 7. register, then aliases. Registering needs the uploaded model, not the closed run: the
+    # run is closed while the version is created and the alias it will move is read.
+    run.upload(report)
+    _, version, challenger_before = registry.concurrently(
+        [
+            partial(run.close, "FINISHED"),
+            partial(
+                registry.register,
+                request.model,
+                source=f"{run.artifact_uri}/{MODEL_ARTIFACT}",
+                run_id=run.run_id,
+                tags={**tags, "driftwarden.status": "passed_gates"},
+            ),
+            partial(registry.version_by_alias, request.model, "challenger"),
+        ]
     )
     # The next retrain's champion may be this version: no need to download it again.
     registry.remember_model(request.model, version, candidate)
-    moves = _finish_aliases(request, registry, version, {}, just_registered=True)
+    moves = _finish_aliases(
+        request, registry, version, {}, just_registered=True, challenger_before=challenger_before
+    )
     bound.info(
         "retrain.registered",
         version=version,
@@ -660,6 +712,7 @@ class _Run:
         self._params: list[Any] = []
         self._metrics: list[Any] = []
         self._pending: list[Future[Any]] = []
+        self._staged: list[Future[Any]] = []
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
@@ -688,9 +741,12 @@ class _Run:
 
         path = self.staging / SNAPSHOT_ARTIFACT
         path.parent.mkdir(parents=True, exist_ok=True)
-        snapshot.astype(
+        table = snapshot.astype(
             {c: "string" for c in snapshot.columns if snapshot[c].dtype == object}
-        ).to_parquet(path, index=False)
+        )
+        # Encoding and compressing the parquet file runs mostly outside the GIL: it is written
+        # in the background while the attempt trains and evaluates, and awaited before upload.
+        self._staged.append(self.registry.background(partial(table.to_parquet, path, index=False)))
         with warnings.catch_warnings():
             # mlflow warns that a local path could be either of two equal source types and
             # that integer columns cannot hold NaN; neither matters for a lineage record.
@@ -762,10 +818,19 @@ class _Run:
             )
 
     def finish(self, report: Mapping[str, Any], *, status: str) -> None:
+        """Upload everything (:meth:`upload`), then close the run with ``status``."""
+        self.upload(report)
+        self.close(status)
+
+    def upload(self, report: Mapping[str, Any]) -> None:
+        """Stage the report, send params/metrics and every artifact, await the pending calls."""
         text = json.dumps(report, indent=2, sort_keys=True, default=str)
         self.log_text(text, REPORT_ARTIFACT)
         self.log_text(_report_html(report), REPORT_HTML_ARTIFACT)
         try:
+            staged, self._staged = self._staged, []
+            for f in staged:
+                f.result()
             # Params/metrics and the artifact upload are independent requests: sent together.
             self.registry.concurrently(
                 [
@@ -781,6 +846,9 @@ class _Run:
         pending, self._pending = self._pending, []
         for f in pending:
             f.result()
+
+    def close(self, status: str) -> None:
+        """Mark the run terminated with ``status`` (after :meth:`upload`)."""
         self.registry.call(
             "closing the retrain run",
             lambda: self.registry.client.set_terminated(self.run_id, status=status),

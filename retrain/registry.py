@@ -50,8 +50,10 @@ __all__ = [
     "PROFILE_ARTIFACT",
     "AliasMove",
     "Registry",
+    "UNREAD",
     "RegistryError",
     "Unavailable",
+    "Unread",
 ]
 
 log = structlog.get_logger(__name__)
@@ -60,6 +62,18 @@ PROFILE_ARTIFACT = "driftwarden/profile.json"
 _TAG_MAX = 5000  # MLflow's limit on a model version tag value
 _MODEL_CACHE_SIZE = 4  # loaded models kept per process (champion, previous, recent candidates)
 _T = TypeVar("_T")
+
+
+class Unread:
+    """The type of :data:`UNREAD`: a value the caller has not read (so the callee reads it)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "UNREAD"
+
+
+UNREAD = Unread()
 
 
 class RegistryError(RuntimeError):
@@ -360,15 +374,18 @@ class Registry:
         reason: str,
         decision_key: str | None = None,
         check_version: bool = True,
+        before: str | None | Unread = UNREAD,
     ) -> AliasMove:
         """Point ``alias`` at ``version`` and tag the version with who, why and when.
 
         ``check_version=False`` skips the existence check (a clear error for a missing
-        version) when the caller has just read or created that version.
+        version) when the caller has just read or created that version. ``before``: where
+        ``alias`` points now, when the caller has just read it (the move records it).
         """
         if check_version:
             self.model_version(model, str(version))
-        before = self.version_by_alias(model, alias)
+        if isinstance(before, Unread):
+            before = self.version_by_alias(model, alias)
         at = _now()
         with _guard(f"moving alias {alias!r} of model {model!r} to version {version}"):
             self._reg.set_registered_model_alias(model, alias, str(version))

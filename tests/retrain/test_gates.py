@@ -250,3 +250,20 @@ def test_snapshot_hash_equals_value_by_value_definition() -> None:
     )
     assert snapshot_hash(frame) == _reference_snapshot_hash(frame)
     assert snapshot_hash(frame.iloc[:0]) == _reference_snapshot_hash(frame.iloc[:0])
+    # Numeric columns go to orjson as arrays: the same bytes for every float, NaN and ±inf.
+    floats = np.concatenate(
+        [
+            rng.normal(size=n) * 10.0 ** rng.integers(-300, 300, n),
+            [np.nan, np.inf, -np.inf, -0.0, 0.0, 5e-324, 1.7976931348623157e308, 0.1, 1e16],
+        ]
+    )
+    edge = pd.DataFrame(
+        {
+            "f": floats,
+            "i": rng.integers(-(2**63), 2**63 - 1, floats.size),
+            "b": rng.random(floats.size) < 0.5,
+            "f32": rng.normal(size=floats.size).astype(np.float32),  # value by value, as before
+        }
+    )
+    assert snapshot_hash(edge) == _reference_snapshot_hash(edge)
+    assert snapshot_hash(edge.iloc[::3]) == _reference_snapshot_hash(edge.iloc[::3])
