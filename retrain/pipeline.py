@@ -31,6 +31,7 @@ import gc
 import hashlib
 import html
 import json
+import operator
 import tempfile
 import threading
 import time
@@ -256,7 +257,11 @@ def _recent_rows(request: RetrainRequest, store: LabeledStore) -> list[Mapping[s
     recent = request.data.get("recent")
     if recent is not None:
         rows = rows[-int(recent) :] if int(recent) > 0 else []
-    rows.sort(key=lambda r: (r.get("timestamp") is None, r.get("timestamp") or 0.0))
+    stamps = [r.get("timestamp") for r in rows]
+    if None in stamps or any(map(operator.gt, stamps, stamps[1:])):
+        rows.sort(key=lambda r: (r.get("timestamp") is None, r.get("timestamp") or 0.0))
+    # else: already in time order (rows are appended as they are joined); the stable sort
+    # would keep every row where it is.
     return rows
 
 
