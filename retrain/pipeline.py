@@ -53,7 +53,7 @@ import structlog
 
 from .gates import ModelOutputs, check_gates, evaluate, model_outputs, validate_gates
 from .labeled_store import LabeledStore, flatten_rows
-from .registry import PROFILE_ARTIFACT, UNREAD, Registry, RegistryError, Unavailable, Unread
+from .registry import PROFILE_ARTIFACT, UNREAD, Registry, RegistryError, Unavailable
 from .trainers import load_trainer
 
 __all__ = [
@@ -257,7 +257,7 @@ def _recent_rows(request: RetrainRequest, store: LabeledStore) -> list[Mapping[s
     recent = request.data.get("recent")
     if recent is not None:
         rows = rows[-int(recent) :] if int(recent) > 0 else []
-    stamps = [r.get("timestamp") for r in rows]
+    stamps: list[Any] = [r.get("timestamp") for r in rows]
     if None in stamps or any(map(operator.gt, stamps, stamps[1:])):
         rows.sort(key=lambda r: (r.get("timestamp") is None, r.get("timestamp") or 0.0))
     # else: already in time order (rows are appended as they are joined); the stable sort
@@ -356,6 +356,13 @@ def _existing(
     )
 
 
+_ACTOR = "driftwarden.retrain"
+
+
+def _alias_reason(request: RetrainRequest) -> str:
+    return f"passed every gate (action {request.action_key})"
+
+
 def _finish_aliases(
     request: RetrainRequest,
     registry: Registry,
@@ -363,27 +370,30 @@ def _finish_aliases(
     tags: Mapping[str, str],
     *,
     just_registered: bool = False,
-    challenger_before: str | None | Unread = UNREAD,
+    challenger: tuple[str | None, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Move ``challenger`` (and ``champion`` on auto) unless an earlier attempt already did.
 
     ``just_registered``: this attempt created ``version`` a moment ago, so its existence is
-    not checked again. ``challenger_before``: where ``challenger`` points, when the caller
-    has just read it.
+    not checked again. ``challenger``: ``(where the alias points now, at)`` when the caller
+    has just read it and created the version with the move's tags but ``.set_by`` (see
+    :meth:`Registry.set_alias`, ``pretagged``).
     """
     moves: list[dict[str, Any]] = []
-    why = f"passed every gate (action {request.action_key})"
+    why = _alias_reason(request)
     if "driftwarden.alias.challenger.set_by" not in tags:
         moves.append(
             registry.set_alias(
                 request.model,
                 "challenger",
                 version,
-                actor="driftwarden.retrain",
+                actor=_ACTOR,
                 reason=why,
                 decision_key=request.action_key,
                 check_version=not just_registered,
-                before=challenger_before,
+                before=UNREAD if challenger is None else challenger[0],
+                at=None if challenger is None else challenger[1],
+                pretagged=challenger is not None,
             ).to_dict()
         )
     if request.promote == "auto" and "driftwarden.alias.champion.set_by" not in tags:
@@ -392,7 +402,7 @@ def _finish_aliases(
             for m in registry.approve(
                 request.model,
                 version,
-                "driftwarden.retrain",
+                _ACTOR,
                 f"promote: auto; {why}",
                 decision_key=request.action_key,
             )
@@ -591,8 +601,19 @@ def run_retrain(
         return RetrainOutcome("gates_failed", None, run.run_id, failed, report)
 
     # 7. register, then aliases. Registering needs the uploaded model, not the closed run: the
-    # run is closed while the version is created and the alias it will move is read.
+    # run is closed while the version is created and the alias it will move is read. The
+    # version is created with the challenger move's tags but ``.set_by``, which is written
+    # once the alias has moved (one request then, instead of one per tag; a retry after a
+    # failure in between moves the alias and writes every tag again).
     run.upload(report)
+    challenger_tags = registry.alias_tags(
+        "challenger",
+        actor=_ACTOR,
+        reason=_alias_reason(request),
+        decision_key=request.action_key,
+    )
+    challenger_at = challenger_tags["driftwarden.alias.challenger.at"]
+    del challenger_tags["driftwarden.alias.challenger.set_by"]
     _, version, challenger_before = registry.concurrently(
         [
             partial(run.close, "FINISHED"),
@@ -601,7 +622,7 @@ def run_retrain(
                 request.model,
                 source=f"{run.artifact_uri}/{MODEL_ARTIFACT}",
                 run_id=run.run_id,
-                tags={**tags, "driftwarden.status": "passed_gates"},
+                tags={**tags, "driftwarden.status": "passed_gates", **challenger_tags},
             ),
             partial(registry.version_by_alias, request.model, "challenger"),
         ]
@@ -609,7 +630,12 @@ def run_retrain(
     # The next retrain's champion may be this version: no need to download it again.
     registry.remember_model(request.model, version, candidate)
     moves = _finish_aliases(
-        request, registry, version, {}, just_registered=True, challenger_before=challenger_before
+        request,
+        registry,
+        version,
+        {},
+        just_registered=True,
+        challenger=(challenger_before, challenger_at),
     )
     bound.info(
         "retrain.registered",

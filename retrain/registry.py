@@ -60,6 +60,7 @@ log = structlog.get_logger(__name__)
 
 PROFILE_ARTIFACT = "driftwarden/profile.json"
 _TAG_MAX = 5000  # MLflow's limit on a model version tag value
+_SET_BY = ".set_by"  # the alias tag written last: the move is done
 _MODEL_CACHE_SIZE = 4  # loaded models kept per process (champion, previous, recent candidates)
 _T = TypeVar("_T")
 
@@ -375,24 +376,30 @@ class Registry:
         decision_key: str | None = None,
         check_version: bool = True,
         before: str | None | Unread = UNREAD,
+        at: str | None = None,
+        pretagged: bool = False,
     ) -> AliasMove:
         """Point ``alias`` at ``version`` and tag the version with who, why and when.
 
         ``check_version=False`` skips the existence check (a clear error for a missing
         version) when the caller has just read or created that version. ``before``: where
         ``alias`` points now, when the caller has just read it (the move records it).
+        ``pretagged``: the version was created with this move's :meth:`alias_tags` (same
+        ``at``) but ``.set_by``, so only that one is written — it always comes after the alias
+        moved: it is what says the move is done.
         """
+        if pretagged and at is None:
+            raise ValueError("pretagged alias moves need the 'at' their tags were written with.")
         if check_version:
             self.model_version(model, str(version))
         if isinstance(before, Unread):
             before = self.version_by_alias(model, alias)
-        at = _now()
+        tags = self.alias_tags(alias, actor=actor, reason=reason, decision_key=decision_key, at=at)
+        at = tags[f"driftwarden.alias.{alias}.at"]
+        if pretagged:
+            tags = {k: v for k, v in tags.items() if k.endswith(_SET_BY)}
         with _guard(f"moving alias {alias!r} of model {model!r} to version {version}"):
             self._reg.set_registered_model_alias(model, alias, str(version))
-            prefix = f"driftwarden.alias.{alias}"
-            tags = {f"{prefix}.set_by": actor, f"{prefix}.reason": reason, f"{prefix}.at": at}
-            if decision_key is not None:
-                tags[f"{prefix}.decision_key"] = decision_key
             # MLflow has no batch call for version tags: the few independent writes go out
             # together.
             self.concurrently(
@@ -404,6 +411,26 @@ class Registry:
         move = AliasMove(model, alias, str(version), before, actor, reason, at, decision_key)
         log.info("registry.alias_moved", **move.to_dict())
         return move
+
+    @staticmethod
+    def alias_tags(
+        alias: str,
+        *,
+        actor: str,
+        reason: str,
+        decision_key: str | None = None,
+        at: str | None = None,
+    ) -> dict[str, str]:
+        """The version tags an alias move writes (``at``: now unless given)."""
+        prefix = f"driftwarden.alias.{alias}"
+        tags = {
+            f"{prefix}{_SET_BY}": actor,
+            f"{prefix}.reason": reason,
+            f"{prefix}.at": _now() if at is None else at,
+        }
+        if decision_key is not None:
+            tags[f"{prefix}.decision_key"] = decision_key
+        return tags
 
     def delete_alias(
         self, model: str, alias: str, *, actor: str, reason: str, decision_key: str | None = None

@@ -181,6 +181,17 @@ def test_passing_candidate_is_registered_with_lineage(
     assert len(mv.tags["driftwarden.data_hash"]) == 64
     assert mv.tags["driftwarden.alias.challenger.set_by"] == "driftwarden.retrain"
     assert mv.tags["driftwarden.trigger.decision_key"] == f"{model}/drifted/k-pass"
+    # The move's audit tags (written with the version, set_by after the move) and its record.
+    [move] = out.alias_moves
+    assert (move["alias"], move["version"], move["decision_key"]) == (
+        "challenger",
+        out.version,
+        "k-pass",
+    )
+    assert mv.tags["driftwarden.alias.challenger.reason"] == move["reason"]
+    assert mv.tags["driftwarden.alias.challenger.at"] == move["at"]
+    assert mv.tags["driftwarden.alias.challenger.decision_key"] == "k-pass"
+    assert move["reason"] == "passed every gate (action k-pass)"
     with tempfile.TemporaryDirectory() as tmp:
         report = json.loads(
             Path(registry.client.download_artifacts(out.run_id, REPORT_ARTIFACT, tmp)).read_text()
@@ -315,6 +326,44 @@ def test_mlflow_down_mid_retrain_then_exactly_one_version(
         f"name='{model}' and tags.`driftwarden.action_key` = 'k-down'"
     )
     assert [v.version for v in versions] == [first.version]
+
+
+def test_failure_between_registering_and_moving_the_alias(
+    registry: Registry, store: LabeledStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The version is created with the move's tags but set_by; if the alias move then fails,
+    the retry moves it and writes every tag again — one version, a complete audit trail."""
+    model = _model_name("window")
+    _champion(registry, store, model)
+    store.append(model, to_rows(generate(600, seed=4), start=10_000, t0=1_900_000_000.0))
+    request = _request(model, "k-window")
+    kw: dict[str, Any] = {
+        "registry": registry,
+        "store": store,
+        "reference_data": generate(1500, seed=1),
+        "code_version": "t",
+    }
+
+    def down(*args: Any, **kwargs: Any) -> Any:
+        raise Unavailable("mlflow went away")
+
+    with monkeypatch.context() as m:
+        m.setattr(Registry, "set_alias", down)
+        with pytest.raises(Unavailable):
+            run_retrain(request, **kw)
+    [pending] = registry.client.search_model_versions(
+        f"name='{model}' and tags.`driftwarden.action_key` = 'k-window'"
+    )
+    assert "driftwarden.alias.challenger.set_by" not in pending.tags
+    assert registry.version_by_alias(model, "challenger") is None
+    out = run_retrain(request, **kw)
+    assert (out.status, out.version) == ("registered", pending.version)
+    assert registry.version_by_alias(model, "challenger") == out.version
+    [move] = out.alias_moves
+    tags = registry.model_version(model, out.version).tags
+    assert tags["driftwarden.alias.challenger.set_by"] == "driftwarden.retrain"
+    assert tags["driftwarden.alias.challenger.at"] == move["at"]
+    assert tags["driftwarden.alias.challenger.reason"] == move["reason"]
 
 
 def test_worker_runs_off_thread_and_dedupes(registry: Registry, store: LabeledStore) -> None:
