@@ -339,7 +339,7 @@ def _normalise(raw: Mapping[str, Any], model: str, index: int) -> dict[str, Any]
     }
 
 
-try:  # what pandas does to a list column once it is an object array (see _frame)
+try:  # what pandas does to a list column once it is an object array (see frame_of_columns)
     from pandas.core.dtypes.cast import maybe_convert_platform as _convert_platform
 except ImportError:  # pragma: no cover - a pandas without it: lists, pandas' own way
     _convert_platform = None
@@ -356,6 +356,14 @@ def flatten_rows(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     take :func:`_flatten_rows_loop`, the row-by-row original, and its outcome.
     """
     rows = rows if isinstance(rows, list) else list(rows)
+    columns = flatten_columns(rows)
+    return _flatten_rows_loop(rows) if columns is None else frame_of_columns(columns)
+
+
+def flatten_columns(rows: list[Mapping[str, Any]]) -> dict[str, list[Any]] | None:
+    """:func:`flatten_rows`' columns as lists, before they become a frame (see
+    :func:`frame_of_columns`); ``None`` when names collide (only the row-by-row original
+    knows what to do then)."""
     feats = [r.get("features") or {} for r in rows]
     segs = [r.get("segment") or {} for r in rows]
     feature_names = list(dict.fromkeys(chain.from_iterable(feats)))
@@ -364,7 +372,7 @@ def flatten_rows(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     seg_cols = [f"segment.{k}" if k in reserved else k for k in segment_names]
     names = [*feature_names, *seg_cols, *_META]
     if len(set(names)) != len(names):
-        return _flatten_rows_loop(rows)
+        return None
     preds = [r.get("prediction") or {} for r in rows]
     columns = dict(zip(feature_names, _transpose(feats, feature_names), strict=True))
     columns.update(zip(seg_cols, _transpose(segs, segment_names), strict=True))
@@ -375,7 +383,7 @@ def flatten_rows(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     columns["timestamp"] = [r.get("timestamp") for r in rows]
     columns["prediction_id"] = [r.get("prediction_id") for r in rows]
     columns["model_version"] = [r.get("model_version") for r in rows]
-    return _frame(columns)
+    return columns
 
 
 def _transpose(dicts: list[Mapping[str, Any]], keys: list[str]) -> list[list[Any]]:
@@ -391,8 +399,8 @@ def _transpose(dicts: list[Mapping[str, Any]], keys: list[str]) -> list[list[Any
     return [[d.get(k) for d in dicts] for k in keys]
 
 
-def _frame(columns: dict[str, list[Any]]) -> pd.DataFrame:
-    """``pd.DataFrame(columns)`` with the numeric meta columns as float64.
+def frame_of_columns(columns: dict[str, list[Any]]) -> pd.DataFrame:
+    """``pd.DataFrame(columns)`` with the numeric meta columns (those present) as float64.
 
     pandas turns each list into an object array one item at a time in Python and then infers
     its dtype (``maybe_convert_platform``); ``np.fromiter`` makes the same object array in C
@@ -405,7 +413,8 @@ def _frame(columns: dict[str, list[Any]]) -> pd.DataFrame:
         }
     frame = pd.DataFrame(columns)
     for col in ("score", "value", "timestamp"):
-        frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")
+        if col in columns:
+            frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")
     return frame
 
 
@@ -444,7 +453,10 @@ def _flatten_rows_loop(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
         columns["timestamp"].append(r.get("timestamp"))
         columns["prediction_id"].append(r.get("prediction_id"))
         columns["model_version"].append(r.get("model_version"))
-    return _frame(columns)
+    frame = pd.DataFrame(columns)
+    for col in ("score", "value", "timestamp"):
+        frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")
+    return frame
 
 
 def _read_header(path: Path) -> dict[str, Any] | None:

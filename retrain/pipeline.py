@@ -52,7 +52,7 @@ import pandas as pd
 import structlog
 
 from .gates import ModelOutputs, check_gates, evaluate, model_outputs, validate_gates
-from .labeled_store import LabeledStore, flatten_rows
+from .labeled_store import LabeledStore, flatten_columns, flatten_rows, frame_of_columns
 from .registry import PROFILE_ARTIFACT, UNREAD, Registry, RegistryError, Unavailable
 from .trainers import load_trainer
 
@@ -81,6 +81,7 @@ _SCHEMA_SAMPLE_ROWS = 1000
 _BATCH_PARAMS = 100
 _BATCH_ENTITIES = 1000
 _META_COLUMNS = ("score", "predicted", "value", "timestamp", "prediction_id", "model_version")
+_KEPT_META = ("timestamp", "prediction_id")
 
 
 @dataclass(frozen=True)
@@ -266,11 +267,21 @@ def _recent_rows(request: RetrainRequest, store: LabeledStore) -> list[Mapping[s
 
 
 def _recent_frame(request: RetrainRequest, rows: list[Mapping[str, Any]]) -> pd.DataFrame:
+    """The recent rows as a table: ``label`` named ``target``, no prediction/version columns.
+
+    Renamed and selected as lists, before the frame is built (the frame form copies the
+    table twice, and converts columns only to drop them); the frame form when the target's
+    name is taken already.
+    """
+    columns = flatten_columns(rows)
+    if columns is not None and (request.target == "label" or request.target not in columns):
+        renamed = {(request.target if k == "label" else k): v for k, v in columns.items()}
+        return frame_of_columns(
+            {k: v for k, v in renamed.items() if k not in _META_COLUMNS or k in _KEPT_META}
+        )
     frame = flatten_rows(rows)
     frame = frame.rename(columns={"label": request.target})
-    keep = [
-        c for c in frame.columns if c not in _META_COLUMNS or c in ("timestamp", "prediction_id")
-    ]
+    keep = [c for c in frame.columns if c not in _META_COLUMNS or c in _KEPT_META]
     return frame[keep]
 
 

@@ -1,4 +1,5 @@
-"""The snapshot's labeled rows: time order (the sort is skipped only when it changes nothing)."""
+"""The snapshot's labeled rows: time order (the sort is skipped only when it changes nothing)
+and the recent frame (renamed and selected before it is built: the same table)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import random
 from pathlib import Path
 from typing import Any
 
-from driftwarden.retrain.labeled_store import LabeledStore
-from driftwarden.retrain.pipeline import RetrainRequest, _recent_rows
+import pandas as pd
+
+from driftwarden.retrain.labeled_store import LabeledStore, flatten_rows
+from driftwarden.retrain.pipeline import RetrainRequest, _recent_frame, _recent_rows
 
 
 def _request(**data: Any) -> RetrainRequest:
@@ -58,3 +61,37 @@ def test_recent_rows_in_time_order(tmp_path: Path) -> None:
             request = _request() if recent is None else _request(recent=recent)
             got = [r["prediction_id"] for r in _recent_rows(request, store)]
             assert got == _expected(store, recent), (name, recent)
+
+
+def _old_recent_frame(request: RetrainRequest, rows: list[Any]) -> pd.DataFrame:
+    """``_recent_frame`` as it was: rename and select on the flattened frame."""
+    frame = flatten_rows(rows).rename(columns={"label": request.target})
+    meta = ("score", "predicted", "value", "timestamp", "prediction_id", "model_version")
+    keep = [c for c in frame.columns if c not in meta or c in ("timestamp", "prediction_id")]
+    return frame[keep]
+
+
+def test_recent_frame_equals_rename_and_select() -> None:
+    rows: list[dict[str, Any]] = [
+        {
+            "prediction_id": f"p{i}",
+            "features": {"x": float(i), "plan": "pro" if i % 2 else None, "n": i},
+            "prediction": {"label": 1, "score": 0.5} if i % 3 else {},
+            "label": i % 2,
+            "segment": {"tier": "a", "x": "clash"},
+            "timestamp": 1000.0 + i,
+            "model_version": "2",
+        }
+        for i in range(30)
+    ]
+    # target names: usual, "label" itself, a feature's, a meta column's, a renamed segment's
+    for target in ("y", "label", "x", "score", "timestamp", "segment.x"):
+        request = RetrainRequest(
+            model="m", trigger={}, action_key="k", trainer="t:f", gates={}, target=target,
+            features=["x"],
+        )  # fmt: skip
+        for part in (rows, rows[:1], []):
+            got, want = _recent_frame(request, part), _old_recent_frame(request, part)
+            assert list(got.columns) == list(want.columns), target
+            assert list(got.dtypes) == list(want.dtypes), target
+            pd.testing.assert_frame_equal(got, want, check_exact=True)
