@@ -718,9 +718,10 @@ class _Run:
 
     Round trips are the attempt's fixed cost, so the run buffers: params and metrics go out
     in one ``log_batch`` and every artifact (snapshot, model, profile, report) is staged in a
-    local folder and uploaded by one ``log_artifacts`` call, all in :meth:`finish`, which
+    local folder and uploaded by one ``log_artifacts`` call, all in :meth:`upload`, which
     must therefore come before the model is registered (it does: registration needs the
-    uploaded model).
+    uploaded model). :meth:`close` ends the run (:meth:`finish` is both); a registered
+    attempt closes it while the version is being created.
     """
 
     def __init__(
