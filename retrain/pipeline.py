@@ -601,9 +601,12 @@ def run_retrain(
     if champ_metrics is not None:
         run.log_metrics(champ_metrics, "champion")
     run.log_metrics({"overall": {"train_seconds": train_s, "gates_passed": float(passed)}}, "")
+    # Params and metrics, then snapshot and model, are sent while the profile is built.
+    run.send_batch()
     # The candidate's reference profile: its own predictions on the holdout, so a version
     # brings its own baseline metrics per slice.
     run.log_model(candidate)
+    run.send_artifacts()
     cand_profile = _build_profile(request, profile_table, candidate, None, cand_outputs)
     run.log_text(cand_profile.to_json(), PROFILE_ARTIFACT)
     if not passed:
@@ -756,6 +759,7 @@ class _Run:
         self._metrics: list[Any] = []
         self._pending: list[Future[Any]] = []
         self._staged: list[Future[Any]] = []
+        self._sent: list[Future[Any]] = []
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
@@ -847,10 +851,42 @@ class _Run:
             pip_requirements=list(_pip_requirements()),
         )
 
+    def send_batch(self) -> None:
+        """Send the params and metrics logged so far in the background (awaited in
+        :meth:`upload`): the request overlaps the work still to do before the upload."""
+        params, metrics = self._params, self._metrics
+        self._params, self._metrics = [], []
+        self._pending.append(self.registry.background(partial(self._send_batch, params, metrics)))
+
+    def send_artifacts(self) -> None:
+        """Upload the artifacts staged so far in the background; what is staged afterwards goes
+        to a fresh folder that :meth:`upload` sends once this one is done (the same artifact
+        paths: the folders are merged at the run's root)."""
+        staged, self._staged = self._staged, []
+        for f in staged:
+            f.result()
+        folder = self._staging
+        self._staging = tempfile.TemporaryDirectory(prefix="driftwarden-run-")
+        self.staging = Path(self._staging.name)
+
+        def upload() -> None:
+            try:
+                self.registry.call(
+                    "uploading the run's artifacts",
+                    lambda: self.registry.client.log_artifacts(self.run_id, folder.name),
+                )
+            finally:
+                folder.cleanup()
+
+        self._sent.append(self.registry.background(upload))
+
     def _flush_batch(self) -> None:
         """Params and metrics in as few ``log_batch`` calls as MLflow's limits allow."""
         params, metrics = self._params, self._metrics
         self._params, self._metrics = [], []
+        self._send_batch(params, metrics)
+
+    def _send_batch(self, params: list[Any], metrics: list[Any]) -> None:
         client = self.registry.client
         while params or metrics:
             p, params = params[:_BATCH_PARAMS], params[_BATCH_PARAMS:]
@@ -872,7 +908,8 @@ class _Run:
         self.log_text(_report_html(report), REPORT_HTML_ARTIFACT)
         try:
             staged, self._staged = self._staged, []
-            for f in staged:
+            sent, self._sent = self._sent, []
+            for f in [*staged, *sent]:
                 f.result()
             # Params/metrics and the artifact upload are independent requests: sent together.
             self.registry.concurrently(
