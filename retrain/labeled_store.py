@@ -180,8 +180,8 @@ class LabeledStore:
 
         The store never changes a row once stored (compaction and appends only add or drop
         whole rows), so the list is a consistent view even while appends go on. Copying 50 000
-        dicts costs more than the copy itself: the survivors bring on a full garbage
-        collection of the daemon's heap.
+        dicts costs more than the copy itself: under Python's default GC thresholds the
+        copies bring on a full garbage collection of the whole heap.
         """
         with self._lock:
             return list(self._state(model).rows.values())
