@@ -27,7 +27,6 @@ model.
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import html
 import json
@@ -36,10 +35,9 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache, partial
 from importlib import metadata
@@ -301,9 +299,7 @@ def _data_gate(
     if not rows:
         return True, [], {"n": 0, "note": "no recent labeled rows"}
     detector = detector_class("data_quality")("retrain_data_gate", profile, **request.data_quality)
-    with _gc_paused():
-        batch = Batch.from_records(rows)
-    detector.update(batch)
+    detector.update(Batch.from_records(rows))
     result = detector.result()
     evidence = result.to_dict()
     if not result.triggered:
@@ -312,26 +308,6 @@ def _data_gate(
     reasons = [f"data quality check fired on the recent labeled rows ({result.n} rows)"]
     reasons += [json.dumps(t, default=str, sort_keys=True) for t in top]
     return False, reasons, evidence
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """The cyclic garbage collector off for a burst of short-lived, acyclic allocations.
-
-    ``Batch.from_records`` transposes the rows with ``zip(*rows)``: one live iterator per row,
-    all at once. Under Python's default thresholds those 100 000 objects (50 000 rows,
-    features and segments) are promoted to the old generation and bring on a full
-    collection of the whole heap (≈0.13 s with the store's rows in it) though they are freed
-    by reference counting a moment later. Paused, nothing is promoted. (The daemon's own
-    thresholds, set in its CLI, rarely collect during a retrain; this is for the rest.)
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _champion(
