@@ -68,11 +68,25 @@ def commands(quick: bool, anchors: bool) -> dict[str, list[str]]:
         drift.append("--anchors")
     return {
         "throughput": [PY, "bench/throughput.py"]
-        + (["--events", "100000", "--repeat", "1"] if quick else []),
+        + (["--events", "100000", "--repeat", "2"] if quick else []),
         "drift": drift,
         "detection": [PY, "bench/detection_bench.py"] + (["--quick"] if quick else []),
         "retrain": [PY, "bench/retrain_bench.py", "--rows", "20000", "--repeat"]
         + (["2"] if quick else ["3"]),
+        # The same pipeline at the daemon's default store size (retrain.labeled_rows 50 000)
+        # with a trainer that runs all its iterations: the overhead is mostly fixed, so the
+        # ratio depends on how long training takes; both are reported.
+        "retrain-heavy": [
+            PY,
+            "bench/retrain_bench.py",
+            "--rows",
+            "20000",
+            "--recent",
+            "50000",
+            "--no-early-stopping",
+            "--repeat",
+            "2" if quick else "3",
+        ],
         "memory": [PY, "-m", "bench.memory"]
         + (["--events", "600000", "--windows", "2"] if quick else []),
     }
@@ -277,9 +291,12 @@ def detection_section(run: Run) -> Section:
     return s
 
 
-def retrain_section(run: Run) -> Section:
+def retrain_section(run: Run, heavy: bool = False) -> Section:
     """Trigger → registered candidate vs the bare trainer; target <= 2x."""
-    s = Section("Retrain: trigger → registered candidate vs the bare trainer", run)
+    title = "Retrain: trigger → registered candidate vs the bare trainer"
+    if heavy:
+        title += " (a 200-iteration GBM on the default store size)"
+    s = Section(title, run)
     s.header = ["measure", "median s", "runs s"]
     for line in run.output.splitlines():
         m = re.match(r"^(bare trainer|trigger→registered)\s+median\s+([\d.]+) s\s+(\[.*\])", line)
@@ -288,13 +305,13 @@ def retrain_section(run: Run) -> Section:
         m = re.match(r"^fixed overhead\s+median\s+([\d.-]+) s", line)
         if m:
             s.rows.append(["fixed overhead", m[1], ""])
-        if line.startswith("rows:"):
+        if line.startswith(("rows:", "overhead by stage", "paired:")):
             s.notes.append(line)
     m = re.search(r"^ratio ([\d.]+)x", run.output, re.M)
     ratio = float(m[1]) if m else None
     s.verdicts.append(
         (
-            "≤ 2× the bare trainer",
+            "≤ 2× the bare trainer" + (" (200-iteration GBM, 70 000 rows)" if heavy else ""),
             "—" if ratio is None else f"{ratio:.2f}×",
             None if ratio is None else ratio <= 2.0,
         )
@@ -492,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--only",
         nargs="+",
-        choices=["throughput", "drift", "detection", "retrain", "memory"],
+        choices=["throughput", "drift", "detection", "retrain", "retrain-heavy", "memory"],
         help="run only these",
     )
     ap.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md", help="report path")
@@ -506,6 +523,7 @@ def main(argv: list[str] | None = None) -> int:
         "drift": lambda r: drift_section(r, anchors),
         "detection": detection_section,
         "retrain": retrain_section,
+        "retrain-heavy": lambda r: retrain_section(r, heavy=True),
         "memory": memory_section,
     }
     started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
