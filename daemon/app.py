@@ -89,6 +89,7 @@ def options_from(settings: Settings) -> DaemonOptions:
         poll_timeout_s=int(d["kafka"]["poll_timeout_ms"]) / 1000.0,
         checkpoint_every_events=int(d["checkpoint"]["every_events"]),
         checkpoint_every_s=parse_duration(d["checkpoint"]["every"]),
+        checkpoint_max_share=float(d["checkpoint"]["max_share"]),
     )
 
 

@@ -79,6 +79,9 @@ class DaemonOptions:
     poll_timeout_s: float = 0.5
     checkpoint_every_events: int = 50_000
     checkpoint_every_s: float = 30.0
+    #: at most this share of the time goes to count- or time-triggered checkpoints: after one
+    #: that took ``d`` seconds the next waits at least ``d * (1 - share) / share`` (1 = no pause)
+    checkpoint_max_share: float = 0.1
 
 
 class Daemon:
@@ -128,6 +131,7 @@ class Daemon:
         self._stop = threading.Event()
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
+        self._checkpoint_pause = 0.0  # see _checkpoint_due
         self._warned: set[str] = set()
         self._closed = False
         self.summary = RunSummary()
@@ -249,8 +253,11 @@ class Daemon:
         self.source.commit(offsets, wait=wait)
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
+        took = time.perf_counter() - t0
+        share = self.opts.checkpoint_max_share
+        self._checkpoint_pause = took * (1.0 - share) / share
         self.summary.checkpoints += 1
-        self.metrics.checkpoint_seconds.observe(time.perf_counter() - t0)
+        self.metrics.checkpoint_seconds.observe(took)
 
     # -- the loop --------------------------------------------------------------------------
     def request_stop(self, *_: Any) -> None:
@@ -403,11 +410,21 @@ class Daemon:
         log.info("policies reloaded", policies=len(policies))
 
     def _checkpoint_due(self) -> bool:
+        """A checkpoint is due after ``checkpoint_every_events`` records or
+        ``checkpoint_every_s`` seconds, but not sooner than the pause the last one's duration
+        calls for (``checkpoint_max_share``): a checkpoint writes the whole state, so with
+        many predictions waiting for labels a record-count trigger alone would let a
+        catching-up daemon spend most of its time checkpointing. (Shutdown, rebalance and
+        handover checkpoints do not wait; a longer interval only means more records to read
+        again after a crash, never a different result.)"""
         if self._since_checkpoint == 0:
+            return False
+        since = time.monotonic() - self._last_checkpoint
+        if since < self._checkpoint_pause:
             return False
         return (
             self._since_checkpoint >= self.opts.checkpoint_every_events
-            or time.monotonic() - self._last_checkpoint >= self.opts.checkpoint_every_s
+            or since >= self.opts.checkpoint_every_s
         )
 
     def _drain_work(self) -> None:

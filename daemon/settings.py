@@ -55,7 +55,9 @@ DEFAULTS: dict[str, Any] = {
         "max_bytes": 16777216,
         "replica_id": None,
     },
-    "checkpoint": {"every_events": 50000, "every": "30s"},
+    # max_share: at most this share of the time goes to count- or time-triggered checkpoints
+    # (their cost grows with the state, e.g. predictions waiting for labels).
+    "checkpoint": {"every_events": 50000, "every": "30s", "max_share": 0.1},
     "join": {"ttl": "7d", "max_entries": 200000},
     "limits": {"max_message_bytes": 1048576},
     "http": {"enabled": True, "host": "127.0.0.1", "port": 9308},
@@ -208,6 +210,9 @@ def _check(data: dict[str, Any], errors: list[str], src: str) -> None:
             parse_duration(data[section][key], f"{src}: {section}.{key}")
         except ConfigError as exc:
             errors.append(str(exc))
+    share = data["checkpoint"]["max_share"]
+    if isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share <= 1:
+        errors.append(f"{src}: checkpoint.max_share: must be a number in (0, 1], got {share!r}")
     for section, key in (
         ("kafka", "max_poll_records"),
         ("join", "max_entries"),
