@@ -232,24 +232,28 @@ def _fast_prediction(obj: dict[str, Any], raw: bytes) -> PredictionEvent | None:
         # one C-level pass over the values: every one a plain JSON scalar
         or not _LEAF.issuperset(map(type, features.values()))
         or not _LEAF.issuperset(map(type, segment.values()))
+        or not _prediction_ok(pred)
     ):
         return None
+    return PredictionEvent(pid, model, version, parse_time(stamp), features, pred, segment, raw)
+
+
+def _prediction_ok(pred: dict[str, Any]) -> bool:
+    """At least one of score, value, label; score and value numbers, label a JSON scalar."""
     found = False
     if "score" in pred:
         if type(pred["score"]) not in _NUMBER:
-            return None
+            return False
         found = True
     if "value" in pred:
         if type(pred["value"]) not in _NUMBER:
-            return None
+            return False
         found = True
     if "label" in pred:
         if type(pred["label"]) not in _LEAF:
-            return None
+            return False
         found = True
-    if not found:
-        return None
-    return PredictionEvent(pid, model, version, parse_time(stamp), features, pred, segment, raw)
+    return found
 
 
 # --- msgspec: the common valid event in one C pass -------------------------------------------
@@ -311,20 +315,8 @@ def _from_wire(wire: Any, raw: bytes) -> PredictionEvent | LabelEvent | None:
         or not 0 < len(version) <= _MAX_ID
         or len(features) > _MAX_FEATURES
         or len(segment) > _MAX_FEATURES
+        or not _prediction_ok(pred)
     ):
-        return None
-    found = False
-    if "score" in pred:
-        if type(pred["score"]) not in _NUMBER:
-            return None
-        found = True
-    if "value" in pred:
-        if type(pred["value"]) not in _NUMBER:
-            return None
-        found = True
-    if "label" in pred:
-        found = True
-    if not found:
         return None
     return PredictionEvent(
         pid, model, version, parse_time(wire.timestamp), features, pred, segment, _exact(raw)
