@@ -116,12 +116,69 @@ def model_outputs(model: Any, frame: pd.DataFrame, features: Sequence[str]) -> M
     OpenMP runs single-threaded meanwhile: a holdout is small, and a team of threads that must
     meet at every parallel loop is what makes small predictions slow on a busy machine (4x
     here under load; equal results, the per-row predictions do not depend on the threads).
+    The setting is the calling thread's own, so two threads can each predict with one.
+
+    For the scikit-learn classifiers whose ``predict`` is the class of highest
+    ``predict_proba`` (:func:`_predicts_by_argmax`) the classes are read off the
+    probabilities instead of running the model a second time; rows where two classes tie
+    for the highest probability still ask ``predict`` (these models break such ties from
+    their raw scores, which the rounded probabilities no longer show).
     """
     x = frame[list(features)]
     with _single_threaded():
         proba = np.asarray(model.predict_proba(x)) if hasattr(model, "predict_proba") else None
-        predicted = np.asarray(model.predict(x))
-    return ModelOutputs(predicted, proba, list(getattr(model, "classes_", [0, 1])))
+        classes = getattr(model, "classes_", None)
+        if proba is not None and _predicts_by_argmax(model, proba, classes):
+            top = proba.argmax(axis=1)
+            predicted = np.asarray(classes)[top]
+            tied = np.flatnonzero((proba == proba[np.arange(len(top)), top][:, None]).sum(1) > 1)
+            if tied.size:
+                predicted[tied] = np.asarray(model.predict(x.iloc[tied]))
+        else:
+            predicted = np.asarray(model.predict(x))
+    return ModelOutputs(predicted, proba, list(classes if classes is not None else [0, 1]))
+
+
+def _argmax_types() -> tuple[type, ...]:
+    """scikit-learn classifiers whose ``predict`` is ``classes_[argmax(predict_proba)]`` up
+    to ties: the trees and forests take the argmax itself; the boosting models and logistic
+    regression threshold a raw score that their probabilities are a monotone function of.
+    Exact types only: a subclass may predict its own way (a tuned threshold, say)."""
+    from sklearn.ensemble import (
+        ExtraTreesClassifier,
+        GradientBoostingClassifier,
+        HistGradientBoostingClassifier,
+        RandomForestClassifier,
+    )
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.tree import DecisionTreeClassifier, ExtraTreeClassifier
+
+    return (
+        HistGradientBoostingClassifier,
+        GradientBoostingClassifier,
+        RandomForestClassifier,
+        ExtraTreesClassifier,
+        DecisionTreeClassifier,
+        ExtraTreeClassifier,
+        LogisticRegression,
+    )
+
+
+def _predicts_by_argmax(model: Any, proba: np.ndarray, classes: Any) -> bool:
+    """Whether ``model.predict`` is the argmax of ``proba`` (see :func:`_argmax_types`); a
+    :class:`~sklearn.pipeline.Pipeline` predicts with its last step on the same transformed
+    input as its ``predict_proba``."""
+    from sklearn.pipeline import Pipeline
+
+    final = model
+    while type(final) is Pipeline:
+        final = final.steps[-1][1]
+    return (
+        type(final) in _argmax_types()
+        and classes is not None
+        and proba.ndim == 2
+        and proba.shape[1] == len(classes) >= 2
+    )
 
 
 def _single_threaded() -> AbstractContextManager[Any]:

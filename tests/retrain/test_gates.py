@@ -267,3 +267,87 @@ def test_snapshot_hash_equals_value_by_value_definition() -> None:
     )
     assert snapshot_hash(edge) == _reference_snapshot_hash(edge)
     assert snapshot_hash(edge.iloc[::3]) == _reference_snapshot_hash(edge.iloc[::3])
+
+
+def _classifiers() -> list[Any]:
+    from sklearn.compose import make_column_transformer
+    from sklearn.ensemble import (
+        ExtraTreesClassifier,
+        GradientBoostingClassifier,
+        HistGradientBoostingClassifier,
+        RandomForestClassifier,
+    )
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder
+    from sklearn.tree import DecisionTreeClassifier
+
+    encode = make_column_transformer(
+        (OneHotEncoder(handle_unknown="ignore"), ["plan"]), remainder="passthrough"
+    )
+    return [
+        make_pipeline(encode, HistGradientBoostingClassifier(max_iter=30)),
+        make_pipeline(encode, GradientBoostingClassifier(n_estimators=20)),
+        make_pipeline(encode, RandomForestClassifier(n_estimators=10, random_state=0)),
+        make_pipeline(encode, ExtraTreesClassifier(n_estimators=10, random_state=0)),
+        make_pipeline(encode, DecisionTreeClassifier(max_depth=4)),
+        make_pipeline(encode, LogisticRegression(max_iter=500)),
+    ]
+
+
+@pytest.mark.parametrize("classes", ["binary ints", "binary strings", "three"])
+def test_model_outputs_predictions_equal_predict(classes: str) -> None:
+    """Read off ``predict_proba`` for the classifiers that predict by its argmax, the
+    predicted classes are exactly ``predict``'s, in a pipeline, for ints and strings."""
+    from driftwarden.retrain.gates import model_outputs
+
+    rng = np.random.default_rng(3)
+    n = 3000
+    frame = pd.DataFrame(
+        {"x": rng.normal(size=n), "z": rng.normal(size=n), "plan": rng.choice(["a", "b"], n)}
+    )
+    raw = frame.x + 0.5 * (frame.plan == "a") + rng.normal(size=n)
+    y = (raw > 0).astype(int) if classes != "three" else np.digitize(raw, [-0.5, 0.5])
+    if classes == "binary strings":
+        y = np.where(y == 1, "churn", "stay")
+    for model in _classifiers():
+        model.fit(frame, y)
+        out = model_outputs(model, frame, ["x", "z", "plan"])
+        assert out.predicted.tolist() == model.predict(frame).tolist(), model
+        assert out.classes == list(model.classes_)
+
+
+def test_model_outputs_ties_are_broken_by_predict() -> None:
+    """A row whose classes tie in ``predict_proba`` takes ``predict``'s class: gradient
+    boosting predicts the positive class at a raw score of exactly 0 (argmax would say 0)."""
+    from sklearn.ensemble import GradientBoostingClassifier
+
+    from driftwarden.retrain.gates import model_outputs
+
+    rng = np.random.default_rng(4)
+    frame = pd.DataFrame({"x": rng.normal(size=200)})
+    y = (frame.x > 0).astype(int)
+    model = GradientBoostingClassifier(init="zero", n_estimators=2).fit(frame, y)
+    for tree in model.estimators_.ravel():
+        tree.tree_.value[:] = 0.0  # every raw score 0: probabilities 0.5 / 0.5
+    out = model_outputs(model, frame, ["x"])
+    assert out.predicted.tolist() == model.predict(frame).tolist() == [1] * 200
+
+
+def test_model_outputs_other_classifiers_use_their_predict() -> None:
+    """A subclass (it may predict its own way, a tuned threshold here) is asked ``predict``."""
+    from sklearn.linear_model import LogisticRegression
+
+    from driftwarden.retrain.gates import model_outputs
+
+    class Thresholded(LogisticRegression):
+        def predict(self, X: Any) -> np.ndarray:
+            return (self.predict_proba(X)[:, 1] > 0.8).astype(int)
+
+    rng = np.random.default_rng(5)
+    frame = pd.DataFrame({"x": rng.normal(size=500)})
+    y = (frame.x + rng.normal(size=500) > 0).astype(int)
+    model = Thresholded().fit(frame, y)
+    out = model_outputs(model, frame, ["x"])
+    assert out.predicted.tolist() == model.predict(frame).tolist()
+    assert out.predicted.sum() < (out.proba[:, 1] > 0.5).sum()
