@@ -372,24 +372,33 @@ def _sklearn_label_metrics(yk: pd.Series, pk: pd.Series, positive: str | None) -
 def _classification_metrics(
     y: pd.Series, pred: pd.Series | None, score: pd.Series | None, positive: str | None
 ) -> dict[str, Any]:
+    return _keyed_classification_metrics(
+        y.map(value_key).astype(str).to_numpy(),
+        None if pred is None else pred.map(value_key).astype(str).to_numpy(),
+        None if score is None else score.to_numpy(dtype=np.float64),
+        positive,
+    )
+
+
+def _keyed_classification_metrics(
+    yk: np.ndarray, pk: np.ndarray | None, score: np.ndarray | None, positive: str | None
+) -> dict[str, Any]:
+    """:func:`_classification_metrics` of targets and predictions already keyed
+    (:func:`value_key` as ``str``): a table is keyed once, then sliced."""
     from sklearn import metrics as skm
 
-    out: dict[str, Any] = {"n": int(y.shape[0])}
-    yk = y.map(value_key).astype(str)
-    if pred is not None:
-        pk = pred.map(value_key).astype(str)
-        fast = _binary_counts(yk.to_numpy(), pk.to_numpy(), positive)
+    out: dict[str, Any] = {"n": int(yk.shape[0])}
+    if pk is not None:
+        fast = _binary_counts(yk, pk, positive)
         if fast is not None:
             out.update(fast)
         else:
-            out.update(_sklearn_label_metrics(yk, pk, positive))
+            out.update(_sklearn_label_metrics(pd.Series(yk), pd.Series(pk), positive))
     if score is not None and positive is not None:
-        truth = (yk == positive).to_numpy()
+        truth = yk == positive
         # ROC AUC is undefined when the slice holds one class only.
         out["roc_auc"] = (
-            float(skm.roc_auc_score(truth, score.to_numpy(dtype=np.float64)))
-            if 0 < truth.sum() < truth.size
-            else None
+            float(skm.roc_auc_score(truth, score)) if 0 < truth.sum() < truth.size else None
         )
     return out
 
@@ -473,24 +482,38 @@ def build_profile(
     metrics: dict[str, Any] = {}
     if target is not None and (prediction is not None or score is not None):
 
-        def compute(part: pd.DataFrame) -> dict[str, Any]:
-            part = part[part[target].notna()]
-            if task == "regression":
+        # Targets and predictions are keyed once for the whole table; each slice takes its
+        # rows by position (not as a sub-table: that would copy every column per slice).
+        labeled = df[target].notna().to_numpy()
+        keyed = task != "regression"
+        yk = df[target].map(value_key).astype(str).to_numpy() if keyed else None
+        pk = (
+            df[prediction].map(value_key).astype(str).to_numpy()
+            if keyed and prediction is not None
+            else None
+        )
+        scores = None if score is None else df[score].to_numpy(dtype=np.float64)
+
+        def compute(rows: np.ndarray) -> dict[str, Any]:
+            rows = rows[labeled[rows]]
+            if yk is None:
                 if prediction is None:
-                    return {"n": int(part.shape[0])}
+                    return {"n": int(rows.size)}
+                part = df.iloc[rows]
                 return _regression_metrics(part[target], part[prediction])
-            return _classification_metrics(
-                part[target],
-                None if prediction is None else part[prediction],
-                None if score is None else part[score],
+            return _keyed_classification_metrics(
+                yk[rows],
+                None if pk is None else pk[rows],
+                None if scores is None else scores[rows],
                 positive_label,
             )
 
-        metrics["overall"] = compute(df)
+        metrics["overall"] = compute(np.arange(df.shape[0]))
         slices: dict[str, dict[str, Any]] = {}
         for seg in segments:
-            groups = df.groupby(df[seg].map(value_key, na_action="ignore"), dropna=True)
-            slices[str(seg)] = {str(k): compute(g) for k, g in groups}
+            groups = df.groupby(df[seg].map(value_key, na_action="ignore"), dropna=True).indices
+            # sorted: the order in which the groupby yields its groups
+            slices[str(seg)] = {str(k): compute(groups[k]) for k in sorted(groups)}
         metrics["slices"] = slices
 
     return ReferenceProfile(

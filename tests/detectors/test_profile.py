@@ -100,6 +100,53 @@ def test_metrics_match_sklearn_overall_and_per_slice() -> None:
     assert s["recall"] == pytest.approx(skm.recall_score(ent.churned, ent.pred))
 
 
+@pytest.mark.parametrize("labels", ["ints", "strings", "three"])
+def test_slice_metrics_equal_metrics_of_each_slice_table(labels: str) -> None:
+    """Per slice, the metrics are exactly those of the slice's own sub-table (the table is
+    keyed once and sliced by position): with unlabeled rows, a shuffled non-range index,
+    null segment values, a slice without positives and, for ``three``, a multiclass target."""
+    from driftwarden.detectors.profile import _classification_metrics
+
+    df = _table(3000, seed=5)
+    rng = np.random.default_rng(6)
+    if labels == "strings":
+        df["churned"] = np.where(df.churned == 1, "yes", "no").astype(object)
+        df["pred"] = np.where(df.pred == 1, "yes", "no").astype(object)
+    elif labels == "three":
+        df["churned"] = rng.integers(0, 3, len(df))
+        df["pred"] = rng.integers(0, 3, len(df))
+    df["churned"] = df["churned"].astype(object)
+    df.loc[rng.random(len(df)) < 0.05, "churned"] = None
+    df.loc[rng.random(len(df)) < 0.05, "tier"] = None
+    df.loc[df.plan == "team", "churned"] = df.loc[df.plan == "team", "churned"].where(
+        df.loc[df.plan == "team", "churned"].isna(), df.churned.dropna().iloc[0]
+    )
+    df.index = rng.permutation(len(df)) * 3 + 7
+    p = build_profile(
+        df,
+        "churn",
+        target="churned",
+        prediction="pred",
+        score=None if labels == "three" else "score",
+        segments=["tier", "plan"],
+    )
+
+    def expected(part: pd.DataFrame) -> dict:
+        part = part[part["churned"].notna()]
+        return _classification_metrics(
+            part["churned"],
+            part["pred"],
+            None if labels == "three" else part["score"],
+            p.positive_label,
+        )
+
+    assert p.metrics["overall"] == expected(df)
+    for seg in ("tier", "plan"):
+        want = {str(k): expected(g) for k, g in df.groupby(seg, dropna=True)}
+        assert p.metrics["slices"][seg] == want
+        assert list(p.metrics["slices"][seg]) == sorted(want)
+
+
 def test_regression_profile() -> None:
     """A continuous target makes a regression profile with MAE and RMSE."""
     rng = np.random.default_rng(3)
