@@ -1,7 +1,10 @@
 """A durable, bounded store of labeled examples (predictions joined with their labels).
 
 The daemon appends every joined example here; the retrain pipeline reads the recent ones as
-a table. Per model the store is a folder of append-only JSONL segment files:
+a table. Per model the store is a folder of append-only JSONL segment files, and the rows
+live only there (a read parses them), so that memory does not grow with the rows kept, for
+many models: it holds an index of numpy arrays, 24 bytes per row (the id's hash and the event
+time in append order, the hash again in a sorted array) and 16 per remembered evicted id.
 
 * an append writes whole lines, flushes and ``fsync``\\ s before returning, so an acknowledged
   row survives a crash — or, with ``sync=False``, leaves the ``fsync`` to the next
@@ -9,7 +12,13 @@ a table. Per model the store is a folder of append-only JSONL segment files:
   produced the rows are committed: a crash before it replays them, and replays are skipped by
   id); a torn last line (a crash mid-write) is cut off when the file is opened again;
 * rows are keyed by ``prediction_id``: a row whose id is already stored is skipped, so a
-  replay after a crash never duplicates rows;
+  replay after a crash never duplicates rows. Ids are compared by a 64-bit hash (BLAKE2b of
+  the UTF-8 id): among n ids some two collide with probability ~n²/2⁶⁵ (~3·10⁻¹⁰ for the
+  ~110 000 ids a model at the default bound remembers), and a new id whose hash collides with
+  a known one is skipped as a duplicate;
+* row i of a model is the i-th line after the header across its segments in order, so a
+  compaction copies the kept rows' lines without parsing them; a folder where that does not
+  hold (blank lines, a duplicate id: not written by this store) is rewritten when opened;
 * when a model holds more than ``max_rows_per_model`` rows (plus some slack, so compaction is
   not paid on every append), or rows older than ``max_age_s`` (event time, relative to the
   newest row), the newest rows are rewritten into one new segment (write to a temporary
@@ -17,25 +26,29 @@ a table. Per model the store is a folder of append-only JSONL segment files:
   starts with a header naming the segments it replaces, so a crash between the rename and the
   deletions is repaired on the next open instead of doubling rows.
 
-Evicted ids are remembered (up to ``max_rows_per_model`` of them, carried in the compaction
-header) so a late replay of an evicted row is not stored again.
+Evicted ids are remembered (up to ``max_rows_per_model`` of them, their hashes carried in the
+compaction header; headers written before the hashes list the ids, and are still read) so a
+late replay of an evicted row is not stored again.
 """
 
 from __future__ import annotations
 
+import base64
 import math
 import os
 import re
 import threading
-from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
 from datetime import datetime
+from hashlib import blake2b
 from itertools import chain
 from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+import msgspec
 import numpy as np
 import orjson
 import pandas as pd
@@ -47,9 +60,15 @@ log = structlog.get_logger(__name__)
 
 _SEGMENT_RE = re.compile(r"^seg-(\d{8})\.jsonl$")
 _HEADER_KEY = "_driftwarden_compacted"
+# The header's evicted ids: base64 of their hashes (see _hash_ids) as little-endian uint64s.
+_EVICTED_KEY = "evicted_blake2b64"
 # Compact once the row count exceeds the bound by this fraction (amortises the rewrite).
 _SLACK = 0.25
 _MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+# The index's per-row arrays grow by this factor (amortised appends, little unused room).
+_GROWTH = 1.25
+# _IdSet merges its recent ids into the sorted bulk past max(this, 1/16 of the bulk).
+_MERGE_MIN = 1024
 
 
 def to_epoch_seconds(value: Any) -> float:
@@ -68,15 +87,125 @@ def to_epoch_seconds(value: Any) -> float:
     raise ValueError(f"timestamp {value!r} is neither a number nor an ISO-8601 string.")
 
 
-@dataclass
-class _ModelState:
-    """One model's in-memory view: its rows in append order and the segment being written."""
+class _Key(msgspec.Struct, gc=False):
+    """What the index needs of a stored line (the decoder skips the rest unbuilt)."""
 
-    directory: Path
-    rows: OrderedDict[str, dict[str, Any]] = field(default_factory=OrderedDict)
-    evicted: OrderedDict[str, None] = field(default_factory=OrderedDict)
-    segment_no: int = 0
-    newest_ts: float = -math.inf
+    prediction_id: str
+    timestamp: float | None = None
+
+
+_KEYS = msgspec.json.Decoder(_Key)
+# Parses the rows a read returns: as fast as orjson line by line and no split of the data.
+_ROWS = msgspec.json.Decoder()
+
+
+class _Column:
+    """A numpy vector with amortised O(1) appends."""
+
+    __slots__ = ("_buf", "size")
+
+    def __init__(self, values: np.ndarray) -> None:
+        self._buf = values
+        self.size = len(values)
+
+    @property
+    def values(self) -> np.ndarray:
+        return self._buf[: self.size]
+
+    @property
+    def nbytes(self) -> int:
+        return self._buf.nbytes
+
+    def extend(self, new: np.ndarray) -> None:
+        end = self.size + len(new)
+        if end > len(self._buf):
+            grown = np.empty(max(end, int(len(self._buf) * _GROWTH), 64), self._buf.dtype)
+            grown[: self.size] = self.values
+            self._buf = grown
+        self._buf[self.size : end] = new
+        self.size = end
+
+
+class _IdSet:
+    """A set of id hashes: a sorted array, plus a small sorted array of the latest additions
+    merged into it once it holds a sixteenth as many (each add stays cheap, each id is copied
+    a bounded number of times on average)."""
+
+    __slots__ = ("_bulk", "_recent")
+
+    def __init__(self, ids: np.ndarray) -> None:
+        self._bulk = np.sort(ids)
+        self._recent = np.empty(0, np.uint64)
+
+    @property
+    def nbytes(self) -> int:
+        return self._bulk.nbytes + self._recent.nbytes
+
+    def contains(self, ids: np.ndarray) -> np.ndarray:
+        return _in_sorted(self._bulk, ids) | _in_sorted(self._recent, ids)
+
+    def add(self, ids: np.ndarray) -> None:
+        # A sorted run and a short one: the stable sort (timsort) merges them in linear time.
+        self._recent = np.sort(np.concatenate([self._recent, ids]), kind="stable")
+        if len(self._recent) > max(_MERGE_MIN, len(self._bulk) >> 4):
+            self._bulk = np.sort(np.concatenate([self._bulk, self._recent]), kind="stable")
+            self._recent = np.empty(0, np.uint64)
+
+
+def _in_sorted(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Which of ``ids`` the sorted array ``sorted_ids`` holds."""
+    if not len(sorted_ids):
+        return np.zeros(len(ids), dtype=bool)
+    pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
+    return sorted_ids[pos] == ids
+
+
+@dataclass
+class _Segment:
+    """A segment file: one row per line from ``start`` (after a compaction header) to ``end``
+    (what the store wrote and indexed; an append in progress writes past it)."""
+
+    no: int
+    path: Path
+    start: int = 0
+    end: int = 0
+    rows: int = 0
+
+
+class _ModelState:
+    """One model's index: per row, in append order, its id's hash and its event time (NaN:
+    none); every id stored or evicted (the membership test of an append); the evicted ids,
+    oldest first; the segments, the last one being written."""
+
+    def __init__(
+        self,
+        directory: Path,
+        segments: list[_Segment],
+        hashes: np.ndarray,
+        stamps: np.ndarray,
+        evicted: np.ndarray,
+    ) -> None:
+        self.directory = directory
+        self.segments = segments
+        self.reset(hashes, stamps, evicted)
+        stamped = stamps[~np.isnan(stamps)]
+        self.newest_ts = float(stamped.max()) if len(stamped) else -math.inf
+
+    def reset(self, hashes: np.ndarray, stamps: np.ndarray, evicted: np.ndarray) -> None:
+        """Index these rows (a compaction's kept ones) and evicted ids."""
+        self.hashes = _Column(hashes)
+        self.stamps = _Column(stamps)
+        self.evicted = evicted
+        self.known = _IdSet(np.concatenate([hashes, evicted]))
+
+    @property
+    def count(self) -> int:
+        return self.hashes.size
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the index arrays."""
+        return self.hashes.nbytes + self.stamps.nbytes + self.known.nbytes + self.evicted.nbytes
 
 
 class LabeledStore:
@@ -84,8 +213,10 @@ class LabeledStore:
 
     A row is a dict with ``prediction_id`` (required), ``features`` (dict), ``label``, and
     optionally ``prediction`` (``{"label", "score", "value"}``), ``segment`` (dict),
-    ``timestamp`` (epoch seconds or ISO-8601) and ``model_version``. Thread-safe: the daemon
-    appends while a retrain worker reads.
+    ``timestamp`` (epoch seconds or ISO-8601) and ``model_version``. Rows are read back from
+    their JSON lines: a value JSON lacks comes back as orjson wrote it (a tuple as a list, NaN
+    as None, a datetime as a string). Thread-safe: the daemon appends while a retrain worker
+    reads (a read parses outside the lock).
 
     >>> import tempfile
     >>> store = LabeledStore(tempfile.mkdtemp(), max_rows_per_model=100)
@@ -125,30 +256,37 @@ class LabeledStore:
         """
         with self._lock:
             state = self._state(model)
-            fresh: list[dict[str, Any]] = []
-            seen: set[str] = set()
-            for i, raw in enumerate(rows):
-                row = _normalise(raw, model, i)
-                pid = row["prediction_id"]
-                if pid in state.rows or pid in state.evicted or pid in seen:
-                    continue
-                seen.add(pid)
-                fresh.append(row)
-            if not fresh:
+            normalised = [_normalise(raw, model, i) for i, raw in enumerate(rows)]
+            hashes = _hash_ids(r["prediction_id"] for r in normalised)
+            _, first = np.unique(hashes, return_index=True)  # each id's first row
+            new = np.sort(first[~state.known.contains(hashes[first])])
+            if not len(new):
                 return 0
-            path = self._segment_path(state, state.segment_no)
+            fresh = [normalised[i] for i in new.tolist()]
             payload = b"".join(orjson.dumps(r) + b"\n" for r in fresh)
-            with open(path, "ab") as fh:
-                fh.write(payload)
-                fh.flush()
-                if sync:
-                    os.fsync(fh.fileno())
-                else:
-                    self._unsynced.add(path)
-            for r in fresh:
-                state.rows[r["prediction_id"]] = r
-                if r["timestamp"] is not None:
-                    state.newest_ts = max(state.newest_ts, r["timestamp"])
+            segment = state.segments[-1]
+            try:
+                with open(segment.path, "ab") as fh:
+                    fh.write(payload)
+                    fh.flush()
+                    if sync:
+                        os.fsync(fh.fileno())
+                    else:
+                        self._unsynced.add(segment.path)
+            except BaseException:
+                # Part of the payload may be in the file: index the folder again, as after
+                # a crash (the torn tail is cut), before the next use.
+                del self._models[model]
+                raise
+            segment.end += len(payload)
+            segment.rows += len(fresh)
+            stamps = [r["timestamp"] for r in fresh]
+            state.hashes.extend(hashes[new])
+            state.stamps.extend(np.array([math.nan if t is None else t for t in stamps]))
+            state.known.add(hashes[new])
+            stamped = [t for t in stamps if t is not None]
+            if stamped:
+                state.newest_ts = max(state.newest_ts, max(stamped))
             self._maybe_compact(model, state)
             return len(fresh)
 
@@ -170,39 +308,32 @@ class LabeledStore:
             return n
 
     def rows(self, model: str) -> list[dict[str, Any]]:
-        """The stored rows of ``model`` in append order (copies)."""
-        with self._lock:
-            return [dict(r) for r in self._state(model).rows.values()]
+        """The stored rows of ``model`` in append order (parsed from disk: the caller's own)."""
+        return self._read(model)
 
     def shared_rows(self, model: str) -> list[Mapping[str, Any]]:
-        """:meth:`rows` without the copies: the stored row dicts themselves, for readers that
-        only read them (the retrain snapshot). They must not be modified.
+        """:meth:`rows`, under the name read-only readers (the retrain snapshot) call.
 
-        The store never changes a row once stored (compaction and appends only add or drop
-        whole rows), so the list is a consistent view even while appends go on. Copying 50 000
-        dicts costs more than the copy itself: under Python's default GC thresholds the
-        copies bring on a full garbage collection of the whole heap.
+        The rows used to be shared with the store's memory; the store no longer keeps them,
+        so these are freshly parsed dicts too.
         """
-        with self._lock:
-            return list(self._state(model).rows.values())
+        return self._read(model)
 
     def count(self, model: str) -> int:
         """How many rows ``model`` holds."""
         with self._lock:
-            return len(self._state(model).rows)
+            return self._state(model).count
 
     def frame(self, model: str, last: int | None = None) -> pd.DataFrame:
-        """The stored rows as a flat table, oldest first (``last``: only the newest N).
+        """The stored rows as a flat table, oldest first (``last``: only the newest N, the
+        older ones are not parsed).
 
         Columns: one per feature (by name); one per segment key (by name, or
         ``segment.<key>`` where a feature has the same name); ``label``, ``score``,
         ``predicted`` (the predicted label), ``value``, ``timestamp`` (epoch seconds),
         ``prediction_id`` and ``model_version``.
         """
-        rows = self.shared_rows(model)
-        if last is not None:
-            rows = rows[-last:] if last > 0 else []
-        return flatten_rows(rows)
+        return flatten_rows(self._read(model, last))
 
     def compact(self, model: str) -> None:
         """Apply the bounds now and rewrite the model's rows into one segment."""
@@ -219,10 +350,6 @@ class LabeledStore:
             )
         return self.directory / model
 
-    @staticmethod
-    def _segment_path(state: _ModelState, no: int) -> Path:
-        return state.directory / f"seg-{no:08d}.jsonl"
-
     def _state(self, model: str) -> _ModelState:
         state = self._models.get(model)
         if state is None:
@@ -230,52 +357,96 @@ class LabeledStore:
             self._models[model] = state
         return state
 
+    def _read(self, model: str, last: int | None = None) -> list[Any]:
+        """The stored rows (the newest ``last``), parsed from the segments.
+
+        Under the lock the segments are only opened and their extents noted: appends write
+        past those extents, and a compaction writes a new file and unlinks the old ones (an
+        open file stays readable), so reading and parsing run outside the lock while the
+        appends go on.
+        """
+        with ExitStack() as files:
+            parts: list[tuple[BinaryIO, int, int, int, int]] = []  # file, start, end, rows, skip
+            with self._lock:
+                state = self._state(model)
+                wanted = state.count if last is None else max(0, min(last, state.count))
+                for seg in reversed(state.segments):
+                    if wanted <= 0:
+                        break
+                    if seg.rows:
+                        fh = files.enter_context(open(seg.path, "rb"))
+                        take = min(seg.rows, wanted)
+                        parts.append((fh, seg.start, seg.end, seg.rows, seg.rows - take))
+                        wanted -= take
+            out: list[Any] = []
+            for file, start, end, rows, skip in reversed(parts):
+                file.seek(start)
+                data = file.read(end - start)
+                out += _ROWS.decode_lines(memoryview(data)[_line_start(data, skip, rows) :])
+            return out
+
     def _load(self, model: str) -> _ModelState:
         directory = self._model_dir(model)
         directory.mkdir(parents=True, exist_ok=True)
-        state = _ModelState(directory=directory)
         for tmp in directory.glob("*.tmp"):
             tmp.unlink()  # an unfinished compaction: its source segments are still there
-        numbers = sorted(
-            int(m.group(1)) for p in directory.iterdir() if (m := _SEGMENT_RE.match(p.name))
-        )
+        numbers = _segment_numbers(directory)
         # A compacted segment replaces every segment before it; a crash may have left them.
         for no in reversed(numbers):
-            header = _read_header(self._segment_path(state, no))
-            if header is not None:
+            if _read_header(directory / _segment_name(no)) is not None:
                 for old in [n for n in numbers if n < no]:
-                    self._segment_path(state, old).unlink(missing_ok=True)
+                    (directory / _segment_name(old)).unlink(missing_ok=True)
                 numbers = [n for n in numbers if n >= no]
                 break
+        segments: list[_Segment] = []
+        scans: list[tuple[bytes, _Scan]] = []
         for no in numbers:
-            path = self._segment_path(state, no)
-            for obj in _read_lines(path, repair=(no == numbers[-1])):
-                if _HEADER_KEY in obj:
-                    for pid in obj.get("evicted", []):
-                        state.evicted[str(pid)] = None
-                    continue
-                pid = str(obj["prediction_id"])
-                if pid in state.rows:
-                    continue
-                state.rows[pid] = obj
-                if obj.get("timestamp") is not None:
-                    state.newest_ts = max(state.newest_ts, float(obj["timestamp"]))
-        state.segment_no = numbers[-1] if numbers else 1
-        if len(state.rows) or numbers:
-            log.debug(
-                "labeled_store.loaded", model=model, rows=len(state.rows), segments=len(numbers)
-            )
+            path = directory / _segment_name(no)
+            data = path.read_bytes()
+            scan = _scan(data)
+            if scan.end < len(data):
+                log.warning("labeled_store.torn_tail", path=str(path), bytes=len(data) - scan.end)
+                if no == numbers[-1]:  # cut, so the next append starts on a clean line
+                    with open(path, "r+b") as fh:
+                        fh.truncate(scan.end)
+                        fh.flush()
+                        os.fsync(fh.fileno())
+            segments.append(_Segment(no, path, scan.start, scan.end, len(scan.ids)))
+            scans.append((data, scan))
+        if not segments:
+            segments.append(_Segment(1, directory / _segment_name(1)))
+        hashes = _hash_ids(chain.from_iterable(s.ids for _, s in scans))
+        stamps = np.array([t for _, s in scans for t in s.stamps], dtype=np.float64)
+        evicted = np.concatenate(
+            [np.empty(0, np.uint64), *(e for _, s in scans for e in s.evicted)]
+        )
+        _, first = np.unique(hashes, return_index=True)
+        unclean = len(first) < len(hashes) or any(s.lines is not None for _, s in scans)
+        keep = np.sort(first)  # a duplicate id: its first row, as before
+        state = _ModelState(directory, segments, hashes[keep], stamps[keep], evicted)
+        if unclean:
+            lines = [
+                line
+                for data, s in scans
+                for line in (
+                    data[s.start : s.end].split(b"\n")[:-1] if s.lines is None else s.lines
+                )
+            ]
+            self._rewrite(state, (lines[i] + b"\n" for i in keep.tolist()), len(keep), evicted)
+            log.warning("labeled_store.rewritten", model=model, rows=state.count)
+        if state.count or numbers:
+            log.debug("labeled_store.loaded", model=model, rows=state.count, segments=len(numbers))
         return state
 
     def _over_bounds(self, state: _ModelState) -> bool:
-        if len(state.rows) > self.max_rows_per_model * (1 + _SLACK):
+        if state.count > self.max_rows_per_model * (1 + _SLACK):
             return True
-        if self.max_age_s is not None and state.rows:
-            oldest = next(iter(state.rows.values()))["timestamp"]
+        if self.max_age_s is not None and state.count:
+            oldest = float(state.stamps.values[0])
             # Append order is close to event order; compacting by age costs a rewrite, so
             # allow the same slack in time as in rows.
             horizon = state.newest_ts - self.max_age_s * (1 + _SLACK)
-            if oldest is not None and oldest < horizon:
+            if oldest < horizon:  # False for NaN (no timestamp)
                 return True
         return False
 
@@ -284,39 +455,60 @@ class LabeledStore:
             self._compact(model, state)
 
     def _compact(self, model: str, state: _ModelState) -> None:
-        keep = list(state.rows.values())
+        hashes, stamps = state.hashes.values, state.stamps.values
+        keep = np.arange(state.count)
         if self.max_age_s is not None and math.isfinite(state.newest_ts):
             horizon = state.newest_ts - self.max_age_s
-            keep = [r for r in keep if r["timestamp"] is None or r["timestamp"] >= horizon]
+            keep = np.flatnonzero(np.isnan(stamps) | (stamps >= horizon))
         keep = keep[-self.max_rows_per_model :]
-        kept_ids = {r["prediction_id"] for r in keep}
-        for pid in state.rows:
-            if pid not in kept_ids:
-                state.evicted[pid] = None
-        while len(state.evicted) > self.max_rows_per_model:
-            state.evicted.popitem(last=False)
+        dropped = np.ones(state.count, dtype=bool)
+        dropped[keep] = False
+        evicted = np.concatenate([state.evicted, hashes[dropped]])
+        evicted = evicted[-self.max_rows_per_model :].copy()
+        try:
+            self._rewrite(state, _kept_lines(state.segments, keep), len(keep), evicted)
+        except BaseException:
+            del self._models[model]  # the folder may be half rewritten: index it again
+            raise
+        n_dropped = state.count - len(keep)
+        state.reset(hashes[keep], stamps[keep], evicted)
+        log.info("labeled_store.compacted", model=model, kept=len(keep), dropped=n_dropped)
 
-        old_numbers = sorted(
-            int(m.group(1)) for p in state.directory.iterdir() if (m := _SEGMENT_RE.match(p.name))
-        )
-        new_no = (old_numbers[-1] if old_numbers else state.segment_no) + 1
-        final = self._segment_path(state, new_no)
+    def _rewrite(
+        self,
+        state: _ModelState,
+        lines: Iterable[bytes | memoryview],
+        rows: int,
+        evicted: np.ndarray,
+    ) -> None:
+        """Replace the model's segments by one holding ``lines`` (``rows`` rows, newlines
+        included) after a header that names the segments it replaces and carries the evicted
+        ids (temporary file, fsync, rename, fsync the folder, then delete the old segments)."""
+        directory = state.directory
+        old_numbers = _segment_numbers(directory)
+        new_no = (old_numbers[-1] if old_numbers else state.segments[-1].no) + 1
+        final = directory / _segment_name(new_no)
         tmp = final.with_name(final.name + ".tmp")
-        header = {_HEADER_KEY: True, "replaces_before": new_no, "evicted": list(state.evicted)}
+        header = orjson.dumps(
+            {
+                _HEADER_KEY: True,
+                "replaces_before": new_no,
+                _EVICTED_KEY: base64.b64encode(evicted.astype("<u8").tobytes()).decode(),
+            }
+        )
         with open(tmp, "wb") as fh:
-            fh.write(orjson.dumps(header) + b"\n")
-            fh.write(b"".join(orjson.dumps(r) + b"\n" for r in keep))
+            fh.write(header + b"\n")
+            for chunk in lines:
+                fh.write(chunk)
+            end = fh.tell()
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, final)
-        _fsync_dir(state.directory)
+        _fsync_dir(directory)
         for no in old_numbers:
-            self._segment_path(state, no).unlink(missing_ok=True)
-        _fsync_dir(state.directory)
-        dropped = len(state.rows) - len(keep)
-        state.rows = OrderedDict((r["prediction_id"], r) for r in keep)
-        state.segment_no = new_no
-        log.info("labeled_store.compacted", model=model, kept=len(keep), dropped=dropped)
+            (directory / _segment_name(no)).unlink(missing_ok=True)
+        _fsync_dir(directory)
+        state.segments = [_Segment(new_no, final, len(header) + 1, end, rows)]
 
 
 def _normalise(raw: Mapping[str, Any], model: str, index: int) -> dict[str, Any]:
@@ -459,46 +651,133 @@ def _flatten_rows_loop(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     return frame
 
 
-def _read_header(path: Path) -> dict[str, Any] | None:
+def _segment_name(no: int) -> str:
+    return f"seg-{no:08d}.jsonl"
+
+
+def _segment_numbers(directory: Path) -> list[int]:
+    return sorted(int(m.group(1)) for p in directory.iterdir() if (m := _SEGMENT_RE.match(p.name)))
+
+
+def _hash_ids(ids: Iterable[str]) -> np.ndarray:
+    """Each id's 64-bit hash: BLAKE2b-64 of its UTF-8 bytes, little-endian — the same in every
+    process, as the hashes of evicted ids are persisted."""
+    digests = b"".join(
+        blake2b(i.encode("utf-8", "surrogatepass"), digest_size=8).digest() for i in ids
+    )
+    return np.frombuffer(digests, dtype="<u8").astype(np.uint64)
+
+
+def _header_of(line: bytes) -> dict[str, Any] | None:
     try:
-        with open(path, "rb") as fh:
-            first = fh.readline()
-    except FileNotFoundError:
-        return None
-    try:
-        obj = orjson.loads(first)
+        obj = orjson.loads(line)
     except orjson.JSONDecodeError:
         return None
     return obj if isinstance(obj, dict) and obj.get(_HEADER_KEY) else None
 
 
-def _read_lines(path: Path, *, repair: bool) -> list[dict[str, Any]]:
-    """Parse a segment; a torn trailing line (crash mid-write) is dropped and, if ``repair``,
-    cut from the file so the next append starts on a clean line."""
-    data = path.read_bytes()
-    out: list[dict[str, Any]] = []
-    good_end = 0
-    pos = 0
-    while pos < len(data):
-        nl = data.find(b"\n", pos)
-        if nl < 0:
-            break  # no newline: the last write never finished
+def _read_header(path: Path) -> dict[str, Any] | None:
+    try:
+        with open(path, "rb") as fh:
+            return _header_of(fh.readline())
+    except FileNotFoundError:
+        return None
+
+
+def _header_evicted(header: Mapping[str, Any]) -> np.ndarray:
+    """The hashes of the evicted ids a compaction header carries (older headers list ids)."""
+    listed = _hash_ids(str(pid) for pid in header.get("evicted", []))
+    hashed = np.frombuffer(base64.b64decode(header.get(_EVICTED_KEY, "")), dtype="<u8")
+    return np.concatenate([listed, hashed.astype(np.uint64)])
+
+
+@dataclass
+class _Scan:
+    """A segment file as indexed on open: its rows' ids and event times (NaN: none), where
+    its rows start (after a header) and end (after the last complete line), the evicted ids
+    of its header(s), and each row's line when rows and lines do not map one to one."""
+
+    start: int
+    end: int
+    ids: list[str]
+    stamps: list[float]
+    evicted: list[np.ndarray]
+    lines: list[bytes] | None
+
+
+def _scan(data: bytes) -> _Scan:
+    """Index a segment's data. Usually in one typed pass that builds only each line's id and
+    time; else line by line as the original reader did: a blank line or a header is no row,
+    and an unparseable line is a torn write (nothing after it was acknowledged)."""
+    first_nl = data.find(b"\n")
+    header = _header_of(data[:first_nl]) if first_nl >= 0 else None
+    start = first_nl + 1 if header is not None else 0
+    evicted = [] if header is None else [_header_evicted(header)]
+    end = data.rfind(b"\n") + 1
+    try:
+        keys = _KEYS.decode_lines(memoryview(data)[start:end])
+    except msgspec.DecodeError:  # a torn or foreign line: see below
+        keys = None
+    if keys is not None and len(keys) == data.count(b"\n", start, end):
+        ids = [k.prediction_id for k in keys]
+        stamps = [math.nan if k.timestamp is None else k.timestamp for k in keys]
+        return _Scan(start, end, ids, stamps, evicted, None)
+    ids, stamps, lines = [], [], []
+    pos = good_end = start
+    while (nl := data.find(b"\n", pos)) >= 0:
         line = data[pos:nl]
         if line.strip():
             try:
-                out.append(orjson.loads(line))
+                obj = orjson.loads(line)
             except orjson.JSONDecodeError:
-                break  # a torn write; nothing after it was acknowledged
-        pos = nl + 1
-        good_end = pos
-    if good_end < len(data):
-        log.warning("labeled_store.torn_tail", path=str(path), bytes=len(data) - good_end)
-        if repair:
-            with open(path, "r+b") as fh:
-                fh.truncate(good_end)
-                fh.flush()
-                os.fsync(fh.fileno())
-    return out
+                break
+            if _HEADER_KEY in obj:
+                evicted.append(_header_evicted(obj))
+            else:
+                ids.append(str(obj["prediction_id"]))
+                ts = obj.get("timestamp")
+                stamps.append(math.nan if ts is None else float(ts))
+                lines.append(line)
+        pos = good_end = nl + 1
+    one_to_one = len(lines) == data.count(b"\n", start, good_end)
+    return _Scan(start, good_end, ids, stamps, evicted, None if one_to_one else lines)
+
+
+def _kept_lines(segments: list[_Segment], keep: np.ndarray) -> Iterator[memoryview]:
+    """The lines of the rows ``keep`` (indices in append order, ascending) as slices of the
+    segment files' bytes, one slice per run of consecutive rows: a compaction copies them
+    without parsing or splitting them into a bytes object each."""
+    first = 0
+    for seg in segments:
+        local = keep[(keep >= first) & (keep < first + seg.rows)] - first
+        first += seg.rows
+        if not len(local):
+            continue
+        with open(seg.path, "rb") as fh:
+            fh.seek(seg.start)
+            data = fh.read(seg.end - seg.start)
+        ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n")) + 1
+        starts = np.concatenate([[0], ends[:-1]])
+        cut = np.flatnonzero(np.diff(local) != 1) + 1  # where a run of rows breaks
+        run_first = local[np.concatenate([[0], cut])].tolist()
+        run_last = local[np.concatenate([cut - 1, [len(local) - 1]])].tolist()
+        view = memoryview(data)
+        for a, b in zip(run_first, run_last, strict=True):
+            yield view[starts[a] : ends[b]]
+
+
+def _line_start(data: bytes, k: int, lines: int) -> int:
+    """Where line ``k`` of ``data`` (``lines`` newline-terminated lines) starts, counted from
+    the nearer end."""
+    pos = 0
+    if k <= lines - k:
+        for _ in range(k):
+            pos = data.index(b"\n", pos) + 1
+        return pos
+    pos = len(data)
+    for _ in range(lines - k):
+        pos = data.rindex(b"\n", 0, pos - 1) + 1
+    return pos
 
 
 def _fsync_dir(directory: Path) -> None:
