@@ -371,6 +371,28 @@ def memory_section(run: Run) -> Section:
         )
     else:
         s.verdicts.append(("≤ 300 MB for 100 models × 25 features", "—", None))
+    k = results.get("store")
+    if k is not None:
+        extra = f"{k['used_mb']:.1f} MB"
+        if m is not None:
+            share = k["used_mb"] - m["used_mb"]
+            extra += (
+                f"; {share:+.1f} MB against the models run without a store "
+                f"(≈ {1e6 * share / max(1, k['stored_rows']):.0f} B per stored row)"
+            )
+        s.notes.append(
+            f"store run: the models run with every policy retraining, so the daemon keeps "
+            f"each model's labeled examples: {k['stored_rows']:,} rows "
+            f"({k['store_disk_mb']:.1f} MB on disk); RSS after warm-up − baseline {extra}"
+        )
+        s.verdicts.append(
+            (
+                "≤ 300 MB for 100 models × 25 features, every policy retraining (labeled "
+                "examples kept)",
+                f"{k['used_mb']:.1f} MB for {k['models']} models",
+                bool(k["met"]) and k["models"] >= 100,
+            )
+        )
     return s
 
 

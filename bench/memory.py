@@ -15,6 +15,11 @@ once CPython and glibc have grown the heap, so a part that ran before would colo
   ``--windows`` (3) windows of ``--window`` (1000) predictions per model (labels for half of
   them). Reported: RSS after that warm-up minus the baseline (interpreter, imports, policies and
   the daemon built, no event yet); target <= 300 MB.
+- **store** — the models part again with every model's policy retraining: the daemon keeps
+  each model's labeled examples in the labeled store (``retrain/labeled_store.py``, under the
+  state directory, as ``driftwarden run`` does for a policy with a retrain action, fsync'ed at
+  each checkpoint). Reported like the models part, and the store's own share: the difference
+  to the models part of the same run, per stored row.
 
 Events are generated in blocks as they are handed to the daemon (nothing big is held), seeded,
 with the throughput bench's columns (20 numeric, 5 categorical features, 3 segments, a score).
@@ -40,6 +45,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +66,7 @@ from driftwarden.daemon.runner import Daemon, DaemonOptions
 from driftwarden.daemon.settings import DEFAULTS, parse_duration
 from driftwarden.daemon.sinks import Sink
 from driftwarden.daemon.sources import RawRecord, Source
+from driftwarden.retrain.labeled_store import LabeledStore
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -309,7 +316,12 @@ def _setup(base: Path, window: int, labeled: int) -> Path:
 
 
 def _daemon(
-    base: Path, source: GeneratingSource, window: int, labeled: int, join_ttl_s: float
+    base: Path,
+    source: GeneratingSource,
+    window: int,
+    labeled: int,
+    join_ttl_s: float,
+    store: LabeledStore | None = None,
 ) -> Daemon:
     policies = load_policy_set(_setup(base, window, labeled))
     options = DaemonOptions(
@@ -326,9 +338,17 @@ def _daemon(
         policies=policies,
         profile_loader=ProfileLoader(policies),
         options=options,
+        on_labeled=None if store is None else partial(_keep_labeled, store),
     )
+    if store is not None:
+        daemon.before_checkpoint.append(store.sync)
     daemon.assign(list(range(source.partitions)))
     return daemon
+
+
+def _keep_labeled(store: LabeledStore, model: str, rows: list[dict[str, Any]]) -> None:
+    """What ``driftwarden run`` does with a retraining model's labeled examples."""
+    store.append(model, rows, sync=False)
 
 
 def waiting(daemon: Daemon) -> tuple[int, int, int]:
@@ -463,8 +483,15 @@ def growth(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def models(args: argparse.Namespace) -> dict[str, Any]:
-    """Part (b): RSS above baseline with one monitor per model after a few windows each."""
+    """Part (b): RSS above baseline with one monitor per model after a few windows each
+    (part (c), ``--part store``: with every model's labeled examples kept)."""
     base = Path(tempfile.mkdtemp(prefix="dw-memory-"))
+    keep = args.part == "store"
+    store = (
+        LabeledStore(base / "labeled", max_rows_per_model=int(DEFAULTS["retrain"]["labeled_rows"]))
+        if keep
+        else None
+    )
     per_model = args.window * args.windows
     try:
         events = GeneratedEvents(
@@ -480,7 +507,7 @@ def models(args: argparse.Namespace) -> dict[str, Any]:
         total = args.models * per_model + int(args.models * BLOCK * (blocks - 1) * args.label_share)
         source = GeneratingSource(events, total, args.partitions)
         labeled = max(100, int(args.window * args.label_share))
-        daemon = _daemon(base, source, args.window, labeled, args.join_ttl)
+        daemon = _daemon(base, source, args.window, labeled, args.join_ttl, store)
         gc.collect()
         source.prime()
         gc.collect()
@@ -492,6 +519,8 @@ def models(args: argparse.Namespace) -> dict[str, Any]:
         after = rss_mb()
         monitors, wp, wl = waiting(daemon)
         trimmed, released = release_join_buffers(daemon)
+        stored = sum(store.count(name) for name in events.names) if store else 0
+        disk = sum(f.stat().st_size for f in (base / "labeled").rglob("*") if f.is_file())
     finally:
         shutil.rmtree(base, ignore_errors=True)
     used = after - baseline
@@ -512,8 +541,15 @@ def models(args: argparse.Namespace) -> dict[str, Any]:
         f"({1e3 * join_mb / max(1, wp + wl):.1f} KB per waiting entry): the monitors without "
         f"them ≈ {used - join_mb:.1f} MB ({(used - join_mb) / max(1, monitors):.2f} MB per model)"
     )
+    if keep:
+        print(
+            f"labeled store: {stored:,} rows kept ({stored // max(1, monitors):,} per model), "
+            f"{disk / 1e6:.1f} MB on disk ({disk / max(1, stored):.0f} B per row)"
+        )
     return {
-        "part": "models",
+        "part": args.part,
+        "stored_rows": stored,
+        "store_disk_mb": (disk / 1e6) if keep else 0.0,
         "models": monitors,
         "features": N_NUMERIC + N_CATEGORICAL,
         "windows": summary.windows,
@@ -541,7 +577,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the parts (each in a fresh interpreter unless ``--part`` names one)."""
     doc = __doc__ or ""
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
-    ap.add_argument("--part", choices=["growth", "models", "all"], default="all")
+    ap.add_argument("--part", choices=["growth", "models", "store", "all"], default="all")
     ap.add_argument("--events", type=int, default=2_000_000, help="growth: records in total")
     ap.add_argument("--sample-every", type=int, default=100_000, help="growth: records per RSS")
     ap.add_argument("--growth-models", type=int, default=4, help="growth: models")
@@ -580,7 +616,7 @@ def main(argv: list[str] | None = None) -> int:
             f"--seed={args.seed}",
         ]
         status = 0
-        for part in ("growth", "models"):
+        for part in ("growth", "models", "store"):
             proc = subprocess.run(
                 [sys.executable, "-m", "bench.memory", *own, "--part", part],
                 cwd=ROOT,
@@ -601,8 +637,9 @@ def main(argv: list[str] | None = None) -> int:
         ok = result["valid"] == args.events
     else:
         print(
-            f"models: {args.models} models x {N_NUMERIC + N_CATEGORICAL} features, "
-            f"{args.windows} windows of {args.window}",
+            f"{args.part}: {args.models} models x {N_NUMERIC + N_CATEGORICAL} features, "
+            f"{args.windows} windows of {args.window}"
+            + (", every model's labeled examples kept" if args.part == "store" else ""),
             flush=True,
         )
         result = models(args)
