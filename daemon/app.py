@@ -278,8 +278,9 @@ def _actions(
     return executor, on_labeled, store.sync
 
 
-def labeled_store(settings: Settings) -> Any:
-    """The joined examples retrains draw on, under the state directory, bounded by settings."""
+def labeled_store(settings: Settings, *, read_only: bool = False) -> Any:
+    """The joined examples retrains draw on, under the state directory, bounded by settings
+    (``read_only``: for a reader beside a running daemon, which owns the folder)."""
     from driftwarden.retrain.labeled_store import LabeledStore
 
     d = settings.data
@@ -288,6 +289,7 @@ def labeled_store(settings: Settings) -> Any:
         Path(d["state"]["dir"]) / "labeled",
         max_rows_per_model=int(d["retrain"]["labeled_rows"]),
         max_age_s=None if age is None else parse_duration(age),
+        read_only=read_only,
     )
 
 

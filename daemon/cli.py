@@ -380,7 +380,8 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         profile,
         [str(Path(d["policies"]).resolve().parent)],
     )
-    store = labeled_store(settings)
+    # The daemon may be running and own the store: read it without repairing anything.
+    store = labeled_store(settings, read_only=True)
     outcome = run_retrain(
         request,
         registry=Registry(uri),

@@ -29,6 +29,12 @@ time in append order, the hash again in a sorted array) and 16 per remembered ev
 Evicted ids are remembered (up to ``max_rows_per_model`` of them, their hashes carried in the
 compaction header; headers written before the hashes list the ids, and are still read) so a
 late replay of an evicted row is not stored again.
+
+A store opened ``read_only`` (another process's reader, e.g. ``driftwarden retrain`` beside a
+running daemon) never changes the folder: the repairs above are the writer's, and done by a
+reader they would cut the writer's append in progress or delete its compaction's temporary
+file. It ignores a torn tail and the segments a compaction replaced, and when the writer
+compacts while it reads (a segment it indexed is gone) it indexes the folder again.
 """
 
 from __future__ import annotations
@@ -69,6 +75,10 @@ _MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 _GROWTH = 1.25
 # _IdSet merges its recent ids into the sorted bulk past max(this, 1/16 of the bulk).
 _MERGE_MIN = 1024
+# A read-only read indexes the folder again this often when the writer compacts meanwhile.
+_READ_ATTEMPTS = 5
+# The index arrays: id hashes, event times, evicted id hashes.
+_INDEX_TYPES = (np.uint64, np.float64, np.uint64)
 
 
 def to_epoch_seconds(value: Any) -> float:
@@ -233,6 +243,8 @@ class LabeledStore:
         directory: str | os.PathLike[str],
         max_rows_per_model: int = 50_000,
         max_age_s: float | None = None,
+        *,
+        read_only: bool = False,
     ) -> None:
         if max_rows_per_model < 1:
             raise ValueError(f"max_rows_per_model must be at least 1, got {max_rows_per_model}.")
@@ -244,7 +256,9 @@ class LabeledStore:
         self._lock = threading.RLock()
         self._models: dict[str, _ModelState] = {}
         self._unsynced: set[Path] = set()
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.read_only = read_only
+        if not read_only:
+            self.directory.mkdir(parents=True, exist_ok=True)
 
     # ---------------------------------------------------------------- public API
 
@@ -254,6 +268,7 @@ class LabeledStore:
         The rows are durable (fsync'ed) when this returns; with ``sync=False`` only once
         :meth:`sync` has run (they are written to the file, so readers see them at once).
         """
+        self._writable()
         with self._lock:
             state = self._state(model)
             normalised = [_normalise(raw, model, i) for i, raw in enumerate(rows)]
@@ -337,10 +352,15 @@ class LabeledStore:
 
     def compact(self, model: str) -> None:
         """Apply the bounds now and rewrite the model's rows into one segment."""
+        self._writable()
         with self._lock:
             self._compact(model, self._state(model))
 
     # ---------------------------------------------------------------- internals
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise PermissionError(f"labeled store {self.directory} is open read-only.")
 
     def _model_dir(self, model: str) -> Path:
         if not _MODEL_NAME_RE.match(model):
@@ -363,8 +383,20 @@ class LabeledStore:
         Under the lock the segments are only opened and their extents noted: appends write
         past those extents, and a compaction writes a new file and unlinks the old ones (an
         open file stays readable), so reading and parsing run outside the lock while the
-        appends go on.
+        appends go on. Read-only, the writer is another process: a segment it compacted away
+        since the folder was indexed means indexing it again (a few times, then the error).
         """
+        for attempt in range(_READ_ATTEMPTS):
+            try:
+                return self._read_once(model, last)
+            except FileNotFoundError:
+                if not self.read_only or attempt == _READ_ATTEMPTS - 1:
+                    raise
+                with self._lock:
+                    self._models.pop(model, None)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _read_once(self, model: str, last: int | None) -> list[Any]:
         with ExitStack() as files:
             parts: list[tuple[BinaryIO, int, int, int, int]] = []  # file, start, end, rows, skip
             with self._lock:
@@ -387,15 +419,20 @@ class LabeledStore:
 
     def _load(self, model: str) -> _ModelState:
         directory = self._model_dir(model)
-        directory.mkdir(parents=True, exist_ok=True)
-        for tmp in directory.glob("*.tmp"):
-            tmp.unlink()  # an unfinished compaction: its source segments are still there
+        if self.read_only:
+            if not directory.is_dir():
+                return _ModelState(directory, [], *(np.empty(0, t) for t in _INDEX_TYPES))
+        else:
+            directory.mkdir(parents=True, exist_ok=True)
+            for tmp in directory.glob("*.tmp"):
+                tmp.unlink()  # an unfinished compaction: its source segments are still there
         numbers = _segment_numbers(directory)
         # A compacted segment replaces every segment before it; a crash may have left them.
         for no in reversed(numbers):
             if _read_header(directory / _segment_name(no)) is not None:
-                for old in [n for n in numbers if n < no]:
-                    (directory / _segment_name(old)).unlink(missing_ok=True)
+                if not self.read_only:
+                    for old in [n for n in numbers if n < no]:
+                        (directory / _segment_name(old)).unlink(missing_ok=True)
                 numbers = [n for n in numbers if n >= no]
                 break
         segments: list[_Segment] = []
@@ -404,9 +441,10 @@ class LabeledStore:
             path = directory / _segment_name(no)
             data = path.read_bytes()
             scan = _scan(data)
-            if scan.end < len(data):
+            if scan.end < len(data) and not self.read_only:  # read-only: the writer's append
                 log.warning("labeled_store.torn_tail", path=str(path), bytes=len(data) - scan.end)
-                if no == numbers[-1]:  # cut, so the next append starts on a clean line
+                if no == numbers[-1] and not self.read_only:
+                    # cut, so the next append starts on a clean line
                     with open(path, "r+b") as fh:
                         fh.truncate(scan.end)
                         fh.flush()
@@ -424,6 +462,12 @@ class LabeledStore:
         unclean = len(first) < len(hashes) or any(s.lines is not None for _, s in scans)
         keep = np.sort(first)  # a duplicate id: its first row, as before
         state = _ModelState(directory, segments, hashes[keep], stamps[keep], evicted)
+        if unclean and self.read_only:
+            raise ValueError(
+                f"labeled store folder {directory} holds lines that are not one row each (blank "
+                "lines or a repeated prediction_id); opened read-only it cannot be rewritten: "
+                "the daemon rewrites it when it opens it."
+            )
         if unclean:
             lines = [
                 line
