@@ -481,7 +481,6 @@ def build_profile(
 
     metrics: dict[str, Any] = {}
     if target is not None and (prediction is not None or score is not None):
-
         # Targets and predictions are keyed once for the whole table; each slice takes its
         # rows by position (not as a sub-table: that would copy every column per slice).
         labeled = df[target].notna().to_numpy()
