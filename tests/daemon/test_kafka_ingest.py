@@ -5,7 +5,8 @@ orphan labels) with ~1 % malformed records of many kinds go through the daemon. 
 event is counted exactly once in the window statistics, every malformed one reaches the
 dead-letter topic with its reason and origin, and the join counters are exact. Then the same
 input is consumed by daemons that are stopped with SIGTERM, or killed with SIGKILL, mid-stream
-and restarted: their final window statistics equal the uninterrupted run's.
+and restarted: their final window statistics, and the labeled examples their store kept, equal
+the uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -54,6 +55,12 @@ rules:
     when: quality
     severity: critical
     actions: [{alert: log}]
+  # Never fires; a policy with a retrain action makes the daemon keep its models' labeled
+  # examples (retrain/labeled_store.py), so crashes are checked against the store too.
+  - name: keep-examples
+    when: quality and not quality
+    severity: info
+    actions: [{retrain: {trainer: examples.churn:train, gates: {min: {roc_auc: 0.7}}}}]
 receivers:
   log: {type: log}
 """
@@ -207,6 +214,20 @@ def _final_state(stream: dict[str, Any], name: str, bootstrap: str | None = None
     return {"models": models, "invalid": invalid}
 
 
+def _examples(stream: dict[str, Any], name: str) -> dict[str, dict[str, Any]]:
+    """The labeled examples a run's store kept, per model by prediction id (the ids are
+    unique: the store skips an id it holds)."""
+    from driftwarden.retrain.labeled_store import LabeledStore
+
+    store = LabeledStore(stream["base"] / f"state-{name}" / "labeled", read_only=True)
+    out: dict[str, dict[str, Any]] = {}
+    for model in MODELS:
+        rows = store.rows(model)
+        out[model] = {r["prediction_id"]: r for r in rows}
+        assert len(out[model]) == len(rows), f"{model}: an id stored twice"
+    return out
+
+
 def _windows(stream: dict[str, Any], bootstrap: str) -> dict[tuple[str, str, int], dict[str, Any]]:
     """Window summaries by (model, stream, index); a replayed window must repeat exactly."""
     out: dict[tuple[str, str, int], dict[str, Any]] = {}
@@ -232,7 +253,12 @@ def uninterrupted(stream: dict[str, Any], kafka_bootstrap: str) -> dict[str, Any
     daemon.sink.close()
     daemon.source.close()
     windows = {k: v for k, v in _windows(stream, kafka_bootstrap).items()}
-    return {"summary": summary, "state": _final_state(stream, "clean"), "windows": windows}
+    return {
+        "summary": summary,
+        "state": _final_state(stream, "clean"),
+        "windows": windows,
+        "examples": _examples(stream, "clean"),
+    }
 
 
 def test_every_event_counted_once_and_malformed_in_dlq(
@@ -261,6 +287,10 @@ def test_every_event_counted_once_and_malformed_in_dlq(
         assert c["predictions"] == exp[model]["predictions"]
         assert c["labels"] == exp[model]["labels"]
         assert c["matched"] == exp[model]["labels"] - exp[model]["orphans"]
+        # every match is one labeled example in the store (fewer than its 50 000-row bound)
+        examples = uninterrupted["examples"][model]
+        assert len(examples) == c["matched"]
+        assert all(r["label"] is not None and r["features"] for r in examples.values())
         pending_labels = len(st["join"]["labels"])
         assert c["orphan_labels"] + pending_labels == exp[model]["orphans"]
         assert (
@@ -396,3 +426,9 @@ def test_interrupted_runs_equal_the_uninterrupted_run(
             assert g == w
     assert [k for k, _ in got[0]] == [k for k, _ in want[0]]
     assert got[0] == want[0]
+    # The labeled store: the same examples as the uninterrupted run's, each once, though
+    # rows appended after the last checkpoint were replayed after each interruption.
+    examples = _examples(own, name)
+    for model in MODELS:
+        assert examples[model].keys() == uninterrupted["examples"][model].keys(), model
+        assert examples[model] == uninterrupted["examples"][model], model
