@@ -87,8 +87,13 @@ def commands(quick: bool, anchors: bool) -> dict[str, list[str]]:
             "--repeat",
             "2" if quick else "3",
         ],
+        # The 10 M events for the growth part (RSS every 500 k); --quick: 600 k.
         "memory": [PY, "-m", "bench.memory"]
-        + (["--events", "600000", "--windows", "2"] if quick else []),
+        + (
+            ["--events", "600000", "--windows", "2"]
+            if quick
+            else ["--events", "10000000", "--sample-every", "500000"]
+        ),
     }
 
 
