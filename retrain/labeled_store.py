@@ -373,7 +373,15 @@ class LabeledStore:
     def _state(self, model: str) -> _ModelState:
         state = self._models.get(model)
         if state is None:
-            state = self._load(model)
+            for attempt in range(_READ_ATTEMPTS):
+                try:
+                    state = self._load(model)
+                    break
+                except FileNotFoundError:
+                    # read-only: the writer compacted a segment away while it was indexed
+                    if not self.read_only or attempt == _READ_ATTEMPTS - 1:
+                        raise
+            assert state is not None
             self._models[model] = state
         return state
 
