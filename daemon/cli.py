@@ -400,6 +400,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from .app import labeled_store
     from .checkpoint import LocalCheckpointStore
 
     settings = _settings(args)
@@ -407,6 +408,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not directory.exists():
         return _fail(f"no state directory at {directory} (has the daemon run?).", 1)
     store = LocalCheckpointStore(directory)
+    # What a retrain would draw on now (0 for a model whose policy does not retrain); read-only
+    # beside a running daemon.
+    examples = labeled_store(settings, read_only=True)
     rows = []
     for f in sorted(directory.glob("checkpoint-*.json")):
         unit = f.stem[len("checkpoint-") :]
@@ -420,12 +424,22 @@ def cmd_status(args: argparse.Namespace) -> int:
                     "labels": st["labels"],
                     "join": st["join"]["counters"],
                     "profile_version": st.get("profile_version"),
+                    "labeled_examples": _examples(examples, model),
                 }
             )
         rows.append({"unit": unit, "offsets": doc.get("offsets"), "invalid": doc.get("invalid")})
     for r in rows:
         print(json.dumps(r, sort_keys=True))
     return 0
+
+
+def _examples(store: Any, model: str) -> int | None:
+    """The labeled examples stored for ``model``; ``None`` when its name cannot name a store
+    folder (the daemon stores none for it then)."""
+    try:
+        return int(store.count(model))
+    except ValueError:
+        return None
 
 
 # -- parser ----------------------------------------------------------------------------------

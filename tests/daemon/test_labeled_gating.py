@@ -4,10 +4,14 @@ memory and ingest time for nothing. A hot reload that adds a retrain action star
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
+import pytest
+
 from driftwarden.daemon.app import build_daemon, labeled_store
+from driftwarden.daemon.cli import main
 from driftwarden.daemon.settings import Settings, load_settings
 from driftwarden.daemon.sinks import MemorySink
 
@@ -64,3 +68,19 @@ def test_a_reload_that_adds_a_retrain_action_starts_the_store(tmp_path: Path) ->
     assert daemon.reload_policies(str(with_retrain)) == []
     daemon.run(max_events=20_000)  # counted from the start: 10 000 more
     assert labeled_store(settings).count("churn") > 500
+
+
+def test_status_reports_the_stored_examples(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``driftwarden status`` gives each model's stored labeled examples next to its counters."""
+    settings = _settings(tmp_path, "state", _policies(tmp_path, "pol", retrain=True))
+    build_daemon(settings, sink=MemorySink()).run(max_events=20_000)
+    stored = labeled_store(settings).count("churn")
+    assert stored > 1_000
+    assert main(["status", "--config", str(tmp_path / "state.yaml")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    rows = [json.loads(line) for line in out if line.startswith("{")]  # not the log lines
+    churn = [r for r in rows if r.get("model") == "churn"]
+    assert churn and all(r["labeled_examples"] == stored for r in churn)
+    assert sum(r["join"]["matched"] for r in churn) >= stored
