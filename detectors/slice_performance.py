@@ -30,13 +30,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from scipy import stats as sps
-from sklearn import metrics as skm
 
 from . import fdr
 from .base import Detector, DetectorResult, register
 from .batch import Batch
 from .concept_drift import label_keys, present
-from .stats import value_key
+from .stats import binary_roc_auc, value_key
 
 if TYPE_CHECKING:
     from .profile import ReferenceProfile
@@ -343,7 +342,7 @@ class SlicePerformance(Detector):
             n_neg = int(truth.size - n_pos)
             if n_pos == 0 or n_neg == 0:
                 return None, None, int(truth.size)
-            auc = float(skm.roc_auc_score(truth, np.asarray(acc["scores"], dtype=np.float64)))
+            auc = binary_roc_auc(truth, np.asarray(acc["scores"], dtype=np.float64))
             if base is None:
                 return auc, None, int(truth.size)
             se = hanley_mcneil_se(min(max(base, 0.0), 1.0), n_pos, n_neg)

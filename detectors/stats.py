@@ -21,6 +21,7 @@ from scipy import special
 from scipy import stats as sps
 
 __all__ = [
+    "binary_roc_auc",
     "bin_counts",
     "categorical_keys",
     "is_numeric_like",
@@ -285,3 +286,25 @@ def categorical_keys(
         keys = np.concatenate([keys, numeric_keys(numeric[has_num])])
         return keys, 0
     return keys, n_num
+
+
+def binary_roc_auc(truth: np.ndarray, score: np.ndarray) -> float:
+    """``sklearn.metrics.roc_auc_score(truth, score)`` for a binary ``truth`` mask, as the
+    Mann-Whitney U over (midrank) ranks: the same area as sklearn's trapezoids over the ROC
+    curve (ties count half), without its per-call input checks (~4x faster on 15 000 rows);
+    the rank sums are exact, so it differs from sklearn's sum only in its last bits.
+
+    Non-finite scores and a single class go to sklearn itself (its error, its warning and
+    NaN).
+    """
+    t = np.asarray(truth, dtype=bool)
+    s = np.asarray(score, dtype=np.float64)
+    positives = int(np.count_nonzero(t))
+    negatives = int(t.size) - positives
+    if not positives or not negatives or t.shape != s.shape or not np.isfinite(s).all():
+        from sklearn import metrics as skm
+
+        return float(skm.roc_auc_score(t, s))
+    ranks = sps.rankdata(s)
+    u = float(ranks[t].sum()) - positives * (positives + 1) / 2.0
+    return u / (positives * negatives)

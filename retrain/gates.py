@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from driftwarden.detectors.stats import binary_roc_auc
+
 __all__ = [
     "DEFAULT_MIN_HOLDOUT",
     "GateResult",
@@ -204,7 +206,16 @@ def _metric_set(y: np.ndarray, score: np.ndarray | None, pred: np.ndarray) -> di
     out["recall"] = tp / positives if positives else None
     out["precision"] = tp / predicted if predicted else None
     out["f1"] = 2.0 * tp / (positives + predicted) if positives else None
-    if score is not None and two_classes:
+    if score is not None and two_classes and np.isfinite(score).all():
+        # sklearn's definitions in numpy, without its per-call input checks (a retrain
+        # computes them for each slice of both models); equal to sklearn's within ~1e-15
+        # (tests/retrain/test_gates.py).
+        positive = y.astype(bool)
+        out["roc_auc"] = binary_roc_auc(positive, score)
+        clipped = np.clip(score, 1e-15, 1 - 1e-15)
+        out["log_loss"] = float(-np.mean(np.where(positive, np.log(clipped), np.log(1 - clipped))))
+        out["brier"] = float(np.mean((y - score) ** 2))
+    elif score is not None and two_classes:  # NaN or inf scores: sklearn's error
         out["roc_auc"] = float(skm.roc_auc_score(y, score))
         clipped = np.clip(score, 1e-15, 1 - 1e-15)
         out["log_loss"] = float(skm.log_loss(y, clipped, labels=[0, 1]))

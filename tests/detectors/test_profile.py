@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn import metrics as skm
 
 from driftwarden.detectors.profile import (
@@ -222,3 +225,25 @@ def test_module_examples_run() -> None:
     from driftwarden.detectors import profile
 
     assert doctest.testmod(profile).failed == 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    floats=st.lists(st.floats(allow_nan=True, allow_infinity=True), max_size=40),
+    ints=st.lists(st.integers(-(2**63), 2**63 - 1), max_size=40),
+    bools=st.lists(st.booleans(), max_size=40),
+    objects=st.lists(st.one_of(st.none(), st.integers(-3, 3), st.text(max_size=2)), max_size=40),
+)
+def test_str_keys_equal_value_key_map(
+    floats: list[float], ints: list[int], bools: list[bool], objects: list[Any]
+) -> None:
+    """The vectorised keys of a target/prediction column are ``map(value_key)``'s exactly."""
+    from driftwarden.detectors.profile import _str_keys
+    from driftwarden.detectors.stats import value_key
+
+    for values, dtype in ((floats, "float64"), (ints, "int64"), (bools, "bool"), (objects, object)):
+        series = pd.Series(values, dtype=dtype)
+        got = _str_keys(series)
+        want = series.map(value_key).astype(str).to_numpy()
+        assert got.dtype == object and want.dtype == object
+        assert got.tolist() == want.tolist(), dtype

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import stats as sps
 from scipy.spatial.distance import jensenshannon
 
@@ -169,3 +171,32 @@ def test_sorted_bin_counts_equal_bin_counts() -> None:
     edges = np.array([-1.0, -0.5, 0.0, 0.0, 1.0, 2.5])
     assert np.array_equal(sorted_bin_counts(np.sort(x), edges), bin_counts(x, edges))
     assert np.array_equal(sorted_bin_counts(np.sort(x[:0]), edges), bin_counts(x[:0], edges))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    truth=st.lists(st.booleans(), min_size=2, max_size=200),
+    seed=st.integers(0, 2**32 - 1),
+    grid=st.sampled_from([0, 3, 10, 1000]),
+)
+def test_binary_roc_auc_equals_sklearn(truth: list[bool], seed: int, grid: int) -> None:
+    """The rank-sum AUC is sklearn's roc_auc_score within 1e-12 (ties included: ``grid``
+    rounds the scores onto few values); one class and non-finite scores are sklearn's own."""
+    import warnings
+
+    from sklearn import metrics as skm
+
+    from driftwarden.detectors.stats import binary_roc_auc
+
+    t = np.array(truth, dtype=bool)
+    s = np.random.default_rng(seed).random(t.size)
+    if grid:
+        s = np.round(s * grid) / grid
+    if 0 < t.sum() < t.size:
+        assert binary_roc_auc(t, s) == pytest.approx(skm.roc_auc_score(t, s), rel=1e-12, abs=1e-15)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            assert np.isnan(binary_roc_auc(t, s))
+    with pytest.raises(ValueError):
+        binary_roc_auc(t, np.where(np.arange(t.size) == 0, np.nan, s))
