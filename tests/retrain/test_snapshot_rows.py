@@ -59,7 +59,7 @@ def test_recent_rows_in_time_order(tmp_path: Path) -> None:
         )
         for recent in (None, 0, 7, 1000):
             request = _request() if recent is None else _request(recent=recent)
-            got = [r["prediction_id"] for r in _recent_rows(request, store)]
+            got = [r["prediction_id"] for r in _recent_rows(request, store.rows("churn"))]
             assert got == _expected(store, recent), (name, recent)
 
 
