@@ -218,6 +218,9 @@ def _hash_values(column: pd.Series) -> list[Any] | np.ndarray:
     values = column.astype(object).to_numpy()
     candidates = np.flatnonzero(pd.isna(values))
     if candidates.size:
+        # None is kept as it is: only the other missing values are looked at one by one
+        candidates = candidates[np.not_equal(values[candidates], np.array(None))]
+    if candidates.size:
         values = values.copy()
         for i in candidates:
             if _isnan(values[i]):
@@ -263,9 +266,9 @@ def _recent_snapshot(request: RetrainRequest, store: LabeledStore) -> tuple[pd.D
     """The recent labeled rows as the snapshot's table and the data gate's batch.
 
     Read column by column when :func:`~driftwarden.retrain.columnar.recent_columns` can build
-    them exactly (the usual case: ~5x faster on 50 000 rows), else from the parsed rows. The
-    rows' dicts are parsed with the collector paused and dropped before it runs again (see
-    :func:`_gc_paused`).
+    them exactly (the usual case: 0.08 s instead of 0.26 s for 50 000 rows), else from the
+    parsed rows, whose dicts are parsed with the collector paused and dropped before it runs
+    again (see :func:`_gc_paused`).
     """
     data = store.raw(request.model)
     recent = request.data.get("recent")
@@ -585,10 +588,7 @@ def run_retrain(
         # 3. split: the newest labeled rows are the holdout
         n_hold = int(round(len(recent) * request.holdout_fraction))
         holdout = recent.iloc[len(recent) - n_hold :] if n_hold else recent.iloc[:0]
-        train = pd.concat([reference, recent.iloc[: len(recent) - n_hold]], ignore_index=True)
-        train = train.sample(frac=1.0, random_state=request.seed).reset_index(drop=True)
-        train = train.drop(columns=["timestamp", "prediction_id"], errors="ignore")
-        train = train[train[request.target].notna()]
+        train = _train_table(request, reference, recent.iloc[: len(recent) - n_hold])
 
         # 4. train
         trainer = load_trainer(request.trainer, request.search_paths)
@@ -726,6 +726,26 @@ def run_retrain(
         seconds=round(time.perf_counter() - started, 3),
     )
     return RetrainOutcome("registered", version, run.run_id, [], report, moves)
+
+
+def _train_table(
+    request: RetrainRequest, reference: pd.DataFrame, recent: pd.DataFrame
+) -> pd.DataFrame:
+    """The training rows: reference and recent shuffled (``seed``), without the time and id
+    columns and rows without a target.
+
+    The table ``concat(...).sample(frac=1.0, random_state=seed).reset_index(drop=True)``,
+    the two columns dropped, filtered on the target, used to give (the same rows in the same
+    order, index included), taken in one step instead of four copies.
+    """
+    both = pd.concat([reference, recent], ignore_index=True)
+    # what DataFrame.sample(frac=1.0, random_state=seed) draws
+    order = np.random.RandomState(request.seed).choice(len(both), size=len(both), replace=False)
+    labeled = both[request.target].notna().to_numpy()[order]
+    columns = [i for i, c in enumerate(both.columns) if c not in ("timestamp", "prediction_id")]
+    train = both.iloc[order[labeled], columns]
+    train.index = pd.RangeIndex(len(both))[labeled]
+    return train
 
 
 def _build_profile(

@@ -95,3 +95,44 @@ def test_recent_frame_equals_rename_and_select() -> None:
             assert list(got.columns) == list(want.columns), target
             assert list(got.dtypes) == list(want.dtypes), target
             pd.testing.assert_frame_equal(got, want, check_exact=True)
+
+
+def test_train_table_equals_sample_drop_filter() -> None:
+    """_train_table is the four-step form it replaced: the same rows, order, index, dtypes."""
+    import numpy as np
+
+    from driftwarden.retrain.pipeline import _train_table
+
+    rng = np.random.default_rng(3)
+    for n_ref, n_recent, gaps in ((50, 30, True), (0, 12, False), (20, 0, True), (1, 1, False)):
+        reference = pd.DataFrame(
+            {
+                "x": rng.random(n_ref),
+                "plan": rng.choice(["a", "b"], n_ref),
+                "y": rng.integers(0, 2, n_ref),
+            }
+        )
+        y = rng.integers(0, 2, n_recent).astype(float)
+        if gaps:
+            y[::4] = np.nan
+        recent = pd.DataFrame(
+            {
+                "x": rng.random(n_recent),
+                "plan": rng.choice(["a", "b"], n_recent),
+                "y": y,
+                "timestamp": rng.random(n_recent),
+                "prediction_id": [f"p{i}" for i in range(n_recent)],
+            }
+        )
+        for seed in (0, 7):
+            request = RetrainRequest(
+                model="m", trigger={}, action_key="k", trainer="t:f", gates={}, target="y",
+                features=["x"], seed=seed,
+            )  # fmt: skip
+            old = pd.concat([reference, recent], ignore_index=True)
+            old = old.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+            old = old.drop(columns=["timestamp", "prediction_id"], errors="ignore")
+            old = old[old["y"].notna()]
+            pd.testing.assert_frame_equal(
+                _train_table(request, reference, recent), old, check_exact=True
+            )
