@@ -848,6 +848,20 @@ class _Run:
         self._pending: list[Future[Any]] = []
         self._staged: list[Future[Any]] = []
         self._sent: list[Future[Any]] = []
+        self._repo: Any = None
+        self._repo_lock = threading.Lock()
+
+    def _artifacts(self) -> Any:
+        """The run's artifact store, from the artifact URI the run was created with
+        (``client.log_artifacts`` looks the run up again first: one more round trip)."""
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        with self._repo_lock:
+            if self._repo is None:
+                self._repo = get_artifact_repository(
+                    self.artifact_uri, tracking_uri=self.registry.tracking_uri
+                )
+            return self._repo
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
@@ -961,7 +975,7 @@ class _Run:
             try:
                 self.registry.call(
                     "uploading the run's artifacts",
-                    lambda: self.registry.client.log_artifacts(self.run_id, folder.name),
+                    lambda: self._artifacts().log_artifacts(folder.name),
                 )
             finally:
                 folder.cleanup()
@@ -1005,7 +1019,7 @@ class _Run:
                     self._flush_batch,
                     lambda: self.registry.call(
                         "uploading the run's artifacts",
-                        lambda: self.registry.client.log_artifacts(self.run_id, str(self.staging)),
+                        lambda: self._artifacts().log_artifacts(str(self.staging)),
                     ),
                 ]
             )

@@ -26,6 +26,7 @@ experiments known to exist are not fetched again.
 
 from __future__ import annotations
 
+import os
 import tempfile
 import threading
 from collections import OrderedDict
@@ -175,6 +176,10 @@ class Registry:
     """
 
     def __init__(self, tracking_uri: str, *, registry_uri: str | None = None) -> None:
+        # MLflow prints "View run ... at: <url>" to stdout when a run ends, after one more
+        # round trip to look the run up: noise between the daemon's JSON log lines, and a
+        # request on the way to every registration. Off unless the operator set it.
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self.tracking_uri = tracking_uri
         self.registry_uri = registry_uri or tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=self.registry_uri)

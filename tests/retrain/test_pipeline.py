@@ -155,12 +155,14 @@ def weak_train(train: pd.DataFrame, **kw: Any) -> Any:
 
 
 def test_passing_candidate_is_registered_with_lineage(
-    registry: Registry, store: LabeledStore
+    registry: Registry, store: LabeledStore, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    """A candidate passing every gate becomes challenger, with lineage tags, report and profile."""
+    """A candidate passing every gate becomes challenger, with lineage tags, report and profile;
+    MLflow prints nothing of its own to stdout (the daemon's JSON log)."""
     model = _model_name("pass")
     champion = _champion(registry, store, model)
     store.append(model, to_rows(generate(800, seed=3), start=10_000, t0=1_900_000_000.0))
+    capfd.readouterr()
     out = run_retrain(
         _request(
             model, "k-pass", params={"kind": "gbm", "max_iter": 60}, data={"reference": "champion"}
@@ -171,6 +173,7 @@ def test_passing_candidate_is_registered_with_lineage(
         code_version="abc123",
     )
     assert out.status == "registered", out.reasons
+    assert "View run" not in capfd.readouterr().out
     assert out.version is not None and out.version != champion
     assert registry.version_by_alias(model, "challenger") == out.version
     assert registry.version_by_alias(model, "champion") == champion  # promote: manual
