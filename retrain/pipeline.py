@@ -738,12 +738,17 @@ def _train_table(
     the two columns dropped, filtered on the target, used to give (the same rows in the same
     order, index included), taken in one step instead of four copies.
     """
-    both = pd.concat([reference, recent], ignore_index=True)
+    # The two columns go before the tables are joined: a column only one of them has would
+    # be filled with NaN for the other's rows first (object columns, slowly), then dropped.
+    parts = [
+        t.drop(columns=[c for c in ("timestamp", "prediction_id") if c in t.columns])
+        for t in (reference, recent)
+    ]
+    both = pd.concat(parts, ignore_index=True)
     # what DataFrame.sample(frac=1.0, random_state=seed) draws
     order = np.random.RandomState(request.seed).choice(len(both), size=len(both), replace=False)
     labeled = both[request.target].notna().to_numpy()[order]
-    columns = [i for i, c in enumerate(both.columns) if c not in ("timestamp", "prediction_id")]
-    train = both.iloc[order[labeled], columns]
+    train = both.take(order[labeled])
     train.index = pd.RangeIndex(len(both))[labeled]
     return train
 
