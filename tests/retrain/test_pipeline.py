@@ -11,6 +11,7 @@ import itertools
 import json
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -369,8 +370,17 @@ def test_failure_between_registering_and_moving_the_alias(
     assert tags["driftwarden.alias.challenger.reason"] == move["reason"]
 
 
-def test_worker_runs_off_thread_and_dedupes(registry: Registry, store: LabeledStore) -> None:
-    """RetrainWorker returns a future; resubmitting a pending action key reuses it."""
+def test_worker_runs_off_thread_and_dedupes(
+    registry: Registry, store: LabeledStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RetrainWorker returns a future; resubmitting a pending action key reuses it; each
+    attempt hands the memory it freed back to the OS."""
+    import driftwarden.retrain.pipeline as pipeline
+
+    handed_back: list[str] = []
+    monkeypatch.setattr(
+        pipeline, "hand_back_memory", lambda: handed_back.append(threading.current_thread().name)
+    )
     model = _model_name("worker")
     store.append(model, to_rows(generate(500, seed=2)))
     worker = RetrainWorker(
@@ -387,8 +397,32 @@ def test_worker_runs_off_thread_and_dedupes(registry: Registry, store: LabeledSt
         assert f2.result(timeout=120).version == out.version
         assert out.status == "registered"
         assert registry.version_by_alias(model, "champion") == out.version
+        assert len(handed_back) == 1 and handed_back[0] != "MainThread"
     finally:
         worker.shutdown()
+
+
+def test_hand_back_memory_returns_freed_heap_pages() -> None:
+    """Blocks freed with live ones between them stay resident (glibc cannot trim them from
+    the heap's top); hand_back_memory returns their pages."""
+    import numpy as np
+
+    from driftwarden.retrain.pipeline import hand_back_memory
+
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096
+
+    blocks = [np.ones(12_000) for _ in range(1_000)]  # ~96 KB each: heap, not mmap
+    kept = blocks[::10]
+    before = rss()
+    del blocks
+    freed = rss()
+    hand_back_memory()
+    after = rss()
+    assert len(kept) == 100
+    assert before - freed < 20 * 2**20, "freed blocks were already handed back"
+    assert freed - after > 50 * 2**20, (before, freed, after)
 
 
 def test_approve_and_rollback_move_aliases_and_leave_tags(registry: Registry) -> None:
