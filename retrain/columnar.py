@@ -94,7 +94,7 @@ def _recent_columns(data: bytes, recent: int | None) -> tuple[dict[str, np.ndarr
         # A float column whose kept values are all integral took its type from rows left
         # out: the kept rows alone may all hold JSON integers (an int64 column to pandas).
         # Read the kept lines on their own, typed by themselves.
-        return _recent_columns(_select_lines(data, keep), None)
+        return _recent_columns(_select_lines(data, keep, table.num_rows), None)
     stamps = _floats(column["timestamp"], keep) if "timestamp" in column else None
     if stamps is not None:
         missing = np.isnan(stamps)
@@ -183,9 +183,11 @@ def _typed_by_others(column: dict[str, Any], keep: np.ndarray) -> bool:
     return False
 
 
-def _select_lines(data: bytes, keep: np.ndarray) -> bytes:
-    """The lines ``keep`` (ascending) of ``data``, in order."""
+def _select_lines(data: bytes, keep: np.ndarray, rows: int) -> bytes:
+    """The lines ``keep`` (ascending) of ``data`` (``rows`` lines, one per row), in order."""
     ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
+    if ends.size != rows:  # not one row per line: arrow read it otherwise
+        raise _Unsupported
     starts = np.concatenate([[0], ends[:-1] + 1])
     if keep.size and int(keep[-1]) - int(keep[0]) + 1 == keep.size:  # one run of lines
         return data[int(starts[keep[0]]) : int(ends[keep[-1]]) + 1]
