@@ -7,19 +7,24 @@ Data comes from the seeded churn generator in ``config/examples/churn.py``.
 from __future__ import annotations
 
 import importlib
+import io
 import itertools
 import json
 import sys
 import tempfile
 import threading
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from driftwarden.detectors.profile import ReferenceProfile
+from driftwarden.retrain import pipeline
 from driftwarden.retrain.labeled_store import LabeledStore
 from driftwarden.retrain.pipeline import (
     REPORT_ARTIFACT,
@@ -290,6 +295,83 @@ def test_data_gate_blocks_zero_filled_nulls(registry: Registry, store: LabeledSt
     assert any("days_since_last_login" in r for r in out.reasons)
     assert registry.find_version_by_tag(model, "driftwarden.action_key", "k-dq") is None
     assert registry.version_by_alias(model, "champion") == champion
+
+
+def test_an_error_before_the_data_gate_decides_marks_the_run_failed(
+    registry: Registry, store: LabeledStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run is created while the data gate runs: an error there ends it as FAILED (it
+    is not left RUNNING) and reaches the caller."""
+    model = _model_name("gate-error")
+    store.append(model, to_rows(generate(600, seed=2), prefix="e"))
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("the data gate broke")
+
+    monkeypatch.setattr(pipeline, "_data_gate", broken)
+    with pytest.raises(RuntimeError, match="the data gate broke"):
+        run_retrain(
+            _request(model, "k-gate-error"),
+            registry=registry,
+            store=store,
+            reference_data=generate(1500, seed=1),
+            code_version="t",
+        )
+    exp = registry.client.get_experiment_by_name(f"driftwarden/{model}")
+    assert exp is not None
+    [run] = registry.client.search_runs([exp.experiment_id])
+    assert run.info.status == "FAILED"
+    assert run.data.tags["driftwarden.action_key"] == "k-gate-error"
+
+
+@pytest.fixture(scope="module")
+def proxied_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """A Registry on a second server that proxies artifacts (``mlflow server``'s default)."""
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-proxied"), proxied_artifacts=True)
+    server.start()
+    try:
+        yield Registry(server.uri)
+    finally:
+        server.stop()
+
+
+def test_registered_through_a_server_that_proxies_artifacts(
+    proxied_registry: Registry, store: LabeledStore
+) -> None:
+    """Runs get ``mlflow-artifacts:`` URIs there: the snapshot's dataset input names the URL
+    the server serves it from, and the champion's snapshot, model and profile are read back
+    through the server (a version registered, then one trained on the champion's snapshot)."""
+    registry = proxied_registry
+    model = _model_name("proxied")
+    champion = _champion(registry, store, model)
+    store.append(model, to_rows(generate(800, seed=3), start=10_000, t0=1_900_000_000.0))
+    out = run_retrain(
+        _request(
+            model,
+            "k-proxied",
+            params={"kind": "gbm", "max_iter": 40},
+            data={"reference": "champion"},
+        ),
+        registry=registry,
+        store=store,
+        reference_data=None,
+        code_version="t",
+    )
+    assert out.status == "registered", out.reasons
+    assert out.report["rows"]["reference"] == 1500
+    run = registry.client.get_run(out.run_id)
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:")
+    [inp] = run.inputs.dataset_inputs
+    assert inp.dataset.source_type == "http"
+    url = json.loads(inp.dataset.source)["url"]
+    with urllib.request.urlopen(url, timeout=30) as answer:
+        snapshot = pq.read_table(io.BytesIO(answer.read())).to_pandas()
+    assert len(snapshot) == 1500 + 1400
+    assert snapshot["_part"].value_counts().to_dict() == {"reference": 1500, "recent": 1400}
+    fresh = Registry(registry.tracking_uri)  # nothing remembered: loaded through the server
+    assert isinstance(fresh.load_profile(model, out.version), ReferenceProfile)
+    loaded = fresh.load_model(model, champion)
+    assert loaded.predict(generate(20, seed=5)[FEATURES]).shape == (20,)
 
 
 def test_mlflow_down_mid_retrain_then_exactly_one_version(
