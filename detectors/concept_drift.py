@@ -21,7 +21,7 @@ from river.drift import binary
 
 from .base import Detector, DetectorResult, register
 from .batch import Batch
-from .stats import value_key
+from .stats import object_keys
 
 if TYPE_CHECKING:
     from .profile import ReferenceProfile
@@ -45,14 +45,6 @@ _MAX_CHANGES = 20  # changes kept per window in evidence (a flapping stream must
 _TOP = 5
 
 
-def _label_key(v: Any) -> str | None:
-    if v is None:
-        return None
-    if isinstance(v, float | np.floating) and not math.isfinite(float(v)):
-        return None
-    return value_key(v)
-
-
 def label_keys(values: np.ndarray | list[Any]) -> np.ndarray:
     """Class labels as comparable strings (object array; ``None`` where there is no label).
 
@@ -61,12 +53,13 @@ def label_keys(values: np.ndarray | list[Any]) -> np.ndarray:
     (integral numbers lose their ``.0``, bools become ``"true"``/``"false"``), so they match
     the profile's ``positive_label`` and the keys its baseline metrics were computed on.
 
-    >>> label_keys([1, 1.0, True, "churned", None, float("nan")]).tolist()
-    ['1', '1', 'true', 'churned', None, None]
+    Missing labels (``None``, NaN, ±inf) are ``None``. Vectorised
+    (:func:`~driftwarden.detectors.stats.object_keys`): no Python per event.
+
+    >>> label_keys([1, 1.0, True, "churned", None, float("nan"), float("inf")]).tolist()
+    ['1', '1', 'true', 'churned', None, None, None]
     """
-    out = np.empty(len(values), dtype=object)
-    out[:] = [_label_key(v) for v in values]
-    return out
+    return object_keys(values, finite=True)
 
 
 def present(values: np.ndarray) -> np.ndarray:

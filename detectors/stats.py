@@ -13,7 +13,9 @@ and the cumulative count up to bin ``i`` is the empirical CDF at ``e[i]``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -239,21 +241,48 @@ def numeric_keys(values: np.ndarray) -> np.ndarray:
     return out
 
 
-def object_keys(values: np.ndarray) -> np.ndarray:
-    """Profile keys for an object array of mixed values (``None`` stays ``None``).
+def object_keys(values: np.ndarray | Sequence[Any], *, finite: bool = False) -> np.ndarray:
+    """Profile keys for an object array of mixed values (``None`` and NaN give ``None``;
+    ``finite``: so do ±inf).
 
     Vectorised through ``pandas.factorize``: :func:`value_key` runs once per distinct value,
-    not once per event.
+    not once per event. Values are factorized with others of their exact type: Python counts
+    ``True == 1`` and ``10**16 == 1e16`` (equal hashes), which have different keys, so one
+    pass over all of them would give each the key of whichever came first.
     """
-    arr = np.asarray(values, dtype=object)
-    codes, uniques = pd.factorize(arr, use_na_sentinel=True)
+    arr = np.empty(len(values), dtype=object)
+    arr[:] = values  # one value per row, whatever the values are (np.asarray nests lists)
     out = np.empty(arr.shape[0], dtype=object)
+    if not arr.size:
+        return out
+    kinds = set(map(type, arr))
+    if len(kinds - _CANNOT_CLASH) <= 1:  # the usual case: one type of value, None, strings
+        return _keys_of_one_type(arr, finite)
+    groups, _ = pd.factorize(np.fromiter(map(type, arr), dtype=object, count=arr.shape[0]))
+    for g in range(len(kinds)):
+        rows = groups == g
+        out[rows] = _keys_of_one_type(arr[rows], finite)
+    return out
+
+
+# Types whose values equal no value of another type among event values (a str is never
+# equal to a number, None only to itself).
+_CANNOT_CLASH = frozenset({str, type(None)})
+
+
+def _keys_of_one_type(arr: np.ndarray, finite: bool) -> np.ndarray:
+    out = np.empty(arr.shape[0], dtype=object)
+    codes, uniques = pd.factorize(arr, use_na_sentinel=True)
     if uniques.size:
         keys = np.empty(uniques.size, dtype=object)
-        keys[:] = [value_key(u) for u in uniques]
+        keys[:] = [None if finite and _infinite(u) else value_key(u) for u in uniques]
         hit = codes >= 0
         out[hit] = keys[codes[hit]]
     return out
+
+
+def _infinite(v: object) -> bool:
+    return isinstance(v, float | np.floating) and math.isinf(float(v))
 
 
 def is_numeric_like(categories: Sequence[str]) -> bool:

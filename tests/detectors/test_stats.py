@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -143,10 +145,43 @@ def test_value_keys_are_repr_stable() -> None:
         "0",
     ]
     assert numeric_keys(np.array([12.0, 12.5, -1.0, 0.1])).tolist() == ["12", "12.5", "-1", "0.1"]
-    assert object_keys(np.array([1, 1.0, True, "a", None], dtype=object)).tolist()[3:] == [
+    assert object_keys(np.array([1, 1.0, True, "a", None], dtype=object)).tolist() == [
+        "1",
+        "1",
+        "true",
         "a",
         None,
     ]
+
+
+def _key_oracle(v: object, finite: bool) -> str | None:
+    """What :func:`object_keys` gives for one value: :func:`value_key`, missing as ``None``."""
+    if v is None:
+        return None
+    if isinstance(v, float) and (math.isnan(v) or (finite and math.isinf(v))):
+        return None
+    return value_key(v)
+
+
+_MIXED = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**60), max_value=2**60),
+    st.sampled_from([0, 1, 2**53, 10**16, -1]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([0.0, -0.0, 1.0, 2.0**53, 1e16, 0.5]),
+    st.text(max_size=3),
+    st.sampled_from(["1", "true", "nan"]),
+)
+
+
+@given(values=st.lists(_MIXED, max_size=40), finite=st.booleans())
+@settings(max_examples=300, deadline=None)
+def test_object_keys_equal_value_key_per_value(values: list[object], finite: bool) -> None:
+    """Each value gets its own type's key, whatever equal-hashing value of another type
+    (``True`` and ``1``, ``10**16`` and ``1e16``) came before it."""
+    got = object_keys(values, finite=finite).tolist()
+    assert got == [_key_oracle(v, finite) for v in values]
 
 
 def test_categorical_keys_count_numbers_as_wrong_type() -> None:
