@@ -24,6 +24,7 @@ from .runner import Daemon, DaemonOptions
 from .settings import Settings, parse_duration
 from .sinks import FileSink, KafkaSink, Sink
 from .sources import FileSource, KafkaSource, Source
+from .topics import INPUT_ROLES, OUTPUT_ROLES, TopicError, check_topics
 from .wiring import RetrainLauncher
 
 __all__ = ["StartupError", "attach_scheduler", "build_daemon", "load_policy_set", "options_from"]
@@ -77,6 +78,23 @@ def _checkpoint_store(settings: Settings) -> CheckpointStore:
         raise StartupError(str(exc)) from None
 
 
+def _check_topics(settings: Settings, *, outputs: bool) -> None:
+    """The input topics exist with equal partition counts; the output topics exist (created
+    when missing and allowed), checked when the daemon publishes to Kafka (``outputs``)."""
+    k = settings.data["kafka"]
+    roles = INPUT_ROLES + (OUTPUT_ROLES if outputs else ())
+    try:
+        check_topics(
+            k["bootstrap_servers"],
+            {r: k["topics"][r] for r in roles},
+            security=dict(k["security"]),
+            client_id=k["client_id"],
+            create=bool(k["create_topics"]),
+        )
+    except TopicError as exc:
+        raise StartupError(str(exc)) from None
+
+
 def options_from(settings: Settings) -> DaemonOptions:
     """The loop's tuning knobs from the settings."""
     d = settings.data
@@ -111,6 +129,8 @@ def build_daemon(
     opts = options_from(settings)
     store = _checkpoint_store(settings) if with_state else None
     use_file = events_path is not None or d["source"] == "file"
+    if not use_file:
+        _check_topics(settings, outputs=sink is None)
     if sink is None:
         if use_file:
             sink = FileSink(d["file"]["out_dir"])

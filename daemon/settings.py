@@ -43,6 +43,9 @@ DEFAULTS: dict[str, Any] = {
         },
         # Passed through to kafka-python as-is (security_protocol, sasl_*, ssl_*).
         "security": {},
+        # Create missing output topics at start-up (dlq, decisions, windows, alerts, routing);
+        # off where an operator provisions topics: a missing one is then a start-up error.
+        "create_topics": True,
     },
     "file": {"events": None, "out_dir": ".driftwarden/out"},
     "policies": "config/policies",
@@ -210,6 +213,11 @@ def _check(data: dict[str, Any], errors: list[str], src: str) -> None:
             parse_duration(data[section][key], f"{src}: {section}.{key}")
         except ConfigError as exc:
             errors.append(str(exc))
+    if not isinstance(data["kafka"]["create_topics"], bool):
+        errors.append(
+            f"{src}: kafka.create_topics: must be true or false, "
+            f"got {data['kafka']['create_topics']!r}"
+        )
     share = data["checkpoint"]["max_share"]
     if isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share <= 1:
         errors.append(f"{src}: checkpoint.max_share: must be a number in (0, 1], got {share!r}")
