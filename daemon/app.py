@@ -127,10 +127,10 @@ def build_daemon(
     policies = policies if policies is not None else load_policy_set(d["policies"])
     loader = ProfileLoader(policies, tracking_uri=d["mlflow"]["tracking_uri"], override=profile)
     opts = options_from(settings)
-    store = _checkpoint_store(settings) if with_state else None
     use_file = events_path is not None or d["source"] == "file"
-    if not use_file:
+    if not use_file:  # before any other Kafka client is opened
         _check_topics(settings, outputs=sink is None)
+    store = _checkpoint_store(settings) if with_state else None
     if sink is None:
         if use_file:
             sink = FileSink(d["file"]["out_dir"])

@@ -64,9 +64,13 @@ def check_topics(
         **dict(security or {}),
     )
     try:
-        described = _partition_counts(admin, topics)
-        problems = _input_problems(topics, described, where)
-        missing = [r for r in OUTPUT_ROLES if r in topics and topics[r] not in described]
+        described, refused = _partition_counts(admin, topics)
+        problems = _problems(topics, described, refused, where)
+        missing = [
+            r
+            for r in OUTPUT_ROLES
+            if r in topics and topics[r] not in described and topics[r] not in refused
+        ]
         if missing and not create:
             names = ", ".join(f"{topics[r]!r} (kafka.topics.{r})" for r in missing)
             problems.append(
@@ -83,7 +87,7 @@ def check_topics(
                 where,
                 timeout_s,
             )
-            described = _partition_counts(admin, topics)
+            described, _ = _partition_counts(admin, topics)
             log.info("kafka topics created", topics=[topics[r] for r in missing])
     except KafkaError as exc:
         raise TopicError(f"checking the Kafka topics {where} failed: {exc}.") from None
@@ -119,25 +123,47 @@ def _create(
     admin.wait_for_topics(names, timeout_ms=int(timeout_s * 1000))
 
 
-def _partition_counts(admin: Any, topics: Mapping[str, str]) -> dict[str, int]:
-    """Partition count of each of ``topics`` that exists (metadata, no auto-creation)."""
+def _partition_counts(
+    admin: Any, topics: Mapping[str, str]
+) -> tuple[dict[str, int], dict[str, str]]:
+    """Partition count of each of ``topics`` that exists (metadata, no auto-creation), and the
+    error of each the broker would not describe for another reason than not existing (an
+    authorization failure, say: "does not exist" would send the operator the wrong way)."""
+    import kafka.errors as errors
+
     names = sorted(set(topics.values()))
     counts: dict[str, int] = {}
+    refused: dict[str, str] = {}
     for t in admin.describe_topics(names):
+        name = str(t.get("name") or t.get("topic"))
+        code = t.get("error_code", 0)
         partitions = t.get("partitions") or []
-        if t.get("error_code", 0) == 0 and partitions:
-            counts[str(t.get("name") or t.get("topic"))] = len(partitions)
-    return counts
+        if code == 0 and partitions:
+            counts[name] = len(partitions)
+        elif code not in (0, errors.UnknownTopicOrPartitionError.errno):
+            refused[name] = errors.for_code(code).__name__
+    return counts, refused
 
 
-def _input_problems(topics: Mapping[str, str], counts: Mapping[str, int], where: str) -> list[str]:
-    problems = [
-        f"input topic {topics[r]!r} (kafka.topics.{r}) does not exist {where}; create it "
-        "(keyed by model name, as many partitions as the other input topic) or point "
-        f"kafka.topics.{r} at the topic your services publish to."
-        for r in INPUT_ROLES
-        if topics[r] not in counts
-    ]
+def _problems(
+    topics: Mapping[str, str], counts: Mapping[str, int], refused: Mapping[str, str], where: str
+) -> list[str]:
+    """What stops the daemon: input topics missing, unequal or not describable; output topics
+    the broker would not describe (missing outputs are created, or named by the caller)."""
+    problems = []
+    for r in INPUT_ROLES:
+        name = topics[r]
+        if name in refused:
+            problems.append(
+                f"input topic {name!r} (kafka.topics.{r}) cannot be described {where}: "
+                f"{refused[name]} (the daemon's principal needs Describe and Read on it)."
+            )
+        elif name not in counts:
+            problems.append(
+                f"input topic {name!r} (kafka.topics.{r}) does not exist {where}; create it "
+                "(keyed by model name, as many partitions as the other input topic) or point "
+                f"kafka.topics.{r} at the topic your services publish to."
+            )
     pred, lab = (counts.get(topics[r]) for r in INPUT_ROLES)
     if pred is not None and lab is not None and pred != lab:
         problems.append(
@@ -146,4 +172,10 @@ def _input_problems(topics: Mapping[str, str], counts: Mapping[str, int], where:
             f"{where}: a model's labels are joined to its predictions in the partition of the "
             "same number (both keyed by model name), so labels would miss their predictions."
         )
+    problems += [
+        f"output topic {topics[r]!r} (kafka.topics.{r}) cannot be described {where}: "
+        f"{refused[topics[r]]} (the daemon's principal needs Describe and Write on it)."
+        for r in OUTPUT_ROLES
+        if r in topics and topics[r] in refused
+    ]
     return problems
