@@ -854,25 +854,22 @@ class _Run:
         client = registry.client
         name = f"driftwarden/{request.model}"
 
+        def create_in(exp_id: str) -> Any:
+            return registry.call(
+                "creating the retrain run",
+                lambda: client.create_run(
+                    exp_id, tags=dict(tags), run_name=f"retrain {request.action_key}"
+                ),
+            )
+
         def create() -> Any:
             exp_id = registry.experiment_id(name)
             try:
-                return registry.call(
-                    "creating the retrain run",
-                    lambda: client.create_run(
-                        exp_id, tags=dict(tags), run_name=f"retrain {request.action_key}"
-                    ),
-                )
+                return create_in(exp_id)
             except Unavailable:
                 raise
             except Exception:  # the remembered experiment was deleted: look it up again, once
-                exp_id = registry.experiment_id(name, refresh=True)
-                return registry.call(
-                    "creating the retrain run",
-                    lambda: client.create_run(
-                        exp_id, tags=dict(tags), run_name=f"retrain {request.action_key}"
-                    ),
-                )
+                return create_in(registry.experiment_id(name, refresh=True))
 
         # The run is created in the background: nothing on the attempt's own thread needs its
         # id before the upload (the requests that do are sent in the background too and wait
