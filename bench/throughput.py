@@ -9,7 +9,7 @@ seeded events to fresh topics, then measures on the same data, alternating:
     events (labeled windows of 5000 too), Kafka sinks and local checkpoints.
 
 Both use the same consumer settings (``max_poll_records`` 2000, the daemon's default; the fetch
-size the daemon asks for) and the collector settings of ``driftwarden run`` (thresholds
+size and broker-side fetch wait the daemon asks for) and the collector settings of ``driftwarden run`` (thresholds
 50000/20/100; the daemon's start-up objects frozen). The daemon runs with its default settings
 (checkpoints every 50 000 records or 30 s, local state directory).
 
@@ -70,7 +70,7 @@ from driftwarden.daemon.events import (
 from driftwarden.daemon.logs import configure as configure_logs
 from driftwarden.daemon.profiles import ProfileLoader
 from driftwarden.daemon.runner import Daemon
-from driftwarden.daemon.settings import load_settings
+from driftwarden.daemon.settings import DEFAULTS, load_settings
 from driftwarden.daemon.sinks import MemorySink
 from driftwarden.daemon.sources import RawRecord, Source
 from driftwarden.detectors.batch import Batch
@@ -364,8 +364,11 @@ def bare_consumer(
         client_id="bench-bare",
         enable_auto_commit=False,
         auto_offset_reset="earliest",
-        # The same fetch size the daemon asks for (twice the largest valid message).
+        # The same fetch size the daemon asks for (twice the largest valid message) and the
+        # same broker-side fetch wait (the daemon's default, not Kafka's 500 ms: with it both
+        # paths waited half a second per fetch near the end, when some partitions were done).
         max_partition_fetch_bytes=max(1_048_576, 2 * MAX_MESSAGE_BYTES),
+        fetch_max_wait_ms=DEFAULTS["kafka"]["fetch_max_wait_ms"],
     )
     consumer.subscribe([work.topics["predictions"], work.topics["labels"]])
     deadline = time.monotonic() + timeout_s

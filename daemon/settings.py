@@ -31,6 +31,11 @@ DEFAULTS: dict[str, Any] = {
         "poll_timeout_ms": 500,
         "session_timeout_ms": 45000,
         "max_poll_interval_ms": 300000,
+        # How long the broker may hold a fetch for partitions with nothing new. kafka-python
+        # sends one fetch per broker at a time, so while a caught-up partition's fetch waits,
+        # the partitions still behind wait too (Kafka's 500 ms default cost a catching-up
+        # daemon up to half a second per fetch).
+        "fetch_max_wait_ms": 100,
         "topics": {
             "predictions": "predictions",
             "labels": "labels",
@@ -218,6 +223,9 @@ def _check(data: dict[str, Any], errors: list[str], src: str) -> None:
             f"{src}: kafka.create_topics: must be true or false, "
             f"got {data['kafka']['create_topics']!r}"
         )
+    wait = data["kafka"]["fetch_max_wait_ms"]
+    if isinstance(wait, bool) or not isinstance(wait, int) or wait < 1:
+        errors.append(f"{src}: kafka.fetch_max_wait_ms: must be a whole number ≥ 1, got {wait!r}")
     share = data["checkpoint"]["max_share"]
     if isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share <= 1:
         errors.append(f"{src}: checkpoint.max_share: must be a number in (0, 1], got {share!r}")

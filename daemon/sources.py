@@ -60,6 +60,11 @@ class Source(ABC):
         """True when a finite source has nothing more to give."""
         return False
 
+    def end_offsets(self) -> dict[tuple[str, int], int]:
+        """The next offset past the end of each (topic, partition), as far as the source knows
+        without asking anyone (for the consumer-lag gauge); empty when it does not know."""
+        return {}
+
     def close(self) -> None:
         """Release resources."""
 
@@ -133,7 +138,18 @@ class KafkaSource(Source):
     ``on_assign`` / ``on_revoke`` are called with the partition numbers gained or lost; the
     daemon restores or checkpoints state there. kafka-python runs rebalance callbacks on its
     IO thread inside ``poll()``, so they are kept short.
+
+    Reads ahead: kafka-python sends the next fetch only once everything it has fetched has
+    been handed out, so a consumer that takes its records ``max_records`` at a time waits for
+    a fetch round trip every few polls. This source takes up to ``read_ahead`` records from
+    the consumer at once and hands them out ``max_records`` at a time: the next fetch is in
+    flight while the daemon works on them. Records read ahead are not processed, so they are
+    not in any checkpoint or commit; those of revoked or re-seeked partitions are dropped (the
+    next owner, or the seek, reads them again).
     """
+
+    #: Records taken from the consumer at once (at most what its fetches have buffered).
+    READ_AHEAD = 20_000
 
     def __init__(
         self,
@@ -147,12 +163,15 @@ class KafkaSource(Source):
         session_timeout_ms: int,
         max_poll_interval_ms: int,
         max_partition_fetch_bytes: int,
+        fetch_max_wait_ms: int = 100,
         on_assign: Callable[[list[int]], dict[tuple[str, int], int]],
         on_revoke: Callable[[list[int]], None],
     ) -> None:
         from kafka import ConsumerRebalanceListener, KafkaConsumer
 
         self.roles = {topics["predictions"]: "predictions", topics["labels"]: "labels"}
+        self._ahead: list[RawRecord] = []
+        self._at = 0
         self._consumer = KafkaConsumer(
             bootstrap_servers=bootstrap_servers,
             group_id=group_id,
@@ -162,6 +181,7 @@ class KafkaSource(Source):
             session_timeout_ms=session_timeout_ms,
             max_poll_interval_ms=max_poll_interval_ms,
             max_partition_fetch_bytes=max_partition_fetch_bytes,
+            fetch_max_wait_ms=fetch_max_wait_ms,
             reconnect_backoff_max_ms=5000,  # back within 5 s of a broker's return (default 30)
             **security,
         )
@@ -171,6 +191,7 @@ class KafkaSource(Source):
             def on_partitions_revoked(self, revoked: Any) -> None:
                 parts = sorted({tp.partition for tp in revoked})
                 if parts:
+                    source._drop_ahead({(tp.topic, tp.partition) for tp in revoked})
                     on_revoke(parts)
 
             def on_partitions_assigned(self, assigned: Any) -> None:
@@ -182,9 +203,17 @@ class KafkaSource(Source):
         self._consumer.subscribe(topics=list(self.roles), listener=_Listener())
 
     def poll(self, max_records: int, timeout_s: float) -> list[RawRecord]:
+        if self._at >= len(self._ahead):
+            self._ahead = self._read(max(max_records, self.READ_AHEAD), timeout_s)
+            self._at = 0
+        out = self._ahead[self._at : self._at + max_records]
+        self._at += len(out)
+        return out
+
+    def _read(self, max_records: int, timeout_s: float) -> list[RawRecord]:
         batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
         out: list[RawRecord] = []
-        # Predictions before labels within one poll: fewer labels wait as "early".
+        # Predictions before labels within one read: fewer labels wait as "early".
         for tp in sorted(
             batches, key=lambda t: (self.roles.get(t.topic) != "predictions", t.partition)
         ):
@@ -192,9 +221,17 @@ class KafkaSource(Source):
                 out.append(RawRecord(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp))
         return out
 
+    def _drop_ahead(self, partitions: set[tuple[str, int]]) -> None:
+        """Forget the records read ahead for these (topic, partition) pairs."""
+        rest = self._ahead[self._at :]
+        kept = [r for r in rest if (r.topic, r.partition) not in partitions]
+        if len(kept) != len(rest):
+            self._ahead, self._at = kept, 0
+
     def seek(self, offsets: dict[tuple[str, int], int]) -> None:
         from kafka import TopicPartition
 
+        self._drop_ahead(set(offsets))
         assigned = self._consumer.assignment()
         for (topic, partition), offset in offsets.items():
             tp = TopicPartition(topic, partition)
@@ -224,16 +261,14 @@ class KafkaSource(Source):
             # and is made again at the next checkpoint.
             log.warning("offset commit failed; the checkpoint holds the offsets", error=repr(exc))
 
-    def lag(self) -> dict[tuple[str, int], int]:
-        """Records behind the end of each assigned partition (for the lag gauge)."""
-        assigned = list(self._consumer.assignment())
-        if not assigned:
-            return {}
-        ends = self._consumer.end_offsets(assigned)
-        return {
-            (tp.topic, tp.partition): max(0, ends[tp] - self._consumer.position(tp))
-            for tp in assigned
-        }
+    def end_offsets(self) -> dict[tuple[str, int], int]:
+        # The high watermarks of the latest fetch responses: no request of its own.
+        out: dict[tuple[str, int], int] = {}
+        for tp in self._consumer.assignment():
+            end = self._consumer.highwater(tp)
+            if end is not None:
+                out[(tp.topic, tp.partition)] = int(end)
+        return out
 
     def partitions_for(self, topic: str) -> set[int] | None:
         return self._consumer.partitions_for_topic(topic)

@@ -91,3 +91,14 @@ def test_kafka_security_merges_per_key_and_env_secrets_stay_strings(tmp_path: Pa
     for secret in ("yes", "true", "1e3"):
         env = {"DRIFTWARDEN_KAFKA__SECURITY__SASL_PLAIN_PASSWORD": secret}
         assert load_settings(cfg, env=env)["kafka"]["security"]["sasl_plain_password"] == secret
+
+
+@pytest.mark.parametrize("bad", [0, -5, "100ms", True, 1.5])
+def test_fetch_max_wait_must_be_a_positive_whole_number(tmp_path: Path, bad: object) -> None:
+    """0 would make an idle consumer fetch in a busy loop; the error names the key and value."""
+    cfg = tmp_path / "driftwarden.yaml"
+    cfg.write_text(f"kafka: {{fetch_max_wait_ms: {bad!r}}}\n")
+    with pytest.raises(ConfigError, match=r"kafka.fetch_max_wait_ms: must be a whole number ≥ 1"):
+        load_settings(cfg, env={})
+    cfg.write_text("kafka: {fetch_max_wait_ms: 250}\n")
+    assert load_settings(cfg, env={})["kafka"]["fetch_max_wait_ms"] == 250
