@@ -40,6 +40,8 @@ __all__ = ["Daemon", "RunSummary", "Unit"]
 
 log = structlog.get_logger(__name__)
 
+#: seconds between consumer-lag reports (the gauge ``driftwarden_consumer_lag``)
+LAG_EVERY_S = 5.0
 _EXPECT = {"predictions": PREDICTION_SCHEMA, "labels": LABEL_SCHEMA, None: None}
 
 
@@ -132,6 +134,8 @@ class Daemon:
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
         self._checkpoint_pause = 0.0  # see _checkpoint_due
+        self._lag_at = 0.0  # monotonic time of the last consumer-lag report
+        self._lag_labels: set[tuple[str, str]] = set()
         self._warned: set[str] = set()
         self._closed = False
         self.summary = RunSummary()
@@ -259,6 +263,25 @@ class Daemon:
         self.summary.checkpoints += 1
         self.metrics.checkpoint_seconds.observe(took)
 
+    def report_lag(self) -> None:
+        """Set the consumer-lag gauge: per owned (topic, partition), the records between the
+        next one to process and the partition's end as last reported by the source (records
+        read but not yet processed count as behind). Partitions no longer owned lose their
+        series."""
+        ends = self.source.end_offsets()
+        now: set[tuple[str, str]] = set()
+        for unit in self.units.values():
+            for (topic, part), next_offset in unit.offsets.items():
+                end = ends.get((topic, part))
+                if end is None:
+                    continue
+                key = (topic, str(part))
+                now.add(key)
+                self.metrics.lag.labels(*key).set(max(0, end - next_offset))
+        for key in self._lag_labels - now:
+            self.metrics.lag.remove(*key)
+        self._lag_labels = now
+
     # -- the loop --------------------------------------------------------------------------
     def request_stop(self, *_: Any) -> None:
         """Finish the current batch, checkpoint, and return from :meth:`run`."""
@@ -297,6 +320,9 @@ class Daemon:
                 if self._checkpoint_due():
                     self.checkpoint()
                 now = time.monotonic()
+                if now - self._lag_at >= LAG_EVERY_S:
+                    self.report_lag()
+                    self._lag_at = now
                 if deadline is not None and now >= deadline:
                     self.summary.stopped_by = "timeout"
                     break
