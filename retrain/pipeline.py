@@ -84,6 +84,8 @@ REPORT_HTML_ARTIFACT = "driftwarden/validation_report.html"
 SNAPSHOT_ARTIFACT = "driftwarden/snapshot.parquet"
 MODEL_ARTIFACT = "model"
 ACTION_KEY_TAG = "driftwarden.action_key"
+#: on a run an earlier attempt left unfinished: the run of the attempt that ended it as FAILED
+ENDED_BY_TAG = "driftwarden.ended_by"
 Status = Literal["registered", "blocked_by_data_gate", "gates_failed", "failed"]
 _SCHEMA_SAMPLE_ROWS = 1000
 # MLflow's log_batch limits: 100 params, 1000 entities per request.
@@ -880,7 +882,11 @@ class _Run:
         self.staging = Path(self._staging.name)
         self._params: list[Any] = []
         self._metrics: list[Any] = []
-        self._pending: list[Future[Any]] = []
+        # Earlier attempts of this action that were cut short (MLflow unreachable after their
+        # run was created, the daemon killed) left their runs RUNNING: ended in the background.
+        self._pending: list[Future[Any]] = [
+            registry.background(partial(self._end_earlier_attempts, request.action_key))
+        ]
         self._staged: list[Future[Any]] = []
         self._sent: list[Future[Any]] = []
         self._repo: Any = None
@@ -895,6 +901,45 @@ class _Run:
     def artifact_uri(self) -> str:
         """The run's artifact root (waits for the run to be created, as :attr:`run_id`)."""
         return str(self._created.result().info.artifact_uri)
+
+    def _end_earlier_attempts(self, action_key: str) -> None:
+        """Mark runs of earlier attempts of ``action_key`` still RUNNING as FAILED, tagged
+        ``driftwarden.ended_by`` with this run's id (best effort: a failure is logged)."""
+        if "'" in action_key:
+            return
+        try:
+            created = self._created.result()
+            client = self.registry.client
+            stale = [
+                r.info.run_id
+                for r in self.registry.call(
+                    "looking for unfinished runs of earlier attempts",
+                    lambda: client.search_runs(
+                        [created.info.experiment_id],
+                        filter_string=f"tags.`{ACTION_KEY_TAG}` = '{action_key}' "
+                        "and attributes.status = 'RUNNING'",
+                        max_results=100,
+                    ),
+                )
+                if r.info.run_id != created.info.run_id
+            ]
+            for run_id in stale:
+                self.registry.call(
+                    "ending an earlier attempt's run",
+                    partial(client.set_tag, run_id, ENDED_BY_TAG, created.info.run_id),
+                )
+                self.registry.call(
+                    "ending an earlier attempt's run",
+                    partial(client.set_terminated, run_id, status="FAILED"),
+                )
+                log.info(
+                    "retrain.earlier_run_ended",
+                    run_id=run_id,
+                    ended_by=created.info.run_id,
+                    action_key=action_key,
+                )
+        except Exception as exc:  # noqa: BLE001 (cleanup; the attempt itself decides)
+            log.warning("retrain.earlier_runs_not_ended", error=f"{type(exc).__name__}: {exc}")
 
     def _artifacts(self) -> Any:
         """The run's artifact store, from the artifact URI the run was created with

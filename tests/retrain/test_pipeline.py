@@ -412,6 +412,17 @@ def test_mlflow_down_mid_retrain_then_exactly_one_version(
         f"name='{model}' and tags.`driftwarden.action_key` = 'k-down'"
     )
     assert [v.version for v in versions] == [first.version]
+    # The cut-short attempt's run does not stay RUNNING: the retry ended it, naming itself.
+    runs = registry.client.search_runs(
+        [registry.client.get_run(first.run_id).info.experiment_id],
+        filter_string="tags.`driftwarden.action_key` = 'k-down'",
+    )
+    by_status = {r.info.status: r for r in runs}
+    assert len(runs) == 2 and set(by_status) == {"FAILED", "FINISHED"}, [
+        (r.info.run_id, r.info.status) for r in runs
+    ]
+    assert by_status["FINISHED"].info.run_id == first.run_id
+    assert by_status["FAILED"].data.tags["driftwarden.ended_by"] == first.run_id
 
 
 def test_failure_between_registering_and_moving_the_alias(
