@@ -141,7 +141,7 @@ class KafkaSource(Source):
 
     Reads ahead: kafka-python sends the next fetch only once everything it has fetched has
     been handed out, so a consumer that takes its records ``max_records`` at a time waits for
-    a fetch round trip every few polls. This source takes up to ``read_ahead`` records from
+    a fetch round trip every few polls. This source takes up to :attr:`READ_AHEAD` records from
     the consumer at once and hands them out ``max_records`` at a time: the next fetch is in
     flight while the daemon works on them. Records read ahead are not processed, so they are
     not in any checkpoint or commit; those of revoked or re-seeked partitions are dropped (the
@@ -163,7 +163,7 @@ class KafkaSource(Source):
         session_timeout_ms: int,
         max_poll_interval_ms: int,
         max_partition_fetch_bytes: int,
-        fetch_max_wait_ms: int = 100,
+        fetch_max_wait_ms: int,
         on_assign: Callable[[list[int]], dict[tuple[str, int], int]],
         on_revoke: Callable[[list[int]], None],
     ) -> None:

@@ -56,6 +56,7 @@ def source(kafka_bootstrap: str, topics: dict[str, str]) -> Iterator[KafkaSource
         session_timeout_ms=10_000,
         max_poll_interval_ms=300_000,
         max_partition_fetch_bytes=1_048_576,
+        fetch_max_wait_ms=100,
         on_assign=lambda parts: assigned.extend(parts) or {},
         on_revoke=lambda parts: None,
     )
