@@ -300,7 +300,9 @@ class Registry:
                 self._models.popitem(last=False)
 
     def experiment_id(self, name: str, *, refresh: bool = False) -> str:
-        """The id of experiment ``name``, created if missing (remembered for the process)."""
+        """The id of experiment ``name``, created if missing, restored if deleted (MLflow keeps
+        a deleted experiment's name until ``mlflow gc``, and refuses runs in it); remembered for
+        the process."""
         with self._lock:
             known = None if refresh else self._experiments.get(name)
         if known is not None:
@@ -324,6 +326,18 @@ class Registry:
                 exp_id = str(again.experiment_id)
         else:
             exp_id = str(exp.experiment_id)
+            if exp.lifecycle_stage == "deleted":
+                self.call(
+                    f"restoring deleted experiment {name!r}",
+                    lambda: self.client.restore_experiment(exp_id),
+                )
+                log.warning(
+                    "registry.experiment_restored",
+                    experiment=name,
+                    experiment_id=exp_id,
+                    why="it was deleted; retrain runs are logged there (delete it for good "
+                    "with `mlflow gc` to start a new one)",
+                )
         with self._lock:
             self._experiments[name] = exp_id
         return exp_id

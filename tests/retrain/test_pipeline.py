@@ -425,6 +425,38 @@ def test_mlflow_down_mid_retrain_then_exactly_one_version(
     assert by_status["FAILED"].data.tags["driftwarden.ended_by"] == first.run_id
 
 
+def test_a_deleted_experiment_is_restored_for_the_next_retrain(
+    registry: Registry, store: LabeledStore
+) -> None:
+    """Someone deletes the model's retrain experiment in MLflow's UI while the daemon runs (it
+    remembers the experiment's id): the next retrain restores the experiment and logs its run
+    there, instead of failing on every attempt until someone does."""
+    model = _model_name("deleted")
+    _champion(registry, store, model)
+    store.append(model, to_rows(generate(600, seed=5), start=10_000, t0=1_900_000_000.0))
+    kw: dict[str, Any] = {
+        "registry": registry,
+        "store": store,
+        "reference_data": generate(1500, seed=1),
+        "code_version": "t",
+    }
+    first = run_retrain(_request(model, "k-del-1"), **kw)
+    assert first.status == "registered", first.reasons
+    exp_id = registry.client.get_run(first.run_id).info.experiment_id
+    registry.client.delete_experiment(exp_id)
+
+    second = run_retrain(_request(model, "k-del-2"), **kw)
+    assert second.status == "registered", second.reasons
+    assert registry.client.get_run(second.run_id).info.experiment_id == exp_id
+    assert registry.client.get_experiment(exp_id).lifecycle_stage == "active"
+    # A registry that has not seen the experiment yet (a restarted daemon) restores it too.
+    registry.client.delete_experiment(exp_id)
+    fresh = Registry(registry.tracking_uri)
+    third = run_retrain(_request(model, "k-del-3"), **{**kw, "registry": fresh})
+    assert third.status == "registered", third.reasons
+    assert fresh.client.get_run(third.run_id).info.experiment_id == exp_id
+
+
 def test_failure_between_registering_and_moving_the_alias(
     registry: Registry, store: LabeledStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
