@@ -22,7 +22,7 @@ final checkpoint included); "wall" adds consumer start-up and the group join. Th
 Default data: 200 000 predictions for 4 models (25 features: 20 numeric, 5 categorical; 3
 segments), labels for half of them, published a little after their prediction.
 
-    .venv/bin/python bench/throughput.py                       # ≈ 3-5 min on 2 cores
+    .venv/bin/python bench/throughput.py                       # ≈ 1 min on 2 cores
     .venv/bin/python bench/throughput.py --events 40000 --profile
     .venv/bin/python bench/throughput.py --bootstrap 127.0.0.1:9092
 
