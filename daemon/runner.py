@@ -234,6 +234,9 @@ class Daemon:
         t0 = time.perf_counter()
         parts = sorted(self.units) if partitions is None else partitions
         self.sink.flush()
+        # Time spent waiting for the broker (outputs acknowledged, offsets committed) is not
+        # checkpoint work: after an outage it would hold the next checkpoint back for minutes.
+        waited = time.perf_counter() - t0
         for hook in self.before_checkpoint:
             hook()
         offsets: dict[tuple[str, int], int] = {}
@@ -254,12 +257,14 @@ class Daemon:
             offsets.update(unit.offsets)
         if self.executor is not None and self.store is not None and not self.handover:
             self.store.save(self.actions_unit, {"executor": self.executor.state()})
+        t1 = time.perf_counter()
         self.source.commit(offsets, wait=wait)
+        waited += time.perf_counter() - t1
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
         took = time.perf_counter() - t0
         share = self.opts.checkpoint_max_share
-        self._checkpoint_pause = took * (1.0 - share) / share
+        self._checkpoint_pause = (took - waited) * (1.0 - share) / share
         self.summary.checkpoints += 1
         self.metrics.checkpoint_seconds.observe(took)
 
@@ -437,8 +442,9 @@ class Daemon:
 
     def _checkpoint_due(self) -> bool:
         """A checkpoint is due after ``checkpoint_every_events`` records or
-        ``checkpoint_every_s`` seconds, but not sooner than the pause the last one's duration
-        calls for (``checkpoint_max_share``): a checkpoint writes the whole state, so with
+        ``checkpoint_every_s`` seconds, but not sooner than the pause the last one's work
+        (writing the state, not waiting for the broker) calls for
+        (``checkpoint_max_share``): a checkpoint writes the whole state, so with
         many predictions waiting for labels a record-count trigger alone would let a
         catching-up daemon spend most of its time checkpointing. (Shutdown, rebalance and
         handover checkpoints do not wait; a longer interval only means more records to read

@@ -93,6 +93,27 @@ def test_the_pause_follows_the_last_checkpoint(tmp_path: Path) -> None:
     assert whole._checkpoint_pause == 0.0
 
 
+def test_waiting_for_the_broker_does_not_lengthen_the_pause(tmp_path: Path) -> None:
+    """A checkpoint that waited a second for its outputs to be acknowledged and another for the
+    commit (a broker outage) keeps the pause of its own work: the state writes. (Counting the
+    waits, the next commit came 18 s or more later; in the broker-restart fault test, minutes.)"""
+    daemon, _ = _daemon(tmp_path, "outage", 0.1)
+    flush, commit = daemon.sink.flush, daemon.source.commit
+
+    def slow_flush() -> None:
+        time.sleep(1.0)
+        flush()
+
+    def slow_commit(offsets: Any, *, wait: bool = True) -> None:
+        time.sleep(1.0)
+        commit(offsets, wait=wait)
+
+    daemon.sink.flush = slow_flush  # type: ignore[method-assign]
+    daemon.source.commit = slow_commit  # type: ignore[method-assign]
+    daemon.run(max_events=200)
+    assert SAVE_S * 9 <= daemon._checkpoint_pause < 2.0
+
+
 @pytest.mark.parametrize("bad", ["0", "1.5", "-0.1", "often", "true"])
 def test_max_share_must_be_in_0_1(tmp_path: Path, bad: str) -> None:
     """A share outside (0, 1] is a config error naming the key."""
