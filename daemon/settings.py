@@ -223,20 +223,25 @@ def _check(data: dict[str, Any], errors: list[str], src: str) -> None:
             f"{src}: kafka.create_topics: must be true or false, "
             f"got {data['kafka']['create_topics']!r}"
         )
-    wait = data["kafka"]["fetch_max_wait_ms"]
-    if isinstance(wait, bool) or not isinstance(wait, int) or wait < 1:
-        errors.append(f"{src}: kafka.fetch_max_wait_ms: must be a whole number ≥ 1, got {wait!r}")
     share = data["checkpoint"]["max_share"]
     if isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share <= 1:
         errors.append(f"{src}: checkpoint.max_share: must be a number in (0, 1], got {share!r}")
+    # Counts and sizes of 0 are no setting an operator means: no records per poll (kafka-python
+    # refuses it at the first poll), a fetch wait of 0 (an idle consumer fetching in a busy
+    # loop), every event too large for the dead-letter topic, no join or labeled rows kept.
     for section, key in (
         ("kafka", "max_poll_records"),
+        ("kafka", "fetch_max_wait_ms"),
         ("join", "max_entries"),
         ("limits", "max_message_bytes"),
         ("checkpoint", "every_events"),
-        ("http", "port"),
         ("retrain", "labeled_rows"),
     ):
         v = data[section][key]
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            errors.append(f"{src}: {section}.{key}: must be a whole number ≥ 0, got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            errors.append(f"{src}: {section}.{key}: must be a whole number ≥ 1, got {v!r}")
+    port = data["http"]["port"]
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        errors.append(
+            f"{src}: http.port: must be a port number 0-65535 (0: any free port), got {port!r}"
+        )

@@ -102,3 +102,37 @@ def test_fetch_max_wait_must_be_a_positive_whole_number(tmp_path: Path, bad: obj
         load_settings(cfg, env={})
     cfg.write_text("kafka: {fetch_max_wait_ms: 250}\n")
     assert load_settings(cfg, env={})["kafka"]["fetch_max_wait_ms"] == 250
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [
+        ("kafka", "max_poll_records"),
+        ("join", "max_entries"),
+        ("limits", "max_message_bytes"),
+        ("checkpoint", "every_events"),
+        ("retrain", "labeled_rows"),
+    ],
+)
+def test_counts_of_zero_are_refused_at_load(tmp_path: Path, section: str, key: str) -> None:
+    """0 is no count an operator means (kafka-python refuses 0 records per poll only at the
+    first poll, the labeled store only once a retrain policy builds it): refused when the file
+    is loaded, naming the key; 1 is accepted."""
+    cfg = tmp_path / "driftwarden.yaml"
+    cfg.write_text(f"{section}: {{{key}: 0}}\n")
+    with pytest.raises(ConfigError, match=rf"{section}\.{key}: must be a whole number ≥ 1, got 0"):
+        load_settings(cfg, env={})
+    cfg.write_text(f"{section}: {{{key}: 1}}\n")
+    assert load_settings(cfg, env={})[section][key] == 1
+
+
+def test_http_port_is_a_port_number(tmp_path: Path) -> None:
+    """0 (any free port) and 65535 load; 65536 and -1 are refused with the key named."""
+    cfg = tmp_path / "driftwarden.yaml"
+    for ok in (0, 65535):
+        cfg.write_text(f"http: {{port: {ok}}}\n")
+        assert load_settings(cfg, env={})["http"]["port"] == ok
+    for bad in (65536, -1):
+        cfg.write_text(f"http: {{port: {bad}}}\n")
+        with pytest.raises(ConfigError, match=rf"http\.port: must be a port number 0-65535.*{bad}"):
+            load_settings(cfg, env={})
