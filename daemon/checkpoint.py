@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +33,21 @@ class CheckpointError(RuntimeError):
 class CheckpointStore(ABC):
     """Where checkpoints live (local directory by default; a Kafka topic is the other)."""
 
+    #: Seconds this store has spent so far waiting for another system (a broker) to acknowledge
+    #: its writes. The daemon paces its checkpoints by their own work (``checkpoint.max_share``)
+    #: and leaves such waits out: after an outage they would hold the next checkpoint back.
+    waited_s: float = 0.0
+
     @abstractmethod
     def save(self, unit: str, payload: dict[str, Any]) -> None:
         """Durably store the unit's checkpoint (replacing the previous one atomically)."""
+
+    def save_all(self, units: Iterable[tuple[str, dict[str, Any]]]) -> None:
+        """Store every ``(unit, payload)``, all durable when this returns. One at a time here;
+        a store that can have several writes in flight overrides it. ``units`` may be a
+        generator: each payload is taken only when it is written."""
+        for unit, payload in units:
+            self.save(unit, payload)
 
     @abstractmethod
     def load(self, unit: str) -> dict[str, Any] | None:

@@ -12,7 +12,8 @@ previous owner saved. This store keeps every checkpoint unit as one record of a 
 * a **tombstone** (value ``None``, see :meth:`KafkaCheckpointStore.delete`) means "no checkpoint".
 
 ``save`` produces and waits for the broker's acknowledgement (``acks=all``, idempotent
-producer) before it returns, so the caller commits input offsets only after the state they cover
+producer) before it returns (``save_all`` sends every unit of a checkpoint first, then waits for
+them together), so the caller commits input offsets only after the state they cover
 is durable. ``load`` first captures the topic's end offsets, reads with its own consumer (no
 group: ``assign`` + position) up to them and answers from the newest value per key; what it read
 is cached and later loads continue from there, so a takeover costs one read of the compacted
@@ -32,10 +33,11 @@ callbacks): this store's producer and consumer are separate clients with their o
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -302,8 +304,46 @@ class KafkaCheckpointStore(CheckpointStore):
     # -- CheckpointStore --------------------------------------------------------------------
     def save(self, unit: str, payload: dict[str, Any]) -> None:
         """Produce the unit's checkpoint and return once the broker has acknowledged it."""
-        key, value = self.encode(unit, payload)
-        self._send(unit, key, value, [(CODEC_HEADER, b"zlib")])
+        self.save_all([(unit, payload)])
+
+    def save_all(self, units: Iterable[tuple[str, dict[str, Any]]]) -> None:
+        """Produce every unit's checkpoint, then wait for the acknowledgements: the writes are
+        in flight together instead of one round trip each (the idempotent producer keeps them in
+        order). Encoding is the store's own work; sending and acknowledgements count in
+        :attr:`waited_s`. A unit that cannot be written raises :class:`CheckpointError` naming
+        it; others of the call may be written all the same (each is a whole checkpoint, and the
+        daemon commits no offsets after a failed save)."""
+        from kafka.errors import KafkaError
+
+        sent: list[tuple[str, Any]] = []
+        try:
+            for unit, payload in units:
+                key, value = self.encode(unit, payload)
+                t0 = time.perf_counter()
+                try:  # blocks only while the producer has no metadata or no buffer room
+                    future = self._producer.send(
+                        self.topic, key=key, value=value, headers=[(CODEC_HEADER, b"zlib")]
+                    )
+                except KafkaError as exc:
+                    raise self._write_error(unit, exc) from None
+                finally:
+                    self.waited_s += time.perf_counter() - t0
+                sent.append((unit, future))
+        except BaseException:
+            # Leave nothing of this call in flight: what was sent is acknowledged (or has
+            # failed) before the error is raised.
+            with contextlib.suppress(KafkaError):
+                self._producer.flush(timeout=self.timeout_s)
+            raise
+        t0 = time.perf_counter()
+        try:
+            for unit, future in sent:
+                try:
+                    future.get(timeout=self.timeout_s)
+                except KafkaError as exc:
+                    raise self._write_error(unit, exc) from None
+        finally:
+            self.waited_s += time.perf_counter() - t0
 
     def delete(self, unit: str) -> None:
         """Write a tombstone: the unit has no checkpoint any more (compaction drops it)."""
@@ -318,9 +358,12 @@ class KafkaCheckpointStore(CheckpointStore):
             future = self._producer.send(self.topic, key=key, value=value, headers=headers)
             future.get(timeout=self.timeout_s)
         except KafkaError as exc:
-            raise CheckpointError(
-                f"checkpoint for unit {unit!r} could not be written to topic {self.topic!r}: {exc}."
-            ) from None
+            raise self._write_error(unit, exc) from None
+
+    def _write_error(self, unit: str, exc: Exception) -> CheckpointError:
+        return CheckpointError(
+            f"checkpoint for unit {unit!r} could not be written to topic {self.topic!r}: {exc}."
+        )
 
     def load(self, unit: str) -> dict[str, Any] | None:
         """The unit's newest checkpoint in the topic (read up to the current end), or None."""

@@ -13,7 +13,7 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -241,22 +241,12 @@ class Daemon:
             hook()
         offsets: dict[tuple[str, int], int] = {}
         for p in parts:
-            unit = self.units[p]
-            if self.store is not None:
-                doc: dict[str, Any] = {
-                    "partition": p,
-                    "offsets": [[t, pp, o] for (t, pp), o in sorted(unit.offsets.items())],
-                    "invalid": unit.invalid,
-                    "unmonitored": unit.unmonitored,
-                    "models": {m: mon.state() for m, mon in sorted(unit.models.items())},
-                }
-                if self.handover:
-                    doc["replica"] = self.replica
-                    doc["actions"] = self.executor.handover_state(set(unit.models))
-                self.store.save(f"p{p}", doc)
-            offsets.update(unit.offsets)
-        if self.executor is not None and self.store is not None and not self.handover:
-            self.store.save(self.actions_unit, {"executor": self.executor.state()})
+            offsets.update(self.units[p].offsets)
+        if self.store is not None:
+            # A store that writes to a broker reports how long it waited for acknowledgements.
+            store_waited = self.store.waited_s
+            self.store.save_all(self._checkpoint_units(parts))
+            waited += self.store.waited_s - store_waited
         t1 = time.perf_counter()
         self.source.commit(offsets, wait=wait)
         waited += time.perf_counter() - t1
@@ -267,6 +257,25 @@ class Daemon:
         self._checkpoint_pause = (took - waited) * (1.0 - share) / share
         self.summary.checkpoints += 1
         self.metrics.checkpoint_seconds.observe(took)
+
+    def _checkpoint_units(self, parts: list[int]) -> Iterator[tuple[str, dict[str, Any]]]:
+        """The checkpoint of each partition in ``parts`` and, without hand-over, the action
+        executor's: built one at a time, as the store takes them."""
+        for p in parts:
+            unit = self.units[p]
+            doc: dict[str, Any] = {
+                "partition": p,
+                "offsets": [[t, pp, o] for (t, pp), o in sorted(unit.offsets.items())],
+                "invalid": unit.invalid,
+                "unmonitored": unit.unmonitored,
+                "models": {m: mon.state() for m, mon in sorted(unit.models.items())},
+            }
+            if self.handover:
+                doc["replica"] = self.replica
+                doc["actions"] = self.executor.handover_state(set(unit.models))
+            yield f"p{p}", doc
+        if self.executor is not None and not self.handover:
+            yield self.actions_unit, {"executor": self.executor.state()}
 
     def report_lag(self) -> None:
         """Set the consumer-lag gauge: per owned (topic, partition), the records between the

@@ -172,6 +172,29 @@ def test_latest_save_wins(backend: Harness) -> None:
     assert p0 is not None and p0["offsets"][0] == ["predictions", 0, 43]
 
 
+def test_save_all_saves_every_unit_as_it_is_built(backend: Harness) -> None:
+    """``save_all`` takes the units from a generator (the daemon builds each partition's state
+    only when the store takes it) and every unit loads back, also from another replica."""
+    store = backend.open()
+    built: list[str] = []
+
+    def units() -> Iterator[tuple[str, dict[str, Any]]]:
+        for p in range(4):
+            built.append(f"p{p}")
+            yield f"p{p}", _payload(p, 100 + p)
+        built.append("actions")
+        yield "actions", {"executor": {"done": ["k1"]}}
+
+    store.save_all(units())
+    assert built == ["p0", "p1", "p2", "p3", "actions"]
+    other = backend.open()
+    for p in range(4):
+        doc = other.load(f"p{p}")
+        assert doc is not None and doc["offsets"][0] == ["predictions", p, 100 + p]
+    actions = other.load("actions")
+    assert actions is not None and actions["executor"] == {"done": ["k1"]}
+
+
 def test_missing_unit_is_none(backend: Harness) -> None:
     """A unit that was never saved has no checkpoint, also when other units have one."""
     store = backend.open()
@@ -333,6 +356,41 @@ def backend_kafka(
         yield harness
     finally:
         harness.close()
+
+
+@pytest.mark.kafka
+def test_kafka_save_all_reports_broker_waits_and_names_a_unit_it_cannot_write(
+    kafka_bootstrap: str, fresh_topic: str
+) -> None:
+    """The time spent sending and waiting for acknowledgements is counted in ``waited_s`` (the
+    daemon leaves it out of its checkpoint pacing); a local store never waits for anyone. A
+    unit that cannot be written is named, no later unit is sent after it, and the earlier ones
+    are acknowledged before the error is raised (nothing of the call is left in flight)."""
+    from driftwarden.daemon.checkpoint_kafka import KafkaCheckpointStore
+
+    local = LocalCheckpointStore(Path(fresh_topic))
+    assert local.waited_s == 0.0
+    store = KafkaCheckpointStore(kafka_bootstrap, fresh_topic, max_bytes=256 * 1024)
+    try:
+        assert store.waited_s == 0.0
+        store.save_all((f"p{p}", _payload(p, 1)) for p in range(4))
+        first = store.waited_s
+        assert first > 0.0
+        store.save("p0", _payload(0, 2))
+        assert store.waited_s > first
+        rng = np.random.default_rng(7)
+        units = [
+            ("p1", _payload(1, 5)),
+            ("p2", {"models": {"m": {"x": rng.random(100_000).tolist()}}}),
+            ("p3", _payload(3, 5)),
+        ]
+        with pytest.raises(CheckpointError, match="'p2'"):
+            store.save_all(units)
+        p1, p3 = store.load("p1"), store.load("p3")
+        assert p1 is not None and p1["offsets"][0] == ["predictions", 1, 5]
+        assert p3 is not None and p3["offsets"][0] == ["predictions", 3, 1]
+    finally:
+        store.close()
 
 
 @pytest.mark.kafka

@@ -121,3 +121,22 @@ def test_max_share_must_be_in_0_1(tmp_path: Path, bad: str) -> None:
     cfg.write_text(f"checkpoint: {{max_share: {bad}}}\n")
     with pytest.raises(ConfigError, match=r"checkpoint.max_share: must be a number in \(0, 1\]"):
         load_settings(cfg, env={})
+
+
+def test_a_store_waiting_for_its_broker_does_not_lengthen_the_pause(tmp_path: Path) -> None:
+    """The same for the state writes: a store that spent a second waiting for the broker's
+    acknowledgements (the Kafka state topic after an outage) reports it in ``waited_s``, and
+    the pause keeps only the store's own work."""
+    daemon, _ = _daemon(tmp_path, "state-outage", 0.1)
+    store = daemon.store
+    assert store is not None
+    save_all = store.save_all
+
+    def acked_late(units: Any) -> None:
+        save_all(units)
+        time.sleep(1.0)
+        store.waited_s += 1.0
+
+    store.save_all = acked_late  # type: ignore[method-assign]
+    daemon.run(max_events=200)
+    assert SAVE_S * 9 <= daemon._checkpoint_pause < 2.0
