@@ -3,6 +3,7 @@ source its run input names, for each kind of artifact URI a run can have."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import warnings
 from pathlib import Path
@@ -77,6 +78,8 @@ def test_dataset_schema_is_the_one_mlflow_infers() -> None:
             "nothing": [None] * n,
             "tier": pd.Categorical(list("aabbcc")),
             "prediction_id": [f"p{i}" for i in range(n)],
+            "day": [datetime.date(2026, 1, 1 + i) for i in range(n)],
+            "raw": [bytes([i]) for i in range(n)],
         }
     )
     ours = json.loads(_dataset_schema(_arrow_table(frame), frame))
