@@ -12,7 +12,7 @@ import json
 import os
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,22 +57,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     gc.set_threshold(50_000, 20, 100)
     server = None
     http = settings["http"]
-    if http["enabled"]:
-        server = HealthServer(
-            http["host"],
-            int(http["port"]),
-            daemon.metrics.registry,
-            lambda: (daemon.ready, "ready" if daemon.ready else "not ready"),
-        )
-        server.start()
-    daemon.install_signal_handlers()
-    scheduler = attach_scheduler(daemon, settings)
     try:
-        summary = daemon.run(
-            max_events=args.max_events, timeout_s=args.timeout, idle_timeout_s=args.idle_timeout
-        )
+        if http["enabled"]:
+            server = _health_server(HealthServer, http, daemon)
+            server.start()
+        daemon.install_signal_handlers()
+        scheduler = attach_scheduler(daemon, settings)
+        try:
+            summary = daemon.run(
+                max_events=args.max_events,
+                timeout_s=args.timeout,
+                idle_timeout_s=args.idle_timeout,
+            )
+        finally:
+            scheduler.shutdown()
     finally:
-        scheduler.shutdown()
         if server is not None:
             server.stop()
         daemon.sink.close()
@@ -81,6 +80,27 @@ def cmd_run(args: argparse.Namespace) -> int:
             daemon.store.close()
     print(json.dumps(summary.__dict__, sort_keys=True))
     return 0
+
+
+def _health_server(server_class: Any, http: Mapping[str, Any], daemon: Any) -> Any:
+    """The health/metrics server on ``http.host:http.port``; a port it cannot listen on (held
+    by another process, a host that is not this machine's) is one sentence naming both keys."""
+    from .app import StartupError
+
+    host, port = http["host"], int(http["port"])
+    try:
+        return server_class(
+            host,
+            port,
+            daemon.metrics.registry,
+            lambda: (daemon.ready, "ready" if daemon.ready else "not ready"),
+        )
+    except OSError as exc:
+        raise StartupError(
+            f"http: cannot listen on {host}:{port} ({exc.strerror or exc}). Another process "
+            "may hold the port (a second daemon on this machine?): set http.port (0 takes any "
+            "free port), http.host, or http.enabled: false."
+        ) from None
 
 
 def _build_or_explain(build: Any, settings: Any, events: str | None) -> Any:

@@ -59,6 +59,27 @@ def test_missing_reference_profile_is_one_sentence(tmp_path: Path) -> None:
     assert "Traceback" not in res.stderr
 
 
+def test_http_port_in_use_is_one_sentence(tmp_path: Path) -> None:
+    """A second daemon on the same metrics port stops with one sentence naming the address and
+    the keys to change (not an OSError traceback), exit 2."""
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        cfg = tmp_path / "driftwarden.yaml"
+        cfg.write_text(
+            f"source: file\nfile: {{events: {EVENTS}, out_dir: {tmp_path / 'out'}}}\n"
+            f"policies: {EMBEDDED / 'policies'}\nstate: {{dir: {tmp_path / 'state'}}}\n"
+            f"http: {{enabled: true, host: 127.0.0.1, port: {port}}}\n"
+        )
+        res = run_cli("run", "--config", str(cfg))
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert f"http: cannot listen on 127.0.0.1:{port} (Address already in use)" in res.stderr
+    assert "http.port" in res.stderr and "Traceback" not in res.stderr
+
+
 def test_validate_reports_file_line_and_exit_code(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
