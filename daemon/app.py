@@ -8,6 +8,7 @@ traceback and exits 2.
 from __future__ import annotations
 
 import socket
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,23 @@ def load_policy_set(path: str | Path, *, check_files: bool = True) -> PolicySet:
         if missing:
             raise StartupError("\n".join(missing))
     return policies
+
+
+def _writable_dir(path: str | Path, key: str) -> Path:
+    """Create the folder ``path`` when missing and check a file can be written in it; one
+    sentence naming the setting ``key`` when not."""
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".driftwarden-write-check-"):
+            pass
+    except OSError as exc:
+        raise StartupError(
+            f"{key}: cannot write in {folder} ({exc.strerror or exc}"
+            f"{': ' + exc.filename if isinstance(exc.filename, str) else ''}); "
+            f"set {key} to a folder driftwarden can create and write."
+        ) from None
+    return folder
 
 
 def _checkpoint_store(settings: Settings) -> CheckpointStore:
@@ -128,6 +146,12 @@ def build_daemon(
     loader = ProfileLoader(policies, tracking_uri=d["mlflow"]["tracking_uri"], override=profile)
     opts = options_from(settings)
     use_file = events_path is not None or d["source"] == "file"
+    # Checkpoints, the action outbox, silences and labeled examples live there: a folder that
+    # cannot be written is said before any client is opened.
+    if with_state or with_actions:
+        _writable_dir(d["state"]["dir"], "state.dir")
+    if use_file and sink is None:
+        _writable_dir(d["file"]["out_dir"], "file.out_dir")
     if not use_file:  # before any other Kafka client is opened
         _check_topics(settings, outputs=sink is None)
     store = _checkpoint_store(settings) if with_state else None

@@ -80,6 +80,26 @@ def test_http_port_in_use_is_one_sentence(tmp_path: Path) -> None:
     assert "http.port" in res.stderr and "Traceback" not in res.stderr
 
 
+@pytest.mark.parametrize("key", ["state.dir", "file.out_dir"])
+def test_a_folder_that_cannot_be_written_is_one_sentence(tmp_path: Path, key: str) -> None:
+    """A state or output folder under a plain file stops start-up with one sentence naming the
+    setting and the path (it was a traceback, or a failure at the first checkpoint), exit 2."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder\n")
+    folders = {"state.dir": tmp_path / "state", "file.out_dir": tmp_path / "out"}
+    folders[key] = blocker / "sub"
+    cfg = tmp_path / "driftwarden.yaml"
+    cfg.write_text(
+        f"source: file\nfile: {{events: {EVENTS}, out_dir: {folders['file.out_dir']}}}\n"
+        f"policies: {EMBEDDED / 'policies'}\nstate: {{dir: {folders['state.dir']}}}\n"
+        "http: {enabled: false}\n"
+    )
+    res = run_cli("run", "--config", str(cfg))
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert f"{key}: cannot write in {blocker / 'sub'} (Not a directory" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
 def test_validate_reports_file_line_and_exit_code(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
