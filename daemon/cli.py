@@ -134,11 +134,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     policy_paths: list[str] = []
     for p in args.paths or ["config/policies"]:
         path = Path(p)
-        if (
-            path.is_file()
-            and path.name.startswith("driftwarden")
-            and path.suffix in (".yaml", ".yml")
-        ):
+        if _is_settings_file(path):
             try:
                 load_settings(path, env={})
             except ConfigError as exc:
@@ -156,6 +152,31 @@ def cmd_validate(args: argparse.Namespace) -> int:
         return 1
     print("ok", file=sys.stderr)
     return 0
+
+
+def _is_settings_file(path: Path) -> bool:
+    """A daemon configuration rather than a policy: named ``driftwarden*.yaml``, or a mapping
+    without a policy's ``apiVersion``/``kind`` whose top-level keys include a settings section
+    (``kafka:``, ``state:``, ...). Anything else, unreadable YAML included, goes to the policy
+    validator, which reports it with file:line."""
+    import yaml
+
+    from .settings import DEFAULTS
+
+    if not path.is_file() or path.suffix not in (".yaml", ".yml"):
+        return False
+    if path.name.startswith("driftwarden"):
+        return True
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError, OSError):
+        return False
+    return (
+        isinstance(doc, dict)
+        and "apiVersion" not in doc
+        and "kind" not in doc
+        and bool(set(doc) & set(DEFAULTS))
+    )
 
 
 def cmd_test(args: argparse.Namespace) -> int:

@@ -2,8 +2,8 @@
 
 Nested keys are joined with a double underscore in the environment:
 ``DRIFTWARDEN_KAFKA__BOOTSTRAP_SERVERS=broker:9092`` sets ``kafka.bootstrap_servers``. Unknown
-keys are errors (a typo must not silently fall back to a default); every error names the file
-and the key path.
+keys are errors (a typo must not silently fall back to a default); every error names where the
+value came from (``file:line``, or the environment variable) and the key path.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,32 +120,94 @@ class Settings:
 
 
 def _merge(
-    base: dict[str, Any], over: Mapping[str, Any], path: str, errors: list[str], src: str
+    base: dict[str, Any],
+    over: Mapping[str, Any],
+    path: str,
+    errors: list[str],
+    where: Callable[[str], str],
 ) -> None:
     for key, value in over.items():
-        where = f"{path}{key}"
+        dotted = f"{path}{key}"
         if key not in base:
             known = ", ".join(sorted(base))
-            errors.append(f"{src}: {where}: unknown key (known here: {known})")
+            errors.append(f"{where(dotted)}: {dotted}: unknown key (known here: {known})")
             continue
         if key == "security" and isinstance(value, Mapping):
             # Opaque kafka-python settings: merged key by key (file, then environment).
             base[key] = {**base[key], **value}
         elif isinstance(base[key], dict) and key != "security":
             if not isinstance(value, Mapping):
-                errors.append(f"{src}: {where}: must be a mapping, got {type(value).__name__}")
+                errors.append(
+                    f"{where(dotted)}: {dotted}: must be a mapping, got {type(value).__name__}"
+                )
                 continue
-            _merge(base[key], value, where + ".", errors, src)
+            _merge(base[key], value, dotted + ".", errors, where)
         else:
             base[key] = value
 
 
-def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+def _key_lines(text: str) -> dict[str, int]:
+    """The line of every key of a YAML mapping document, by dotted path (``kafka.topics``)."""
+    lines: dict[str, int] = {}
+
+    def walk(node: yaml.Node, prefix: str) -> None:
+        if not isinstance(node, yaml.MappingNode):
+            return
+        for knode, vnode in node.value:
+            if isinstance(knode, yaml.ScalarNode):
+                path = f"{prefix}{knode.value}"
+                lines.setdefault(path, knode.start_mark.line + 1)
+                walk(vnode, path + ".")
+
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    if root is not None:
+        walk(root, "")
+    return lines
+
+
+class _Origins:
+    """Where each setting came from, for error messages: ``file:line`` for a key of the file,
+    ``environment (DRIFTWARDEN_...)`` for an override, the file (or "defaults") otherwise."""
+
+    def __init__(self, src: str, lines: Mapping[str, int]) -> None:
+        self.src = src
+        self.lines = lines
+        self.env: dict[str, str] = {}
+
+    def file(self, dotted: str) -> str:
+        path = dotted
+        while path:
+            if path in self.lines:
+                return f"{self.src}:{self.lines[path]}"
+            path = path.rpartition(".")[0]
+        return self.src
+
+    def environment(self, dotted: str) -> str:
+        name = self._variable(dotted)
+        return f"environment ({name or 'DRIFTWARDEN_*'})"
+
+    def __call__(self, dotted: str) -> str:
+        """The origin of the value ``dotted`` holds after merging (environment wins)."""
+        return self.environment(dotted) if self._variable(dotted) else self.file(dotted)
+
+    def _variable(self, dotted: str) -> str | None:
+        path = dotted
+        while path:
+            if path in self.env:
+                return self.env[path]
+            path = path.rpartition(".")[0]
+        return None
+
+
+def _env_overrides(env: Mapping[str, str], names: dict[str, str]) -> dict[str, Any]:
+    """The ``DRIFTWARDEN_*`` overrides as a nested mapping; ``names`` gets each one's variable
+    by dotted path."""
     out: dict[str, Any] = {}
     for name, raw in env.items():
         if not name.startswith("DRIFTWARDEN_") or name == "DRIFTWARDEN_CONFIG":
             continue
         parts = name[len("DRIFTWARDEN_") :].lower().split("__")
+        names[".".join(parts)] = name
         node = out
         for p in parts[:-1]:
             node = node.setdefault(p, {})
@@ -167,13 +229,16 @@ def load_settings(
     data = copy.deepcopy(DEFAULTS)
     errors: list[str] = []
     src = "defaults"
+    origins = _Origins(src, {})
     if path is not None:
         p = Path(path)
         src = str(p)
         if not p.is_file():
             raise ConfigError(f"{p}: config file not found")
+        text = p.read_text(encoding="utf-8")
         try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+            loaded = yaml.safe_load(text) or {}
+            lines = _key_lines(text)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line = f":{mark.line + 1}" if mark is not None else ""
@@ -182,29 +247,29 @@ def load_settings(
             ) from None
         if not isinstance(loaded, Mapping):
             raise ConfigError(f"{p}: the config must be a mapping at the top level")
-        _merge(data, loaded, "", errors, src)
-    _merge(data, _env_overrides(env), "", errors, "environment (DRIFTWARDEN_*)")
-    _check(data, errors, src)
+        origins = _Origins(src, lines)
+        _merge(data, loaded, "", errors, origins.file)
+    overrides = _env_overrides(env, origins.env)
+    _merge(data, overrides, "", errors, origins.environment)
+    _check(data, errors, origins)
     if errors:
         raise ConfigError("\n".join(errors))
     return Settings(data=data, source_path=src)
 
 
-def _check(data: dict[str, Any], errors: list[str], src: str) -> None:
+def _check(data: dict[str, Any], errors: list[str], where: Callable[[str], str]) -> None:
+    """Check values; each error starts with where the value came from (``where``)."""
+
+    def bad(dotted: str, message: str) -> None:
+        errors.append(f"{where(dotted)}: {dotted}: {message}")
+
     if data["source"] not in ("kafka", "file"):
-        errors.append(f"{src}: source: must be kafka or file, got {data['source']!r}")
+        bad("source", f"must be kafka or file, got {data['source']!r}")
     if data["source"] == "file" and not data["file"]["events"]:
-        errors.append(f"{src}: file.events: the file source needs an events file (JSONL)")
+        bad("file.events", "the file source needs an events file (JSONL)")
     if data["state"]["backend"] not in ("local", "kafka"):
-        errors.append(
-            f"{src}: state.backend: must be local or kafka (got {data['state']['backend']!r})"
-        )
-    if data["retrain"]["labeled_max_age"] is not None:
-        try:
-            parse_duration(data["retrain"]["labeled_max_age"], f"{src}: retrain.labeled_max_age")
-        except ConfigError as exc:
-            errors.append(str(exc))
-    for section, key in (
+        bad("state.backend", f"must be local or kafka (got {data['state']['backend']!r})")
+    durations = [
         ("checkpoint", "every"),
         ("join", "ttl"),
         ("scheduler", "policy_reload"),
@@ -213,19 +278,20 @@ def _check(data: dict[str, Any], errors: list[str], src: str) -> None:
         ("scheduler", "freshness"),
         ("actions", "retry_base"),
         ("actions", "retry_max"),
-    ):
+    ]
+    if data["retrain"]["labeled_max_age"] is not None:
+        durations.insert(0, ("retrain", "labeled_max_age"))
+    for section, key in durations:
+        dotted = f"{section}.{key}"
         try:
-            parse_duration(data[section][key], f"{src}: {section}.{key}")
+            parse_duration(data[section][key], f"{where(dotted)}: {dotted}")
         except ConfigError as exc:
             errors.append(str(exc))
     if not isinstance(data["kafka"]["create_topics"], bool):
-        errors.append(
-            f"{src}: kafka.create_topics: must be true or false, "
-            f"got {data['kafka']['create_topics']!r}"
-        )
+        bad("kafka.create_topics", f"must be true or false, got {data['kafka']['create_topics']!r}")
     share = data["checkpoint"]["max_share"]
     if isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share <= 1:
-        errors.append(f"{src}: checkpoint.max_share: must be a number in (0, 1], got {share!r}")
+        bad("checkpoint.max_share", f"must be a number in (0, 1], got {share!r}")
     # Counts and sizes of 0 are no setting an operator means: no records per poll (kafka-python
     # refuses it at the first poll), a fetch wait of 0 (an idle consumer fetching in a busy
     # loop), every event too large for the dead-letter topic, no join or labeled rows kept.
@@ -239,9 +305,7 @@ def _check(data: dict[str, Any], errors: list[str], src: str) -> None:
     ):
         v = data[section][key]
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            errors.append(f"{src}: {section}.{key}: must be a whole number ≥ 1, got {v!r}")
+            bad(f"{section}.{key}", f"must be a whole number ≥ 1, got {v!r}")
     port = data["http"]["port"]
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-        errors.append(
-            f"{src}: http.port: must be a port number 0-65535 (0: any free port), got {port!r}"
-        )
+        bad("http.port", f"must be a port number 0-65535 (0: any free port), got {port!r}")

@@ -41,8 +41,40 @@ def test_settings_env_override_and_unknown_key(tmp_path: Path) -> None:
     )
     assert s["kafka"]["group_id"] == "g2" and s["http"]["port"] == 9999
     cfg.write_text("kafka:\n  group: g1\n")
-    with pytest.raises(ConfigError, match=r"driftwarden.yaml: kafka.group: unknown key"):
+    with pytest.raises(ConfigError, match=r"driftwarden.yaml:2: kafka.group: unknown key"):
         load_settings(cfg, env={})
+
+
+def test_settings_errors_name_the_line_or_the_variable(tmp_path: Path) -> None:
+    """Each error says where the bad value came from: ``file:line`` for a key of the file (the
+    key's own line, nested or in a flow mapping), the variable for an environment override
+    (which wins over the file), the file alone for a value it lacks."""
+    cfg = tmp_path / "driftwarden.yaml"
+    cfg.write_text(
+        "source: file\n"  # file.events missing: no line to name
+        "kafka:\n"
+        "  bootstrap_servers: b:9092\n"
+        "  max_poll_records: 0\n"
+        "checkpoint: {every: soon, max_share: 2}\n"
+        "http:\n"
+        "  port: 9308\n"
+    )
+    env = {"DRIFTWARDEN_HTTP__PORT": "70000", "DRIFTWARDEN_JOIN__TTLL": "1d"}
+    with pytest.raises(ConfigError) as err:
+        load_settings(cfg, env=env)
+    lines = str(err.value).splitlines()
+    assert sorted(lines) == sorted(
+        [
+            f"{cfg}: file.events: the file source needs an events file (JSONL)",
+            f"{cfg}:4: kafka.max_poll_records: must be a whole number ≥ 1, got 0",
+            f"{cfg}:5: checkpoint.every: 'soon' is not a duration (use e.g. 30s, 5m, 1h, 7d)",
+            f"{cfg}:5: checkpoint.max_share: must be a number in (0, 1], got 2",
+            "environment (DRIFTWARDEN_HTTP__PORT): http.port: must be a port number 0-65535 "
+            "(0: any free port), got 70000",
+            "environment (DRIFTWARDEN_JOIN__TTLL): join.ttll: unknown key (known here: "
+            "max_entries, ttl)",
+        ]
+    ), lines
 
 
 def test_settings_bad_values_all_reported(tmp_path: Path) -> None:

@@ -36,7 +36,7 @@ def test_config_error_is_one_sentence_not_a_traceback(tmp_path: Path) -> None:
     cfg.write_text("kafka:\n  bootstrap: x\n")
     res = run_cli("run", "--config", str(cfg))
     assert res.returncode == 2
-    assert "driftwarden.yaml: kafka.bootstrap: unknown key" in res.stderr
+    assert "driftwarden.yaml:2: kafka.bootstrap: unknown key" in res.stderr
     assert "Traceback" not in res.stderr
 
 
@@ -113,6 +113,27 @@ def test_validate_reports_file_line_and_exit_code(
     assert main(["validate", str(bad)]) == 1
     out = capsys.readouterr().out
     assert f"{bad}:" in out and "qualty" in out
+
+
+def test_validate_knows_a_config_file_by_its_content(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A daemon config under any name (prod.yaml) is checked as a config, with file:line, not
+    as a policy missing apiVersion; the shipped config and policies pass together."""
+    assert (
+        main(["validate", str(ROOT / "config/driftwarden.yaml"), str(ROOT / "config/policies")])
+        == 0
+    )
+    prod = tmp_path / "prod.yaml"
+    prod.write_text("state:\n  dir: /var/lib/driftwarden\nkafka:\n  max_poll_records: -1\n")
+    capsys.readouterr()
+    assert main(["validate", str(prod)]) == 1
+    out = capsys.readouterr().out
+    assert out.splitlines() == [
+        f"{prod}:4: kafka.max_poll_records: must be a whole number ≥ 1, got -1"
+    ]
+    prod.write_text("state:\n  dir: /var/lib/driftwarden\n")
+    assert main(["validate", str(prod)]) == 0
 
 
 def test_policy_tests_pass(capsys: pytest.CaptureFixture[str]) -> None:
