@@ -131,20 +131,33 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from .settings import ConfigError, load_settings
 
     errors: list[str] = []
-    policy_paths: list[str] = []
-    for p in args.paths or ["config/policies"]:
+    policy_paths: dict[Path, str] = {}  # resolved -> as given (each checked once)
+    paths = args.paths
+    if not paths:  # the daemon's own config (and the policies it names), and config/policies
+        config = os.environ.get("DRIFTWARDEN_CONFIG") or "config/driftwarden.yaml"
+        paths = [config, "config/policies"] if Path(config).is_file() else ["config/policies"]
+    for p in paths:
         path = Path(p)
         if _is_settings_file(path):
             try:
-                load_settings(path, env={})
+                settings = load_settings(path, env={})
             except ConfigError as exc:
                 errors.extend(str(exc).splitlines())
+                continue
+            named = Path(settings["policies"])  # relative to the current folder, as `run` reads it
+            if named.exists():
+                policy_paths.setdefault(named.resolve(), str(named))
+            else:
+                errors.append(
+                    f"{settings.where('policies')}: policies: {named} does not exist "
+                    f"(relative paths are read from the current folder, {Path.cwd()})"
+                )
         elif not path.exists():
             errors.append(f"{path}: no such file or directory")
         else:
-            policy_paths.append(str(path))
+            policy_paths.setdefault(path.resolve(), str(path))
     if policy_paths:
-        errors.extend(validate_paths(policy_paths))
+        errors.extend(validate_paths(list(policy_paths.values())))
     for e in errors:
         print(e)
     if errors:
@@ -503,7 +516,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     val = sub.add_parser("validate", help="check config and policy files")
     val.add_argument(
-        "paths", nargs="*", help="policy files/directories and driftwarden*.yaml configs"
+        "paths",
+        nargs="*",
+        help="policy files/directories and daemon configs (a config's policies are checked "
+        "too); default: $DRIFTWARDEN_CONFIG or config/driftwarden.yaml, and config/policies",
     )
     val.set_defaults(func=cmd_validate)
 

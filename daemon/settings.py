@@ -12,7 +12,7 @@ import copy
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +103,8 @@ class Settings:
 
     data: Mapping[str, Any]
     source_path: str
+    #: line of each key of the file, by dotted path (empty without a file)
+    key_lines: Mapping[str, int] = field(default_factory=dict)
 
     def __getitem__(self, key: str) -> Any:
         return self.data[key]
@@ -113,6 +115,10 @@ class Settings:
 
     def seconds(self, section: str, key: str) -> float:
         return parse_duration(self.data[section][key], f"{section}.{key}")
+
+    def where(self, dotted: str) -> str:
+        """``file:line`` of the key ``dotted`` (its closest enclosing key), or the file."""
+        return _Origins(self.source_path, self.key_lines).file(dotted)
 
     def path(self, value: str) -> Path:
         """A path from the config, relative to the current directory."""
@@ -254,7 +260,7 @@ def load_settings(
     _check(data, errors, origins)
     if errors:
         raise ConfigError("\n".join(errors))
-    return Settings(data=data, source_path=src)
+    return Settings(data=data, source_path=src, key_lines=origins.lines)
 
 
 def _check(data: dict[str, Any], errors: list[str], where: Callable[[str], str]) -> None:

@@ -136,6 +136,29 @@ def test_validate_knows_a_config_file_by_its_content(
     assert main(["validate", str(prod)]) == 0
 
 
+def test_validate_a_config_checks_the_policies_it_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Validating a config also validates its ``policies:`` folder (a broken policy there is
+    reported with its file:line), and a folder that does not exist is the config's error at
+    the key's line."""
+    pol = tmp_path / "policies"
+    pol.mkdir()
+    (pol / "churn.yaml").write_text(
+        (EMBEDDED / "policies" / "churn.yaml").read_text().replace("when: quality", "when: qualty")
+    )
+    cfg = tmp_path / "driftwarden-prod.yaml"
+    cfg.write_text(f"state:\n  dir: {tmp_path / 'state'}\npolicies: {pol}\n")
+    capsys.readouterr()
+    assert main(["validate", str(cfg)]) == 1
+    out = capsys.readouterr().out
+    assert f"{pol / 'churn.yaml'}:" in out and "qualty" in out
+    cfg.write_text(f"state:\n  dir: {tmp_path / 'state'}\npolicies: {tmp_path / 'nope'}\n")
+    assert main(["validate", str(cfg)]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith(f"{cfg}:3: policies: {tmp_path / 'nope'} does not exist"), out
+
+
 def test_policy_tests_pass(capsys: pytest.CaptureFixture[str]) -> None:
     """The example policy tests pass through `driftwarden test`."""
     files = sorted(str(p) for p in (ROOT / "config" / "policy-tests").glob("*.yaml"))
