@@ -159,6 +159,28 @@ def test_validate_a_config_checks_the_policies_it_names(
     assert out.startswith(f"{cfg}:3: policies: {tmp_path / 'nope'} does not exist"), out
 
 
+def test_validate_reports_a_missing_reference_profile_as_run_would(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A policy whose ``file:`` profile is missing passes the file checks but `run` refuses
+    it: validate reports it too, at the ``reference:`` line (it said ok)."""
+    pol = tmp_path / "policies"
+    pol.mkdir()
+    text = (EMBEDDED / "policies" / "churn.yaml").read_text()
+    (pol / "churn.yaml").write_text(
+        text.replace("file:../../profiles/churn.json", "file:nope.json")
+    )
+    line = 1 + next(i for i, t in enumerate(text.splitlines()) if t.startswith("reference:"))
+    capsys.readouterr()
+    assert main(["validate", str(pol)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        f"{pol / 'churn.yaml'}:{line}: reference: profile file {pol / 'nope.json'} does not "
+        f"exist (build it with `driftwarden profile --data TABLE --model churn --out "
+        f"{pol / 'nope.json'}`)."
+    ]
+
+
 def test_policy_tests_pass(capsys: pytest.CaptureFixture[str]) -> None:
     """The example policy tests pass through `driftwarden test`."""
     files = sorted(str(p) for p in (ROOT / "config" / "policy-tests").glob("*.yaml"))
