@@ -28,7 +28,14 @@ from .sources import FileSource, KafkaSource, Source
 from .topics import INPUT_ROLES, OUTPUT_ROLES, TopicError, check_topics
 from .wiring import RetrainLauncher
 
-__all__ = ["StartupError", "attach_scheduler", "build_daemon", "load_policy_set", "options_from"]
+__all__ = [
+    "StartupError",
+    "attach_scheduler",
+    "build_daemon",
+    "load_policy_set",
+    "missing_profiles",
+    "options_from",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -48,16 +55,34 @@ def load_policy_set(path: str | Path, *, check_files: bool = True) -> PolicySet:
     if len(policies) == 0:
         raise StartupError(f"no policy files (*.yaml) found under {p}.")
     if check_files:
-        missing = [
-            f"{pol.source}: reference profile file {pol.reference_path} does not exist "
-            f"(build it with `driftwarden profile --data TABLE --model {pol.model} "
-            f"--out {pol.reference_path}`)."
-            for pol in policies.policies
-            if pol.reference_path is not None and not pol.reference_path.exists()
-        ]
+        missing = missing_profiles(policies)
         if missing:
             raise StartupError("\n".join(missing))
     return policies
+
+
+def missing_profiles(policies: PolicySet) -> list[str]:
+    """One sentence per ``file:`` reference whose profile does not exist, at the policy's
+    ``reference:`` line."""
+    import yaml
+
+    from .settings import _key_lines
+
+    out = []
+    for pol in policies.policies:
+        ref = pol.reference_path
+        if ref is None or ref.exists():
+            continue
+        try:
+            line = _key_lines(Path(pol.source).read_text(encoding="utf-8")).get("reference")
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            line = None
+        where = f"{pol.source}:{line}" if line else pol.source
+        out.append(
+            f"{where}: reference: profile file {ref} does not exist (build it with "
+            f"`driftwarden profile --data TABLE --model {pol.model} --out {ref}`)."
+        )
+    return out
 
 
 def _writable_dir(path: str | Path, key: str) -> Path:

@@ -128,6 +128,7 @@ def _build_or_explain(build: Any, settings: Any, events: str | None) -> Any:
 def cmd_validate(args: argparse.Namespace) -> int:
     from driftwarden.policies.loader import load_policies
 
+    from .app import missing_profiles
     from .settings import ConfigError, load_settings
 
     errors: list[str] = []
@@ -160,7 +161,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         policies, policy_errors = load_policies(list(policy_paths.values()))
         errors.extend(policy_errors)
         # What `run` refuses beyond the files' own content: a profile file that is not there.
-        errors.extend(_missing_profiles(policies))
+        errors.extend(missing_profiles(policies))
     for e in errors:
         print(e)
     if errors:
@@ -168,29 +169,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
         return 1
     print("ok", file=sys.stderr)
     return 0
-
-
-def _missing_profiles(policies: Any) -> list[str]:
-    """A ``file:`` reference whose profile does not exist, at the line of ``reference:``."""
-    import yaml
-
-    from .settings import _key_lines
-
-    out = []
-    for pol in policies.policies:
-        ref = pol.reference_path
-        if ref is None or ref.exists():
-            continue
-        try:
-            line = _key_lines(Path(pol.source).read_text(encoding="utf-8")).get("reference")
-        except (OSError, UnicodeDecodeError, yaml.YAMLError):
-            line = None
-        where = f"{pol.source}:{line}" if line else pol.source
-        out.append(
-            f"{where}: reference: profile file {ref} does not exist (build it with "
-            f"`driftwarden profile --data TABLE --model {pol.model} --out {ref}`)."
-        )
-    return out
 
 
 def _is_settings_file(path: Path) -> bool:

@@ -55,7 +55,8 @@ def test_missing_reference_profile_is_one_sentence(tmp_path: Path) -> None:
     )
     res = run_cli("run", "--config", str(cfg))
     assert res.returncode == 2, res.stderr
-    assert "reference profile file" in res.stderr and "nope.json does not exist" in res.stderr
+    assert "churn.yaml:6: reference: profile file" in res.stderr
+    assert "nope.json does not exist" in res.stderr
     assert "Traceback" not in res.stderr
 
 
