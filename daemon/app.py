@@ -22,7 +22,7 @@ from driftwarden.policies.model import PolicyError, PolicySet
 from .checkpoint import CheckpointError, CheckpointStore, LocalCheckpointStore
 from .profiles import ProfileLoader
 from .runner import Daemon, DaemonOptions
-from .settings import Settings, parse_duration
+from .settings import Settings, key_lines, parse_duration
 from .sinks import FileSink, KafkaSink, Sink
 from .sources import FileSource, KafkaSource, Source
 from .topics import INPUT_ROLES, OUTPUT_ROLES, TopicError, check_topics
@@ -66,15 +66,13 @@ def missing_profiles(policies: PolicySet) -> list[str]:
     ``reference:`` line."""
     import yaml
 
-    from .settings import _key_lines
-
     out = []
     for pol in policies.policies:
         ref = pol.reference_path
         if ref is None or ref.exists():
             continue
         try:
-            line = _key_lines(Path(pol.source).read_text(encoding="utf-8")).get("reference")
+            line = key_lines(Path(pol.source).read_text(encoding="utf-8")).get("reference")
         except (OSError, UnicodeDecodeError, yaml.YAMLError):
             line = None
         where = f"{pol.source}:{line}" if line else pol.source

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["ConfigError", "Settings", "load_settings", "parse_duration"]
+__all__ = ["ConfigError", "Settings", "key_lines", "load_settings", "parse_duration"]
 
 DEFAULTS: dict[str, Any] = {
     "source": "kafka",  # kafka | file
@@ -152,7 +152,7 @@ def _merge(
             base[key] = value
 
 
-def _key_lines(text: str) -> dict[str, int]:
+def key_lines(text: str) -> dict[str, int]:
     """The line of every key of a YAML mapping document, by dotted path (``kafka.topics``)."""
     lines: dict[str, int] = {}
 
@@ -244,7 +244,7 @@ def load_settings(
         text = p.read_text(encoding="utf-8")
         try:
             loaded = yaml.safe_load(text) or {}
-            lines = _key_lines(text)
+            lines = key_lines(text)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line = f":{mark.line + 1}" if mark is not None else ""
