@@ -38,7 +38,6 @@ def _settings(args: argparse.Namespace) -> Any:
 # -- run -------------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
     from .app import attach_scheduler, build_daemon
-    from .http import HealthServer
     from .logs import configure
 
     settings = _settings(args)
@@ -59,7 +58,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     http = settings["http"]
     try:
         if http["enabled"]:
-            server = _health_server(HealthServer, http, daemon)
+            server = _health_server(http, daemon)
             server.start()
         daemon.install_signal_handlers()
         scheduler = attach_scheduler(daemon, settings)
@@ -82,14 +81,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _health_server(server_class: Any, http: Mapping[str, Any], daemon: Any) -> Any:
+def _health_server(http: Mapping[str, Any], daemon: Any) -> Any:
     """The health/metrics server on ``http.host:http.port``; a port it cannot listen on (held
     by another process, a host that is not this machine's) is one sentence naming both keys."""
     from .app import StartupError
+    from .http import HealthServer
 
     host, port = http["host"], int(http["port"])
     try:
-        return server_class(
+        return HealthServer(
             host,
             port,
             daemon.metrics.registry,
