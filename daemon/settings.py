@@ -14,11 +14,13 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 __all__ = ["ConfigError", "Settings", "key_lines", "load_settings", "parse_duration"]
+
+_T = TypeVar("_T")
 
 DEFAULTS: dict[str, Any] = {
     "source": "kafka",  # kafka | file
@@ -181,12 +183,8 @@ class _Origins:
         self.env: dict[str, str] = {}
 
     def file(self, dotted: str) -> str:
-        path = dotted
-        while path:
-            if path in self.lines:
-                return f"{self.src}:{self.lines[path]}"
-            path = path.rpartition(".")[0]
-        return self.src
+        line = _closest(self.lines, dotted)
+        return self.src if line is None else f"{self.src}:{line}"
 
     def environment(self, dotted: str) -> str:
         name = self._variable(dotted)
@@ -197,12 +195,17 @@ class _Origins:
         return self.environment(dotted) if self._variable(dotted) else self.file(dotted)
 
     def _variable(self, dotted: str) -> str | None:
-        path = dotted
-        while path:
-            if path in self.env:
-                return self.env[path]
-            path = path.rpartition(".")[0]
-        return None
+        return _closest(self.env, dotted)
+
+
+def _closest(by_path: Mapping[str, _T], dotted: str) -> _T | None:
+    """The entry of ``dotted`` or of its closest enclosing key (``a.b.c``, ``a.b``, ``a``)."""
+    path = dotted
+    while path:
+        if path in by_path:
+            return by_path[path]
+        path = path.rpartition(".")[0]
+    return None
 
 
 def _env_overrides(env: Mapping[str, str], names: dict[str, str]) -> dict[str, Any]:
