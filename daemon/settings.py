@@ -13,6 +13,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -262,8 +263,18 @@ def load_settings(
     _merge(data, overrides, "", errors, origins.environment)
     _check(data, errors, origins)
     if errors:
-        raise ConfigError("\n".join(errors))
+        raise ConfigError("\n".join(sorted(errors, key=partial(_line_order, src))))
     return Settings(data=data, source_path=src, key_lines=origins.lines)
+
+
+def _line_order(src: str, error: str) -> tuple[int, int]:
+    """Sort key: errors at a line of the file by line (as the file reads), then the file's
+    errors without a line, then the environment's (stable within each)."""
+    rest = error[len(src) :] if error.startswith(src) else None
+    if rest is None:
+        return (2, 0)
+    head = rest.split(":", 2)
+    return (0, int(head[1])) if len(head) > 2 and head[1].isdigit() else (1, 0)
 
 
 def _check(data: dict[str, Any], errors: list[str], where: Callable[[str], str]) -> None:

@@ -48,7 +48,7 @@ def test_settings_env_override_and_unknown_key(tmp_path: Path) -> None:
 def test_settings_errors_name_the_line_or_the_variable(tmp_path: Path) -> None:
     """Each error says where the bad value came from: ``file:line`` for a key of the file (the
     key's own line, nested or in a flow mapping), the variable for an environment override
-    (which wins over the file), the file alone for a value it lacks."""
+    (which wins over the file), the file alone for a value it lacks; listed as the file reads."""
     cfg = tmp_path / "driftwarden.yaml"
     cfg.write_text(
         "source: file\n"  # file.events missing: no line to name
@@ -62,19 +62,17 @@ def test_settings_errors_name_the_line_or_the_variable(tmp_path: Path) -> None:
     env = {"DRIFTWARDEN_HTTP__PORT": "70000", "DRIFTWARDEN_JOIN__TTLL": "1d"}
     with pytest.raises(ConfigError) as err:
         load_settings(cfg, env=env)
-    lines = str(err.value).splitlines()
-    assert sorted(lines) == sorted(
-        [
-            f"{cfg}: file.events: the file source needs an events file (JSONL)",
-            f"{cfg}:4: kafka.max_poll_records: must be a whole number ≥ 1, got 0",
-            f"{cfg}:5: checkpoint.every: 'soon' is not a duration (use e.g. 30s, 5m, 1h, 7d)",
-            f"{cfg}:5: checkpoint.max_share: must be a number in (0, 1], got 2",
-            "environment (DRIFTWARDEN_HTTP__PORT): http.port: must be a port number 0-65535 "
-            "(0: any free port), got 70000",
-            "environment (DRIFTWARDEN_JOIN__TTLL): join.ttll: unknown key (known here: "
-            "max_entries, ttl)",
-        ]
-    ), lines
+    # In the file's order, then the file's errors without a line, then the environment's.
+    assert str(err.value).splitlines() == [
+        f"{cfg}:4: kafka.max_poll_records: must be a whole number ≥ 1, got 0",
+        f"{cfg}:5: checkpoint.every: 'soon' is not a duration (use e.g. 30s, 5m, 1h, 7d)",
+        f"{cfg}:5: checkpoint.max_share: must be a number in (0, 1], got 2",
+        f"{cfg}: file.events: the file source needs an events file (JSONL)",
+        "environment (DRIFTWARDEN_JOIN__TTLL): join.ttll: unknown key (known here: "
+        "max_entries, ttl)",
+        "environment (DRIFTWARDEN_HTTP__PORT): http.port: must be a port number 0-65535 "
+        "(0: any free port), got 70000",
+    ]
 
 
 def test_settings_bad_values_all_reported(tmp_path: Path) -> None:
