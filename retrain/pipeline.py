@@ -1160,31 +1160,29 @@ def _dataset_schema(table: Any, snapshot: pd.DataFrame) -> str:
     1 000 rows, on the attempt's own thread) and gives up on the whole schema for a column of
     mixed values, which the file holds as strings and so does this schema; it still types, on a
     sample, the columns Arrow cannot map here (all null, dictionary)."""
+    import pyarrow as pa
     import pyarrow.types as pat
     from mlflow.data.pandas_dataset import from_pandas
     from mlflow.types import ColSpec, DataType, Schema
 
+    # As MLflow maps numpy dtypes (types/utils.py _infer_numpy_dtype); timestamps and dates are
+    # datetime whatever their unit or zone.
+    exact = {
+        pa.bool_(): DataType.boolean,
+        **dict.fromkeys(
+            [pa.int8(), pa.int16(), pa.int32(), pa.uint8(), pa.uint16()], DataType.integer
+        ),
+        **dict.fromkeys([pa.int64(), pa.uint32()], DataType.long),
+        **dict.fromkeys([pa.float16(), pa.float32()], DataType.float),
+        pa.float64(): DataType.double,
+        **dict.fromkeys([pa.string(), pa.large_string()], DataType.string),
+        **dict.fromkeys([pa.binary(), pa.large_binary()], DataType.binary),
+    }
+
     def mlflow_type(t: Any) -> DataType | None:
-        # As MLflow maps numpy dtypes (types/utils.py _infer_numpy_dtype).
-        if pat.is_boolean(t):
-            return DataType.boolean
-        if pat.is_int8(t) or pat.is_int16(t) or pat.is_int32(t):
-            return DataType.integer
-        if pat.is_uint8(t) or pat.is_uint16(t):
-            return DataType.integer
-        if pat.is_int64(t) or pat.is_uint32(t):
-            return DataType.long
-        if pat.is_float16(t) or pat.is_float32(t):
-            return DataType.float
-        if pat.is_float64(t):
-            return DataType.double
-        if pat.is_string(t) or pat.is_large_string(t):
-            return DataType.string
-        if pat.is_binary(t) or pat.is_large_binary(t):
-            return DataType.binary
         if pat.is_timestamp(t) or pat.is_date(t):
             return DataType.datetime
-        return None
+        return exact.get(t)
 
     specs: dict[str, Any] = {}  # ColSpec, None until typed
     for name, column in zip(table.column_names, table.columns, strict=True):
