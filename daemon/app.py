@@ -32,6 +32,7 @@ __all__ = [
     "StartupError",
     "attach_scheduler",
     "build_daemon",
+    "checkpoint_store",
     "load_policy_set",
     "missing_profiles",
     "options_from",
@@ -100,7 +101,9 @@ def _writable_dir(path: str | Path, key: str) -> Path:
     return folder
 
 
-def _checkpoint_store(settings: Settings) -> CheckpointStore:
+def checkpoint_store(settings: Settings, *, create_topic: bool = True) -> CheckpointStore:
+    """The checkpoint store ``state.backend`` names (``create_topic=False``: a reader that must
+    not create the Kafka state topic)."""
     d = settings.data
     if d["state"]["backend"] != "kafka":
         return LocalCheckpointStore(d["state"]["dir"])
@@ -114,6 +117,7 @@ def _checkpoint_store(settings: Settings) -> CheckpointStore:
             security=dict(k["security"]),
             client_id=k["client_id"],
             max_bytes=int(d["state"]["max_bytes"]),
+            create_topic=create_topic,
         )
     except CheckpointError as exc:
         raise StartupError(str(exc)) from None
@@ -177,7 +181,7 @@ def build_daemon(
         _writable_dir(d["file"]["out_dir"], "file.out_dir")
     if not use_file:  # before any other Kafka client is opened
         _check_topics(settings, outputs=sink is None)
-    store = _checkpoint_store(settings) if with_state else None
+    store = checkpoint_store(settings) if with_state else None
     if sink is None:
         if use_file:
             sink = FileSink(d["file"]["out_dir"])

@@ -53,6 +53,10 @@ class CheckpointStore(ABC):
     def load(self, unit: str) -> dict[str, Any] | None:
         """The unit's latest checkpoint, or None if it has none."""
 
+    @abstractmethod
+    def units(self) -> list[str]:
+        """Every unit that has a checkpoint, sorted."""
+
     def close(self) -> None:
         """Release resources."""
 
@@ -99,6 +103,12 @@ class LocalCheckpointStore(CheckpointStore):
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+    def units(self) -> list[str]:
+        # File names are the units made safe (see _path): units are plain names, as the
+        # daemon writes them ("p3", "actions").
+        files = self.directory.glob("checkpoint-*.json")
+        return sorted(f.name[len("checkpoint-") : -len(".json")] for f in files if f.is_file())
 
     def load(self, unit: str) -> dict[str, Any] | None:
         path = self._path(unit)

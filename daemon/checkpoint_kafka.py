@@ -365,6 +365,12 @@ class KafkaCheckpointStore(CheckpointStore):
             f"checkpoint for unit {unit!r} could not be written to topic {self.topic!r}: {exc}."
         )
 
+    def units(self) -> list[str]:
+        """The units with a checkpoint in the topic (read up to the current end)."""
+        with self._lock:
+            self._catch_up()
+            return sorted(self._latest)
+
     def load(self, unit: str) -> dict[str, Any] | None:
         """The unit's newest checkpoint in the topic (read up to the current end), or None."""
         with self._lock:

@@ -458,37 +458,52 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .app import labeled_store
-    from .checkpoint import LocalCheckpointStore
+    from .app import checkpoint_store, labeled_store
 
     settings = _settings(args)
     directory = Path(settings["state"]["dir"])
-    if not directory.exists():
+    kafka = settings["state"]["backend"] == "kafka"
+    if not kafka and not directory.exists():
         return _fail(f"no state directory at {directory} (has the daemon run?).", 1)
-    store = LocalCheckpointStore(directory)
-    # What a retrain would draw on now (0 for a model whose policy does not retrain); read-only
-    # beside a running daemon.
-    examples = labeled_store(settings, read_only=True)
-    rows = []
-    for f in sorted(directory.glob("checkpoint-*.json")):
-        unit = f.stem[len("checkpoint-") :]
-        doc = store.load(unit) or {}
-        for model, st in doc.get("models", {}).items():
-            rows.append(
-                {
-                    "model": model,
-                    "unit": unit,
-                    "events": st["events"],
-                    "labels": st["labels"],
-                    "join": st["join"]["counters"],
-                    "profile_version": st.get("profile_version"),
-                    "labeled_examples": _examples(examples, model),
-                }
-            )
-        rows.append({"unit": unit, "offsets": doc.get("offsets"), "invalid": doc.get("invalid")})
+    # The checkpoints where the daemon keeps them: the local folder, or the Kafka state topic
+    # (read, never created, by this command).
+    store = checkpoint_store(settings, create_topic=False)
+    try:
+        # What a retrain would draw on now (0 for a model whose policy does not retrain);
+        # read-only beside a running daemon.
+        examples = labeled_store(settings, read_only=True)
+        rows = []
+        for unit in store.units():
+            doc = store.load(unit) or {}
+            for model, st in doc.get("models", {}).items():
+                rows.append(
+                    {
+                        "model": model,
+                        "unit": unit,
+                        "events": st["events"],
+                        "labels": st["labels"],
+                        "join": st["join"]["counters"],
+                        "profile_version": st.get("profile_version"),
+                        "labeled_examples": _examples(examples, model),
+                    }
+                )
+            if "offsets" in doc:  # a partition's unit (the action executor's has none)
+                rows.append(
+                    {"unit": unit, "offsets": doc["offsets"], "invalid": doc.get("invalid")}
+                )
+    finally:
+        store.close()
+    if not rows:
+        print(f"no checkpoint yet in {_where_checkpoints(settings)}", file=sys.stderr)
     for r in rows:
         print(json.dumps(r, sort_keys=True))
     return 0
+
+
+def _where_checkpoints(settings: Any) -> str:
+    if settings["state"]["backend"] == "kafka":
+        return f"topic {settings['kafka']['topics']['state']!r}"
+    return str(settings["state"]["dir"])
 
 
 def _examples(store: Any, model: str) -> int | None:

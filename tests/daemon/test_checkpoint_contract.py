@@ -195,6 +195,16 @@ def test_save_all_saves_every_unit_as_it_is_built(backend: Harness) -> None:
     assert actions is not None and actions["executor"] == {"done": ["k1"]}
 
 
+def test_units_lists_every_saved_unit(backend: Harness) -> None:
+    """``units`` lists the units that have a checkpoint, sorted, also from another replica."""
+    store = backend.open()
+    assert store.units() == []
+    store.save_all([("p1", _payload(1, 1)), ("actions", {"executor": {}}), ("p0", _payload(0, 1))])
+    store.save("p1", _payload(1, 2))
+    assert store.units() == ["actions", "p0", "p1"]
+    assert backend.open().units() == ["actions", "p0", "p1"]
+
+
 def test_missing_unit_is_none(backend: Harness) -> None:
     """A unit that was never saved has no checkpoint, also when other units have one."""
     store = backend.open()
@@ -339,6 +349,7 @@ def test_kafka_tombstone_means_no_checkpoint(backend_kafka: KafkaHarness) -> Non
     first.delete("p0")
     backend_kafka.write_raw("p1", None)
     assert second.load("p0") is None and second.load("p1") is None
+    assert second.units() == []
     assert backend_kafka.open().load("p0") is None  # a fresh reader agrees
     first.save("p0", _payload(0, 2))
     doc = second.load("p0")

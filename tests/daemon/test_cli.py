@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -180,6 +182,60 @@ def test_validate_reports_a_missing_reference_profile_as_run_would(
         f"exist (build it with `driftwarden profile --data TABLE --model churn --out "
         f"{pol / 'nope.json'}`)."
     ]
+
+
+@pytest.mark.kafka
+def test_status_reads_the_kafka_state_topic(
+    tmp_path: Path,
+    kafka_bootstrap: str,
+    kafka_topic_factory: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """With ``state.backend: kafka`` the checkpoints live in the state topic: status reads them
+    there (it read the local folder, found no checkpoint file and printed nothing), and does
+    not create the topic when it is missing."""
+    from driftwarden.daemon.checkpoint_kafka import KafkaCheckpointStore
+
+    topic = kafka_topic_factory(1, compact=True)
+    writer = KafkaCheckpointStore(kafka_bootstrap, topic, create_topic=False)
+    try:
+        join = {"counters": {"matched": 5}}
+        model = {"events": 12, "labels": 5, "join": join, "profile_version": "3"}
+        writer.save_all(
+            [
+                (
+                    "p0",
+                    {"offsets": [["predictions", 0, 12]], "invalid": 1, "models": {"churn": model}},
+                ),
+                ("actions", {"executor": {}}),
+            ]
+        )
+    finally:
+        writer.close()
+    cfg = tmp_path / "driftwarden.yaml"
+    cfg.write_text(
+        f"state: {{backend: kafka, dir: {tmp_path / 'state'}}}\n"
+        f"kafka: {{bootstrap_servers: '{kafka_bootstrap}', topics: {{state: {topic}}}}}\n"
+    )
+    capsys.readouterr()
+    assert main(["status", "--config", str(cfg)]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert rows == [
+        {
+            "model": "churn",
+            "unit": "p0",
+            "events": 12,
+            "labels": 5,
+            "join": {"matched": 5},
+            "profile_version": "3",
+            "labeled_examples": 0,
+        },
+        {"unit": "p0", "offsets": [["predictions", 0, 12]], "invalid": 1},
+    ]
+    missing = f"{topic}-absent"
+    cfg.write_text(cfg.read_text().replace(f"state: {topic}", f"state: {missing}"))
+    assert main(["status", "--config", str(cfg)]) == 2
+    assert "does not exist and creating it is turned off" in capsys.readouterr().err
 
 
 def test_policy_tests_pass(capsys: pytest.CaptureFixture[str]) -> None:
