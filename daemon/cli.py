@@ -494,16 +494,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     finally:
         store.close()
     if not rows:
-        print(f"no checkpoint yet in {_where_checkpoints(settings)}", file=sys.stderr)
+        where = f"topic {settings['kafka']['topics']['state']!r}" if kafka else str(directory)
+        print(f"no checkpoint yet in {where}", file=sys.stderr)
     for r in rows:
         print(json.dumps(r, sort_keys=True))
     return 0
-
-
-def _where_checkpoints(settings: Any) -> str:
-    if settings["state"]["backend"] == "kafka":
-        return f"topic {settings['kafka']['topics']['state']!r}"
-    return str(settings["state"]["dir"])
 
 
 def _examples(store: Any, model: str) -> int | None:
