@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import tempfile
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ __all__ = [
     "load_policy_set",
     "missing_profiles",
     "options_from",
+    "silence_store",
 ]
 
 log = structlog.get_logger(__name__)
@@ -121,6 +123,16 @@ def checkpoint_store(settings: Settings, *, create_topic: bool = True) -> Checkp
         )
     except CheckpointError as exc:
         raise StartupError(str(exc)) from None
+
+
+def silence_store(settings: Settings, documents: CheckpointStore | None) -> Any:
+    """Where silences live: with ``state.backend: kafka`` the ``silences`` unit of the Kafka
+    checkpoint store ``documents`` (every replica reads the same), else ``state.dir``'s file."""
+    from driftwarden.policies.silences import SilenceUnit
+
+    if settings.data["state"]["backend"] == "kafka" and documents is not None:
+        return SilenceUnit(documents)
+    return Path(settings.data["state"]["dir"]) / "silences.json"
 
 
 def _check_topics(settings: Settings, *, outputs: bool) -> None:
@@ -401,23 +413,37 @@ def attach_scheduler(daemon: Daemon, settings: Settings) -> Any:
         daemon.reload_policies(policy_dir)
 
     sched.every(parse_duration(d["scheduler"]["policy_reload"]), reload, "policy-reload")
-    silences = Path(d["state"]["dir"]) / "silences.json"
-    seen_silences = {"sig": None}
+    from driftwarden.policies.silences import SilenceSet, SilenceUnit, load_silences
+
+    silences = silence_store(settings, daemon.store)
+    shared = isinstance(silences, SilenceUnit)
+    seen_silences: dict[str, Any] = {"sig": None, "value": None}
 
     def reload_silences() -> None:
-        from driftwarden.policies.silences import SilenceSet, load_silences
-
-        sig = policy_files_signature(silences)
-        if sig == seen_silences["sig"]:
-            return
-        seen_silences["sig"] = sig  # type: ignore[assignment]
+        if not shared:  # a file: read again only when it changed
+            sig = policy_files_signature(silences)
+            if sig == seen_silences["sig"]:
+                return
+            seen_silences["sig"] = sig
         try:
-            daemon.set_silences(SilenceSet(tuple(load_silences(silences))))
-        except PolicyError as exc:
+            current = tuple(load_silences(silences))
+        except (PolicyError, CheckpointError) as exc:  # the last good silences stay in force
             log.error("silences not reloaded", error=str(exc))
+            return
+        if current != seen_silences["value"]:
+            seen_silences["value"] = current
+            if shared:  # read on its own thread; the monitors are changed on the main loop
+                daemon.work.put(partial(daemon.set_silences, SilenceSet(current)))
+            else:
+                daemon.set_silences(SilenceSet(current))
 
     reload_silences()
-    sched.every(parse_duration(d["scheduler"]["policy_reload"]), reload_silences, "silences")
+    every = parse_duration(d["scheduler"]["policy_reload"])
+    if shared:
+        # Reading the state topic up to its end waits on the broker: never on the main loop.
+        sched.every_on_thread(every, reload_silences, "silences")
+    else:
+        sched.every(every, reload_silences, "silences")
     stale_after = parse_duration(d["scheduler"]["freshness"])
 
     def freshness() -> None:

@@ -280,36 +280,44 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def silences_path(settings: Any) -> Path:
-    """Where the daemon and the CLI keep silences."""
-    return Path(settings["state"]["dir"]) / "silences.json"
-
-
 def cmd_silence(args: argparse.Namespace) -> int:
     import time
 
     from driftwarden.policies.silences import add_silence, expire_silence, load_silences
 
+    from .app import checkpoint_store, silence_store
     from .settings import parse_duration
 
-    path = silences_path(_settings(args))
+    settings = _settings(args)
+    # With state.backend: kafka the silences are shared by every replica, in the state topic
+    # (read and written, never created, here); otherwise a file in state.dir.
+    documents = (
+        checkpoint_store(settings, create_topic=False)
+        if settings["state"]["backend"] == "kafka"
+        else None
+    )
+    store = silence_store(settings, documents)
     now = time.time()
-    if args.silence_command == "add":
-        s = add_silence(
-            path,
-            model=args.model,
-            rule=args.rule,
-            starts_at=now,
-            ends_at=now + parse_duration(args.duration, "--for"),
-            created_by=args.by,
-            comment=args.comment,
-        )
-        print(json.dumps(s.to_dict(), sort_keys=True))
-    elif args.silence_command == "list":
-        for s in load_silences(path):
-            print(json.dumps({**s.to_dict(), "active": s.active(now)}, sort_keys=True))
-    else:
-        print(json.dumps(expire_silence(path, args.id, now).to_dict(), sort_keys=True))
+    try:
+        if args.silence_command == "add":
+            s = add_silence(
+                store,
+                model=args.model,
+                rule=args.rule,
+                starts_at=now,
+                ends_at=now + parse_duration(args.duration, "--for"),
+                created_by=args.by,
+                comment=args.comment,
+            )
+            print(json.dumps(s.to_dict(), sort_keys=True))
+        elif args.silence_command == "list":
+            for s in load_silences(store):
+                print(json.dumps({**s.to_dict(), "active": s.active(now)}, sort_keys=True))
+        else:
+            print(json.dumps(expire_silence(store, args.id, now).to_dict(), sort_keys=True))
+    finally:
+        if documents is not None:
+            documents.close()
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Silences: time-bounded mutes of a model/rule glob, kept in a small JSON file.
+"""Silences: time-bounded mutes of a model/rule glob, kept in a small JSON document.
 
 A silenced rule still evaluates and still acts (fallback, retrain); only its notifications
 (``alert`` actions) are held back, and its decision says which silence did it. The evaluator
@@ -10,6 +10,10 @@ Store format (version 1)::
     {"version": 1, "silences": [{"id": "...", "model": "churn*", "rule": "*",
       "starts_at": "2026-11-26T10:00:00Z", "ends_at": "2026-11-26T12:00:00Z",
       "created_by": "alice", "comment": "pipeline fix in progress"}]}
+
+The document lives in a file (a path: one daemon's ``state.dir``) or, shared by every replica,
+as one unit of a keyed document store (:class:`SilenceUnit` over the daemon's Kafka checkpoint
+store). Every function taking ``store`` accepts either.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ __all__ = [
     "Silence",
     "SilenceSet",
     "STORE_VERSION",
+    "SilenceUnit",
     "add_silence",
     "expire_silence",
     "load_silences",
@@ -113,34 +118,67 @@ class SilenceSet:
         return None
 
 
-def load_silences(path: str | Path) -> list[Silence]:
-    """Every silence in the store (a missing file is an empty store)."""
-    p = Path(path)
+class DocumentStore(Protocol):
+    """A keyed store of JSON documents (the daemon's checkpoint stores are)."""
+
+    def load(self, unit: str) -> dict[str, Any] | None: ...
+
+    def save(self, unit: str, payload: dict[str, Any]) -> None: ...
+
+
+class SilenceUnit:
+    """The silence store as the unit ``unit`` of a keyed document store: with the Kafka
+    checkpoint store every replica reads the same silences (a local file is one daemon's)."""
+
+    def __init__(self, documents: DocumentStore, unit: str = "silences") -> None:
+        self.documents = documents
+        self.unit = unit
+
+    def __str__(self) -> str:
+        return f"silence store (unit {self.unit!r})"
+
+
+Store = str | Path | SilenceUnit
+
+
+def load_silences(store: Store) -> list[Silence]:
+    """Every silence in the store (a missing file or unit is an empty store)."""
+    if isinstance(store, SilenceUnit):
+        doc = store.documents.load(store.unit)
+        return [] if doc is None else _parse(doc.get("store"), str(store))
+    p = Path(store)
     if not p.exists():
         return []
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise PolicyError(f"{p}: the silence store cannot be read: {e}.") from e
+    return _parse(data, str(p))
+
+
+def _parse(data: Any, where: str) -> list[Silence]:
     if not isinstance(data, dict) or data.get("version") != STORE_VERSION:
         raise PolicyError(
-            f"{p}: the silence store has version {data.get('version') if isinstance(data, dict) else None!r}; "
+            f"{where}: the silence store has version {data.get('version') if isinstance(data, dict) else None!r}; "
             f"this version of driftwarden reads version {STORE_VERSION}."
         )
     try:
         return [Silence.from_dict(d) for d in data.get("silences") or ()]
     except (KeyError, ValueError, TypeError) as e:
-        raise PolicyError(f"{p}: a silence in the store is malformed: {e}.") from e
+        raise PolicyError(f"{where}: a silence in the store is malformed: {e}.") from e
 
 
-def save_silences(path: str | Path, silences: Iterable[Silence]) -> None:
-    """Write the store atomically (temp file + rename), sorted by id."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
+def save_silences(store: Store, silences: Iterable[Silence]) -> None:
+    """Write the store, sorted by id (a file atomically: temp file + rename)."""
     body = {
         "version": STORE_VERSION,
         "silences": [s.to_dict() for s in sorted(silences, key=lambda s: s.id)],
     }
+    if isinstance(store, SilenceUnit):
+        store.documents.save(store.unit, {"store": body})
+        return
+    p = Path(store)
+    p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=p.name, suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -153,7 +191,7 @@ def save_silences(path: str | Path, silences: Iterable[Silence]) -> None:
 
 
 def add_silence(
-    path: str | Path,
+    store: Store,
     *,
     model: str = "*",
     rule: str = "*",
@@ -178,23 +216,23 @@ def add_silence(
         created_by,
         comment,
     )
-    current = load_silences(path)
+    current = load_silences(store)
     if any(c.id == s.id for c in current):
-        raise PolicyError(f"{path}: a silence with id {s.id!r} already exists.")
-    save_silences(path, [*current, s])
+        raise PolicyError(f"{store}: a silence with id {s.id!r} already exists.")
+    save_silences(store, [*current, s])
     return s
 
 
-def expire_silence(path: str | Path, silence_id: str, now: float) -> Silence:
+def expire_silence(store: Store, silence_id: str, now: float) -> Silence:
     """End a silence at ``now`` (kept in the store for the record) and return it."""
-    current = load_silences(path)
+    current = load_silences(store)
     for i, s in enumerate(current):
         if s.id == silence_id:
             ended = replace(s, ends_at=min(s.ends_at, max(now, s.starts_at)))
             current[i] = ended
-            save_silences(path, current)
+            save_silences(store, current)
             return ended
-    raise PolicyError(f"{path}: there is no silence with id {silence_id!r}.")
+    raise PolicyError(f"{store}: there is no silence with id {silence_id!r}.")
 
 
 def muter(silences: Sequence[Silence]) -> SilenceSet:

@@ -339,6 +339,65 @@ def test_silences_mute_notifications(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert any("planned migration" in r for d in broken for r in d["reasons"])
 
 
+@pytest.mark.kafka
+def test_silences_are_shared_through_the_kafka_state_topic(
+    tmp_path: Path,
+    kafka_bootstrap: str,
+    kafka_topic_factory: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """With ``state.backend: kafka`` a silence added with the CLI lands in the state topic, not
+    in one replica's folder: another replica (its own ``state.dir``) reads it, and a daemon's
+    scheduler loads it into the monitors (it starts now: the recorded events are older, so
+    only its effect on the muter is checked here; the suppression itself is the test above)."""
+    import time
+
+    from driftwarden.daemon.app import attach_scheduler, build_daemon
+    from driftwarden.daemon.checkpoint_kafka import KafkaCheckpointStore
+    from driftwarden.daemon.settings import load_settings
+    from driftwarden.daemon.sinks import MemorySink
+    from driftwarden.policies.silences import SilenceUnit, load_silences
+
+    topic = kafka_topic_factory(1, compact=True)
+
+    def config(name: str) -> Path:
+        cfg = tmp_path / f"{name}.yaml"
+        cfg.write_text(
+            f"source: file\nfile: {{events: {EVENTS}}}\npolicies: {EMBEDDED / 'policies'}\n"
+            f"state: {{backend: kafka, dir: {tmp_path / name}}}\nhttp: {{enabled: false}}\n"
+            f"kafka: {{bootstrap_servers: '{kafka_bootstrap}', topics: {{state: {topic}}}}}\n"
+        )
+        return cfg
+
+    operator, replica = config("operator"), config("replica")
+    args = ["--model", "churn", "--rule", "broken-input", "--for", "2h"]
+    assert main(["silence", "add", "--config", str(operator), *args, "--comment", "migration"]) == 0
+    added = json.loads(capsys.readouterr().out)
+    assert not (tmp_path / "operator" / "silences.json").exists()
+    assert main(["silence", "list", "--config", str(replica)]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed["id"] == added["id"] and listed["active"] is True
+    reader = KafkaCheckpointStore(kafka_bootstrap, topic, create_topic=False)
+    try:
+        assert [s.id for s in load_silences(SilenceUnit(reader))] == [added["id"]]
+    finally:
+        reader.close()
+
+    daemon = build_daemon(load_settings(replica, env={}), sink=MemorySink())
+    scheduler = attach_scheduler(daemon, load_settings(replica, env={}))
+    try:
+        daemon.run(max_events=100)  # runs the scheduled work queued before it
+    finally:
+        scheduler.shutdown()
+        assert daemon.store is not None
+        daemon.store.close()
+    reason = daemon.muter.mutes("churn", "broken-input", time.time())
+    assert reason is not None and added["id"] in reason and "migration" in reason
+    assert all(
+        mon.muter is daemon.muter for u in daemon.units.values() for mon in u.models.values()
+    )
+
+
 def test_demo_command_as_the_readme_runs_it(tmp_path: Path) -> None:
     """`driftwarden demo` from a fresh directory tells the whole story and writes the report;
     running it again starts afresh."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -11,6 +12,7 @@ from driftwarden.policies.model import PolicyError
 from driftwarden.policies.silences import (
     Silence,
     SilenceSet,
+    SilenceUnit,
     add_silence,
     expire_silence,
     load_silences,
@@ -81,4 +83,39 @@ def test_store_refuses_bad_input(tmp_path: Path) -> None:
         expire_silence(store, "nope", now=T0)
     store.write_text(json.dumps({"version": 7, "silences": []}))
     with pytest.raises(PolicyError, match="has version 7; this version of driftwarden reads"):
+        load_silences(store)
+
+
+class _Documents:
+    """A keyed document store in memory, shaped like the daemon's checkpoint stores."""
+
+    def __init__(self) -> None:
+        self.docs: dict[str, dict[str, Any]] = {}
+
+    def load(self, unit: str) -> dict[str, Any] | None:
+        return json.loads(json.dumps(self.docs[unit])) if unit in self.docs else None
+
+    def save(self, unit: str, payload: dict[str, Any]) -> None:
+        self.docs[unit] = json.loads(json.dumps(payload))
+
+
+def test_silence_unit_is_the_same_store_in_a_shared_document() -> None:
+    """As a unit of a keyed store (the Kafka state topic, shared by every replica) the store
+    behaves as the file does: add, read back from another reader, expire, refuse duplicates;
+    a malformed document names the unit."""
+    documents = _Documents()
+    store, other = SilenceUnit(documents), SilenceUnit(documents)
+    assert load_silences(store) == []
+    a = add_silence(
+        store, model="churn", rule="drifted", starts_at=T0, ends_at=T0 + 7200,
+        created_by="alice", comment="fix", silence_id="s1",
+    )  # fmt: skip
+    assert load_silences(other) == [a]
+    assert documents.docs["silences"]["store"]["version"] == 1
+    ended = expire_silence(other, "s1", now=T0 + 600)
+    assert load_silences(store) == [ended] and ended.ends_at == T0 + 600
+    with pytest.raises(PolicyError, match=r"silence store \(unit 'silences'\): a silence with id"):
+        add_silence(store, starts_at=T0, ends_at=T0 + 60, created_by="a", silence_id="s1")
+    documents.docs["silences"] = {"store": {"version": 7}}
+    with pytest.raises(PolicyError, match=r"silence store \(unit 'silences'\): .* version 7"):
         load_silences(store)
