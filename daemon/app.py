@@ -19,6 +19,7 @@ import structlog
 from driftwarden.detectors.profile import ReferenceProfile
 from driftwarden.policies.loader import load_policies
 from driftwarden.policies.model import PolicyError, PolicySet
+from driftwarden.policies.silences import SilenceSet, SilenceUnit, load_silences
 
 from .checkpoint import CheckpointError, CheckpointStore, LocalCheckpointStore
 from .profiles import ProfileLoader
@@ -103,36 +104,49 @@ def _writable_dir(path: str | Path, key: str) -> Path:
     return folder
 
 
-def checkpoint_store(settings: Settings, *, create_topic: bool = True) -> CheckpointStore:
-    """The checkpoint store ``state.backend`` names (``create_topic=False``: a reader that must
-    not create the Kafka state topic)."""
+def checkpoint_store(settings: Settings, *, create_topic: bool | None = None) -> CheckpointStore:
+    """The checkpoint store ``state.backend`` names. The Kafka state topic is created when
+    missing if ``kafka.create_topics`` allows (``create_topic=False``: a reader that must not
+    create it)."""
     d = settings.data
     if d["state"]["backend"] != "kafka":
         return LocalCheckpointStore(d["state"]["dir"])
+    return _kafka_documents(settings, "state", int(d["state"]["max_bytes"]), create_topic)
+
+
+#: The silences topic's record limit: a silence is ~300 bytes, so thousands fit.
+SILENCES_MAX_BYTES = 1024 * 1024
+
+
+def silence_store(settings: Settings) -> Path | SilenceUnit:
+    """Where silences live: with ``state.backend: kafka`` the one record of the compacted
+    topic ``kafka.topics.silences`` that every replica reads (created when missing if
+    ``kafka.create_topics`` allows; the caller closes it with :meth:`SilenceUnit.close`), else
+    ``state.dir``'s file."""
+    if settings.data["state"]["backend"] != "kafka":
+        return Path(settings.data["state"]["dir"]) / "silences.json"
+    return SilenceUnit(_kafka_documents(settings, "silences", SILENCES_MAX_BYTES, None))
+
+
+def _kafka_documents(
+    settings: Settings, role: str, max_bytes: int, create_topic: bool | None
+) -> CheckpointStore:
+    """A keyed document store on the compacted topic ``kafka.topics.<role>``."""
     from .checkpoint_kafka import KafkaCheckpointStore
 
-    k = d["kafka"]
+    k = settings.data["kafka"]
     try:
         return KafkaCheckpointStore(
             k["bootstrap_servers"],
-            k["topics"]["state"],
+            k["topics"][role],
             security=dict(k["security"]),
-            client_id=k["client_id"],
-            max_bytes=int(d["state"]["max_bytes"]),
-            create_topic=create_topic,
+            client_id=k["client_id"] if role == "state" else f"{k['client_id']}-{role}",
+            max_bytes=max_bytes,
+            create_topic=bool(k["create_topics"]) if create_topic is None else create_topic,
+            kind="checkpoint" if role == "state" else "silence",
         )
     except CheckpointError as exc:
         raise StartupError(str(exc)) from None
-
-
-def silence_store(settings: Settings, documents: CheckpointStore | None) -> Any:
-    """Where silences live: with ``state.backend: kafka`` the ``silences`` unit of the Kafka
-    checkpoint store ``documents`` (every replica reads the same), else ``state.dir``'s file."""
-    from driftwarden.policies.silences import SilenceUnit
-
-    if settings.data["state"]["backend"] == "kafka" and documents is not None:
-        return SilenceUnit(documents)
-    return Path(settings.data["state"]["dir"]) / "silences.json"
 
 
 def _check_topics(settings: Settings, *, outputs: bool) -> None:
@@ -413,14 +427,12 @@ def attach_scheduler(daemon: Daemon, settings: Settings) -> Any:
         daemon.reload_policies(policy_dir)
 
     sched.every(parse_duration(d["scheduler"]["policy_reload"]), reload, "policy-reload")
-    from driftwarden.policies.silences import SilenceSet, SilenceUnit, load_silences
-
-    silences = silence_store(settings, daemon.store)
+    silences = silence_store(settings)
     shared = isinstance(silences, SilenceUnit)
     seen_silences: dict[str, Any] = {"sig": None, "value": None}
 
     def reload_silences() -> None:
-        if not shared:  # a file: read again only when it changed
+        if not isinstance(silences, SilenceUnit):  # a file: read again only when it changed
             sig = policy_files_signature(silences)
             if sig == seen_silences["sig"]:
                 return
@@ -439,8 +451,9 @@ def attach_scheduler(daemon: Daemon, settings: Settings) -> Any:
 
     reload_silences()
     every = parse_duration(d["scheduler"]["policy_reload"])
-    if shared:
-        # Reading the state topic up to its end waits on the broker: never on the main loop.
+    if isinstance(silences, SilenceUnit):
+        sched.on_shutdown(silences.close)
+        # Reading the silences topic up to its end waits on the broker: never on the main loop.
         sched.every_on_thread(every, reload_silences, "silences")
     else:
         sched.every(every, reload_silences, "silences")

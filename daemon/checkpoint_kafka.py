@@ -98,6 +98,9 @@ class KafkaCheckpointStore(CheckpointStore):
         Extra topic configs used at creation (strings, e.g. ``{"min.insync.replicas": "2"}``).
     replication_factor
         Replication of a created topic; -1 takes the broker's default.
+    kind
+        What the topic holds, in messages and logs (``"silence"`` for the silence store's
+        topic, which is a store of this kind too).
 
     Examples
     --------
@@ -120,6 +123,7 @@ class KafkaCheckpointStore(CheckpointStore):
         create_topic: bool = True,
         topic_configs: Mapping[str, str] | None = None,
         replication_factor: int = -1,
+        kind: str = "checkpoint",
     ) -> None:
         from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
@@ -129,6 +133,7 @@ class KafkaCheckpointStore(CheckpointStore):
                 f"it must exceed {_RECORD_OVERHEAD} bytes."
             )
         self.topic = topic
+        self.kind = kind
         self.timeout_s = timeout_s
         self.compress_level = compress_level
         sec = dict(security or {})
@@ -214,12 +219,12 @@ class KafkaCheckpointStore(CheckpointStore):
                         timeout_ms=int(self.timeout_s * 1000),
                         wait_for_metadata=True,
                     )
-                    log.info("state topic created", topic=self.topic, max_bytes=max_bytes)
+                    log.info("topic created", kind=self.kind, topic=self.topic, max_bytes=max_bytes)
                 except TopicAlreadyExistsError:
                     pass  # another replica created it first: the same topic is fine
             elif not exists:
                 raise CheckpointError(
-                    f"checkpoint topic {self.topic!r} does not exist and creating it is turned off."
+                    f"{self.kind} topic {self.topic!r} does not exist and creating it is turned off."
                 )
             described = admin.describe_configs(
                 [
@@ -233,7 +238,7 @@ class KafkaCheckpointStore(CheckpointStore):
             )
         except KafkaError as exc:
             raise CheckpointError(
-                f"checkpoint topic {self.topic!r} could not be prepared on {bootstrap_servers}: "
+                f"{self.kind} topic {self.topic!r} could not be prepared on {bootstrap_servers}: "
                 f"{exc}."
             ) from None
         finally:
@@ -242,8 +247,8 @@ class KafkaCheckpointStore(CheckpointStore):
         policy = str(entries.get("cleanup.policy", {}).get("value", ""))
         if "compact" not in policy.split(","):
             raise CheckpointError(
-                f"checkpoint topic {self.topic!r} has cleanup.policy={policy or '?'}; it must be "
-                "compacted, or retention would delete checkpoints."
+                f"{self.kind} topic {self.topic!r} has cleanup.policy={policy or '?'}; it must be "
+                f"compacted, or retention would delete {self.kind}s."
             )
         limit = entries.get("max.message.bytes", {}).get("value")
         return int(limit) if limit is not None else None
@@ -256,7 +261,7 @@ class KafkaCheckpointStore(CheckpointStore):
                 return set(parts)
             if time.monotonic() > deadline:
                 raise CheckpointError(
-                    f"checkpoint topic {self.topic!r} has no partitions visible after "
+                    f"{self.kind} topic {self.topic!r} has no partitions visible after "
                     f"{self.timeout_s:.0f} s."
                 )
             time.sleep(0.1)
@@ -389,7 +394,7 @@ class KafkaCheckpointStore(CheckpointStore):
             while behind:
                 if time.monotonic() > deadline:
                     raise CheckpointError(
-                        f"checkpoint topic {self.topic!r} could not be read up to its end "
+                        f"{self.kind} topic {self.topic!r} could not be read up to its end "
                         f"within {self.timeout_s:.0f} s."
                     )
                 batches = self._consumer.poll(timeout_ms=200, max_records=10_000)
@@ -399,13 +404,14 @@ class KafkaCheckpointStore(CheckpointStore):
                 behind = [tp for tp in behind if self._consumer.position(tp) < ends[tp]]
         except KafkaError as exc:
             raise CheckpointError(
-                f"checkpoint topic {self.topic!r} could not be read: {exc}."
+                f"{self.kind} topic {self.topic!r} could not be read: {exc}."
             ) from None
 
     def _keep(self, partition: int, rec: Any) -> None:
         if rec.key is None:
             log.warning(
-                "record without a key in the state topic is ignored",
+                "record without a key is ignored",
+                kind=self.kind,
                 topic=self.topic,
                 partition=partition,
                 offset=rec.offset,

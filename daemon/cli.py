@@ -283,20 +283,20 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_silence(args: argparse.Namespace) -> int:
     import time
 
-    from driftwarden.policies.silences import add_silence, expire_silence, load_silences
+    from driftwarden.policies.silences import (
+        SilenceUnit,
+        add_silence,
+        expire_silence,
+        load_silences,
+    )
 
-    from .app import checkpoint_store, silence_store
+    from .app import silence_store
     from .settings import parse_duration
 
     settings = _settings(args)
-    # With state.backend: kafka the silences are shared by every replica, in the state topic
-    # (read and written, never created, here); otherwise a file in state.dir.
-    documents = (
-        checkpoint_store(settings, create_topic=False)
-        if settings["state"]["backend"] == "kafka"
-        else None
-    )
-    store = silence_store(settings, documents)
+    # With state.backend: kafka the silences are shared by every replica, in the topic
+    # kafka.topics.silences; otherwise a file in state.dir.
+    store = silence_store(settings)
     now = time.time()
     try:
         if args.silence_command == "add":
@@ -316,8 +316,8 @@ def cmd_silence(args: argparse.Namespace) -> int:
         else:
             print(json.dumps(expire_silence(store, args.id, now).to_dict(), sort_keys=True))
     finally:
-        if documents is not None:
-            documents.close()
+        if isinstance(store, SilenceUnit):
+            store.close()
     return 0
 
 

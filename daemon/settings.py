@@ -48,11 +48,14 @@ DEFAULTS: dict[str, Any] = {
             "alerts": "driftwarden.alerts",
             "routing": "driftwarden.routing",
             "state": "driftwarden.state",
+            # state.backend kafka: the silences every replica shares (compacted, one record).
+            "silences": "driftwarden.silences",
         },
         # Passed through to kafka-python as-is (security_protocol, sasl_*, ssl_*).
         "security": {},
-        # Create missing output topics at start-up (dlq, decisions, windows, alerts, routing);
-        # off where an operator provisions topics: a missing one is then a start-up error.
+        # Create missing output topics at start-up (dlq, decisions, windows, alerts, routing,
+        # and with state.backend kafka state and silences); off where an operator provisions
+        # topics: a missing one is then a start-up error.
         "create_topics": True,
     },
     "file": {"events": None, "out_dir": ".driftwarden/out"},
@@ -82,6 +85,7 @@ DEFAULTS: dict[str, Any] = {
     "log": {"level": "info", "json": True},
 }
 
+_TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0, None: 1.0}
 
@@ -329,3 +333,17 @@ def _check(data: dict[str, Any], errors: list[str], where: Callable[[str], str])
     port = data["http"]["port"]
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         bad("http.port", f"must be a port number 0-65535 (0: any free port), got {port!r}")
+    # A topic name Kafka refuses fails late and far from the file; two roles on one topic
+    # (say dlq: predictions) would feed the daemon its own output.
+    first_role: dict[str, str] = {}
+    for role, name in data["kafka"]["topics"].items():
+        dotted = f"kafka.topics.{role}"
+        if not isinstance(name, str) or not _TOPIC_NAME.fullmatch(name) or name in (".", ".."):
+            bad(dotted, f"must be a Kafka topic name (1-249 of a-z A-Z 0-9 . _ -), got {name!r}")
+        elif name in first_role:
+            bad(
+                dotted,
+                f"{name!r} is already kafka.topics.{first_role[name]}; each role needs its own topic",
+            )
+        else:
+            first_role[name] = role

@@ -169,6 +169,11 @@ class Scheduler:
         self._sched = BackgroundScheduler(daemon=True, timezone="UTC")
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._closers: list[Callable[[], None]] = []
+
+    def on_shutdown(self, close: Callable[[], None]) -> None:
+        """Call ``close`` at :meth:`shutdown`, after the jobs' threads (a resource they use)."""
+        self._closers.append(close)
 
     def every(self, seconds: float, job: Callable[[], None], name: str) -> None:
         """Enqueue ``job`` on the main loop every ``seconds`` (skipped if the last is queued)."""
@@ -236,6 +241,8 @@ class Scheduler:
         for t in self._threads:
             if t.is_alive():
                 t.join(timeout)
+        for close in self._closers:
+            close()
 
 
 def policy_files_signature(path: str | Path) -> tuple[tuple[str, float, int], ...]:

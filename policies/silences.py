@@ -12,8 +12,8 @@ Store format (version 1)::
       "created_by": "alice", "comment": "pipeline fix in progress"}]}
 
 The document lives in a file (a path: one daemon's ``state.dir``) or, shared by every replica,
-as one unit of a keyed document store (:class:`SilenceUnit` over the daemon's Kafka checkpoint
-store). Every function taking ``store`` accepts either.
+as one unit of a keyed document store (:class:`SilenceUnit`; the daemon's is a compacted Kafka
+topic of its own, ``kafka.topics.silences``). Every function taking ``store`` accepts either.
 """
 
 from __future__ import annotations
@@ -125,10 +125,13 @@ class DocumentStore(Protocol):
 
     def save(self, unit: str, payload: dict[str, Any]) -> None: ...
 
+    def close(self) -> None: ...
+
 
 class SilenceUnit:
-    """The silence store as the unit ``unit`` of a keyed document store: with the Kafka
-    checkpoint store every replica reads the same silences (a local file is one daemon's)."""
+    """The silence store as the unit ``unit`` of a keyed document store: over a compacted
+    Kafka topic of its own every replica reads the same silences (a local file is one
+    daemon's)."""
 
     def __init__(self, documents: DocumentStore, unit: str = "silences") -> None:
         self.documents = documents
@@ -136,6 +139,10 @@ class SilenceUnit:
 
     def __str__(self) -> str:
         return f"silence store (unit {self.unit!r})"
+
+    def close(self) -> None:
+        """Close the document store (its clients)."""
+        self.documents.close()
 
 
 Store = str | Path | SilenceUnit

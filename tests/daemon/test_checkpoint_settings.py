@@ -166,3 +166,25 @@ def test_http_port_is_a_port_number(tmp_path: Path) -> None:
         cfg.write_text(f"http: {{port: {bad}}}\n")
         with pytest.raises(ConfigError, match=rf"http\.port: must be a port number 0-65535.*{bad}"):
             load_settings(cfg, env={})
+
+
+def test_topic_names_are_kafka_names_one_per_role(tmp_path: Path) -> None:
+    """A name Kafka refuses, or one topic for two roles (the daemon would read its own dead
+    letters as predictions), is an error at the key's line; distinct legal names load."""
+    cfg = tmp_path / "driftwarden.yaml"
+    cfg.write_text(
+        "kafka:\n  topics:\n    dlq: predictions\n    alerts: 'on call'\n    windows: ''\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_settings(cfg, env={})
+    assert str(info.value).splitlines() == [
+        f"{cfg}:3: kafka.topics.dlq: 'predictions' is already kafka.topics.predictions; "
+        "each role needs its own topic",
+        f"{cfg}:4: kafka.topics.alerts: must be a Kafka topic name "
+        "(1-249 of a-z A-Z 0-9 . _ -), got 'on call'",
+        f"{cfg}:5: kafka.topics.windows: must be a Kafka topic name "
+        "(1-249 of a-z A-Z 0-9 . _ -), got ''",
+    ]
+    cfg.write_text("kafka:\n  topics:\n    dlq: team-a.dlq_v2\n    silences: team-a.silences\n")
+    topics = load_settings(cfg, env={})["kafka"]["topics"]
+    assert topics["dlq"] == "team-a.dlq_v2" and topics["silences"] == "team-a.silences"

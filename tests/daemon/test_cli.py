@@ -340,17 +340,19 @@ def test_silences_mute_notifications(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 
 @pytest.mark.kafka
-def test_silences_are_shared_through_the_kafka_state_topic(
+def test_silences_are_shared_through_their_kafka_topic(
     tmp_path: Path,
     kafka_bootstrap: str,
     kafka_topic_factory: Any,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """With ``state.backend: kafka`` a silence added with the CLI lands in the state topic, not
-    in one replica's folder: another replica (its own ``state.dir``) reads it, and a daemon's
-    scheduler loads it into the monitors (it starts now: the recorded events are older, so
-    only its effect on the muter is checked here; the suppression itself is the test above)."""
+    """With ``state.backend: kafka`` a silence added with the CLI lands in the silences topic
+    (created by the first writer), not in one replica's folder nor in the state topic: another
+    replica (its own ``state.dir``) reads it, and a daemon's scheduler loads it into the
+    monitors (it starts now: the recorded events are older, so only its effect on the muter is
+    checked here; the suppression itself is the test above)."""
     import time
+    import uuid
 
     from driftwarden.daemon.app import attach_scheduler, build_daemon
     from driftwarden.daemon.checkpoint_kafka import KafkaCheckpointStore
@@ -358,14 +360,16 @@ def test_silences_are_shared_through_the_kafka_state_topic(
     from driftwarden.daemon.sinks import MemorySink
     from driftwarden.policies.silences import SilenceUnit, load_silences
 
-    topic = kafka_topic_factory(1, compact=True)
+    state = kafka_topic_factory(1, compact=True)
+    silences = f"silences-{uuid.uuid4().hex[:8]}"  # missing: `silence add` creates it
 
     def config(name: str) -> Path:
         cfg = tmp_path / f"{name}.yaml"
         cfg.write_text(
             f"source: file\nfile: {{events: {EVENTS}}}\npolicies: {EMBEDDED / 'policies'}\n"
             f"state: {{backend: kafka, dir: {tmp_path / name}}}\nhttp: {{enabled: false}}\n"
-            f"kafka: {{bootstrap_servers: '{kafka_bootstrap}', topics: {{state: {topic}}}}}\n"
+            f"kafka: {{bootstrap_servers: '{kafka_bootstrap}', "
+            f"topics: {{state: {state}, silences: {silences}}}}}\n"
         )
         return cfg
 
@@ -377,7 +381,7 @@ def test_silences_are_shared_through_the_kafka_state_topic(
     assert main(["silence", "list", "--config", str(replica)]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert listed["id"] == added["id"] and listed["active"] is True
-    reader = KafkaCheckpointStore(kafka_bootstrap, topic, create_topic=False)
+    reader = KafkaCheckpointStore(kafka_bootstrap, silences, create_topic=False)
     try:
         assert [s.id for s in load_silences(SilenceUnit(reader))] == [added["id"]]
     finally:
@@ -390,12 +394,52 @@ def test_silences_are_shared_through_the_kafka_state_topic(
     finally:
         scheduler.shutdown()
         assert daemon.store is not None
+        # The state topic holds checkpoints only: the silences never went there.
+        assert "silences" not in daemon.store.units()
         daemon.store.close()
+        _delete_topic(kafka_bootstrap, silences)
     reason = daemon.muter.mutes("churn", "broken-input", time.time())
     assert reason is not None and added["id"] in reason and "migration" in reason
     assert all(
         mon.muter is daemon.muter for u in daemon.units.values() for mon in u.models.values()
     )
+
+
+def _delete_topic(bootstrap: str, topic: str) -> None:
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.delete_topics([topic])
+    finally:
+        admin.close()
+
+
+@pytest.mark.kafka
+def test_topics_are_not_created_when_the_operator_provisions_them(
+    tmp_path: Path, kafka_bootstrap: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``kafka.create_topics: false``: a missing silences (or state) topic is an error naming it,
+    and nothing is created."""
+    import uuid
+
+    from kafka import KafkaAdminClient
+
+    missing = f"silences-{uuid.uuid4().hex[:8]}"
+    cfg = tmp_path / "driftwarden.yaml"
+    cfg.write_text(
+        f"state: {{backend: kafka, dir: {tmp_path / 'state'}}}\n"
+        f"kafka: {{bootstrap_servers: '{kafka_bootstrap}', create_topics: false, "
+        f"topics: {{silences: {missing}}}}}\n"
+    )
+    assert main(["silence", "list", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert f"silence topic {missing!r} does not exist and creating it is turned off" in err
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        assert missing not in admin.list_topics()
+    finally:
+        admin.close()
 
 
 def test_demo_command_as_the_readme_runs_it(tmp_path: Path) -> None:
