@@ -461,11 +461,9 @@ def attach_scheduler(daemon: Daemon, settings: Settings) -> Any:
 
     def freshness() -> None:
         now = time.time()
-        for model, last in daemon.last_event_wall.items():
-            age = now - last
-            daemon.metrics.seconds_since_event.labels(model).set(age)
-            if age > stale_after:
-                log.warning("no events for this model", model=model, seconds=round(age))
+        for model in daemon.report_freshness(now, stale_after):
+            age = now - daemon.last_event_wall[model]
+            log.warning("no events for this model", model=model, seconds=round(age))
 
     sched.every(min(stale_after, 60.0), freshness, "freshness")
     sched.start()

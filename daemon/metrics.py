@@ -72,6 +72,14 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.seconds_since_label = Gauge(
+            "driftwarden_seconds_since_last_label",
+            "Wall-clock seconds since the model's last label (since the daemon first saw the "
+            "model, when none yet): a label pipeline that stopped leaves slice performance and "
+            "concept drift blind while predictions still flow.",
+            ["model"],
+            registry=r,
+        )
         self.checkpoint_seconds = Histogram(
             "driftwarden_checkpoint_seconds",
             "Time to write a checkpoint and commit offsets.",

@@ -152,6 +152,10 @@ class Daemon:
                 executor.restore(saved["executor"])
         self.ready = False
         self.last_event_wall: dict[str, float] = {}
+        # Wall time of the model's last label read by this process (first set when the model
+        # is first seen: "no label since then").
+        self.last_label_wall: dict[str, float] = {}
+        self._fresh_models: set[str] = set()
         self.source = source_factory(self)
 
     # -- partition lifecycle (Kafka rebalance callbacks call these) -------------------------
@@ -295,6 +299,31 @@ class Daemon:
         for key in self._lag_labels - now:
             self.metrics.lag.remove(*key)
         self._lag_labels = now
+
+    def report_freshness(self, now: float, stale_after: float) -> list[str]:
+        """Set the freshness gauges of every model of an owned partition: wall-clock seconds
+        since its last event and since its last label (read by this process; when none yet,
+        since it first saw the model). Returns the models without events for more than
+        ``stale_after`` seconds. Models of partitions no longer owned lose their series (the
+        new owner reports them), so a handover raises no staleness alert."""
+        owned = {m for u in self.units.values() for m in (*u.models, *u.unmonitored)}
+        fresh = {m for m in owned if m in self.last_event_wall}
+        stale = []
+        for model in sorted(fresh):
+            age = now - self.last_event_wall[model]
+            self.metrics.seconds_since_event.labels(model).set(age)
+            self.metrics.seconds_since_label.labels(model).set(
+                now - self.last_label_wall.get(model, now)
+            )
+            if age > stale_after:
+                stale.append(model)
+        for model in self._fresh_models - fresh:
+            self.metrics.seconds_since_event.remove(model)
+            self.metrics.seconds_since_label.remove(model)
+            self.last_event_wall.pop(model, None)
+            self.last_label_wall.pop(model, None)
+        self._fresh_models = fresh
+        return stale
 
     # -- the loop --------------------------------------------------------------------------
     def request_stop(self, *_: Any) -> None:
@@ -488,6 +517,7 @@ class Daemon:
         units, roles = self.units, self.source.roles
         max_bytes = self.opts.max_message_bytes
         keys: dict[str, bytes] = {}  # model name -> its expected message key
+        labeled: set[str] = set()
         self.summary.records += len(records)
         self._since_checkpoint += len(records)
         for rec in records:
@@ -512,13 +542,17 @@ class Daemon:
                 n_pred += 1
             else:
                 n_label += 1
+                labeled.add(ev.model)
             group = grouped.get((rec.partition, ev.model))
             if group is None:
                 group = grouped[(rec.partition, ev.model)] = []
             group.append(ev)
         self.summary.valid += n_pred + n_label
+        last_label = self.last_label_wall
         for _, model in grouped:
             self.last_event_wall[model] = wall
+            if model in labeled or model not in last_label:
+                last_label[model] = wall
         # Counted once per batch: a labels() lookup per event is a measurable share of ingest.
         if n_pred:
             self.metrics.events.labels("prediction", "valid").inc(n_pred)

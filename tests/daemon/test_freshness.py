@@ -1,0 +1,69 @@
+"""The freshness gauges: seconds since each owned model's last event and last label. A label
+pipeline that stops while predictions flow shows in the label gauge alone; a model handed to
+another replica leaves this one's gauges (no staleness alert from the old owner)."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import pytest
+
+from driftwarden.daemon import runner
+from driftwarden.daemon.app import build_daemon
+from driftwarden.daemon.events import PREDICTION_SCHEMA
+from driftwarden.daemon.settings import load_settings
+from driftwarden.daemon.sinks import MemorySink
+from driftwarden.daemon.sources import RawRecord
+
+ROOT = Path(__file__).resolve().parents[2]
+EVENTS = ROOT / "config/examples/events.jsonl.gz"
+
+
+def _gauge(daemon: object, name: str, model: str) -> float | None:
+    return daemon.metrics.registry.get_sample_value(  # type: ignore[attr-defined]
+        f"driftwarden_seconds_since_last_{name}", {"model": model}
+    )
+
+
+def test_labels_that_stop_show_while_predictions_flow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = tmp_path / "driftwarden.yaml"
+    cfg.write_text(
+        f"source: file\nfile: {{events: {EVENTS}}}\n"
+        f"policies: {ROOT / 'config/embedded/policies'}\nstate: {{dir: {tmp_path / 'state'}}}\n"
+        "http: {enabled: false}\n"
+    )
+    daemon = build_daemon(load_settings(cfg, env={}), sink=MemorySink())
+    assert daemon.report_freshness(0.0, 60.0) == []  # nothing read yet: no series
+    assert _gauge(daemon, "event", "churn") is None
+
+    clock = {"now": 1_000.0}
+    monkeypatch.setattr(runner.time, "time", lambda: clock["now"])
+    daemon.run(max_events=5_000)  # predictions and their labels
+    assert daemon.summary.records == 5_000
+    labels_read = daemon.units[0].models["churn"].labels
+    assert labels_read > 0
+    assert daemon.report_freshness(1_030.0, 60.0) == []
+    assert _gauge(daemon, "event", "churn") == 30.0
+    assert _gauge(daemon, "label", "churn") == 30.0
+
+    # The label pipeline breaks: only predictions arrive from now on.
+    with gzip.open(EVENTS, "rb") as f:
+        lines = f.read().splitlines()[5_000:]
+    predictions = [line for line in lines if PREDICTION_SCHEMA.encode() in line][:500]
+    assert len(predictions) == 500
+    clock["now"] = 2_000.0
+    daemon.process([RawRecord("file", 0, 5_000 + i, None, v) for i, v in enumerate(predictions)])
+    assert daemon.report_freshness(2_010.0, 60.0) == []  # events are fresh...
+    assert _gauge(daemon, "event", "churn") == 10.0
+    assert _gauge(daemon, "label", "churn") == 1_010.0  # ...labels are not
+    assert daemon.units[0].models["churn"].labels == labels_read
+
+    assert daemon.report_freshness(2_100.0, 60.0) == ["churn"]  # no events for 100 s
+
+    daemon.revoke([0])  # the model went to another replica: this one stops reporting it
+    assert daemon.report_freshness(9_000.0, 60.0) == []
+    assert _gauge(daemon, "event", "churn") is None
+    assert _gauge(daemon, "label", "churn") is None
