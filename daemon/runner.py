@@ -13,8 +13,8 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import orjson
@@ -31,6 +31,7 @@ from .events import (
     PredictionEvent,
     decode,
 )
+from .join import JoinCounters
 from .metrics import Metrics
 from .monitor import ModelMonitor, ProfileMissing
 from .sinks import Sink, dead_letter
@@ -156,6 +157,7 @@ class Daemon:
         # is first seen: "no label since then").
         self.last_label_wall: dict[str, float] = {}
         self._fresh_models: set[str] = set()
+        self._detector_series: dict[str, set[str]] = {}  # model -> detectors with gauges
         self.source = source_factory(self)
 
     # -- partition lifecycle (Kafka rebalance callbacks call these) -------------------------
@@ -180,9 +182,25 @@ class Daemon:
             self.checkpoint(gone, wait=False)
         for p in gone:
             unit = self.units.pop(p)
+            for model in unit.models:
+                self._forget_series(model)
             if self.handover and not self._closed:
                 self.executor.release(set(unit.models))
         log.info("partitions revoked", partitions=partitions)
+
+    def _forget_series(self, model: str, keep: Iterable[str] = (), *, join: bool = True) -> None:
+        """Drop a model's gauges — of a revoked partition (the new owner reports them), of a
+        model whose policy went, or of detectors its new policy lacks (``keep``: the detectors
+        it still has): a stale ``driftwarden_detector_triggered 1`` would keep an alert firing.
+        (Counters stay: they only ever add up across replicas.)"""
+        names = self._detector_series.get(model, set())
+        for name in names - set(keep):
+            self.metrics.detector_statistic.remove(model, name)
+            self.metrics.detector_triggered.remove(model, name)
+            names.discard(name)
+        if join:
+            for counter in fields(JoinCounters):
+                self.metrics.join.remove(model, counter.name)
 
     def _restore(self, partition: int) -> Unit:
         unit = Unit(partition=partition)
@@ -474,8 +492,10 @@ class Daemon:
                 if new is None:
                     log.warning("model no longer has a policy; its state is dropped", model=model)
                     del unit.models[model]
+                    self._forget_series(model)
                 elif new != mon.policy:
                     mon.set_policy(new)
+                    self._forget_series(model, (d.name for d in new.detectors), join=False)
         log.info("policies reloaded", policies=len(policies))
 
     def _checkpoint_due(self) -> bool:
@@ -619,6 +639,7 @@ class Daemon:
         for w in out.windows:
             self.summary.windows += 1
             self.metrics.windows.labels(model, w["stream"]).inc()
+            self._detector_series.setdefault(model, set()).update(w["results"])
             for name, r in w["results"].items():
                 if r.get("statistic") is not None:
                     self.metrics.detector_statistic.labels(model, name).set(r["statistic"])

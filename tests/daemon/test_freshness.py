@@ -67,3 +67,56 @@ def test_labels_that_stop_show_while_predictions_flow(
     assert daemon.report_freshness(9_000.0, 60.0) == []
     assert _gauge(daemon, "event", "churn") is None
     assert _gauge(daemon, "label", "churn") is None
+
+
+def test_a_revoked_model_leaves_no_gauges(tmp_path: Path) -> None:
+    """After a handover the old owner exports none of the model's gauges (detector statistics,
+    triggered flags, join counters): a stale ``triggered 1`` would keep an alert firing."""
+    cfg = tmp_path / "driftwarden.yaml"
+    cfg.write_text(
+        f"source: file\nfile: {{events: {EVENTS}}}\n"
+        f"policies: {ROOT / 'config/embedded/policies'}\nstate: {{dir: {tmp_path / 'state'}}}\n"
+        "http: {enabled: false}\n"
+    )
+    daemon = build_daemon(load_settings(cfg, env={}), sink=MemorySink())
+    daemon.run(max_events=20_000)
+    assert daemon.summary.windows > 0
+
+    def series(name: str) -> list[dict[str, str]]:
+        return [
+            s.labels
+            for m in daemon.metrics.registry.collect()
+            for s in m.samples
+            if s.name == name and s.labels.get("model") == "churn"
+        ]
+
+    gauges = (
+        "driftwarden_detector_statistic",
+        "driftwarden_detector_triggered",
+        "driftwarden_join",
+    )
+    assert all(series(g) for g in gauges)
+    windows_before = series("driftwarden_windows_total")
+
+    def detectors() -> set[str]:
+        return {s["detector"] for s in series("driftwarden_detector_triggered")}
+
+    assert {"scores", "drift"} <= detectors()
+    # A reloaded policy without the `scores` detector: its gauges go, the others stay.
+    policy = (ROOT / "config/embedded/policies/churn.yaml").read_text()
+    policy = policy.replace(
+        "file:../../profiles/churn.json", f"file:{ROOT / 'config/profiles/churn.json'}"
+    )
+    policy = policy.replace(
+        "  - {name: scores, type: prediction_drift, method: js, threshold: 0.1}\n", ""
+    )
+    policy = policy.replace(
+        "(drift or scores or enterprise_recall)", "(drift or enterprise_recall)"
+    )
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "churn.yaml").write_text(policy)
+    assert daemon.reload_policies(tmp_path / "policies") == []
+    assert "scores" not in detectors() and "drift" in detectors()
+    daemon.revoke([0])
+    assert [g for g in gauges if series(g)] == []
+    assert series("driftwarden_windows_total") == windows_before  # counters stay
