@@ -184,6 +184,7 @@ class Daemon:
             unit = self.units.pop(p)
             for model in unit.models:
                 self._forget_series(model)
+                self._history.pop(model, None)  # the new owner keeps the model's history
             if self.handover and not self._closed:
                 self.executor.release(set(unit.models))
         log.info("partitions revoked", partitions=partitions)
