@@ -17,7 +17,10 @@ them together), so the caller commits input offsets only after the state they co
 is durable. ``load`` first captures the topic's end offsets, reads with its own consumer (no
 group: ``assign`` + position) up to them and answers from the newest value per key; what it read
 is cached and later loads continue from there, so a takeover costs one read of the compacted
-topic and then only the records written since.
+topic and then only the records written since. The cache holds every key's offset but only up
+to ``cache_bytes`` of values (compressed, the newest records first): a replica does not keep
+the whole group's state in memory; a load whose value was dropped fetches that one record
+again.
 
 The topic is created when missing with **one partition** (a handful of keys: one per input
 partition plus ``actions``; a single partition gives one total order and one fetch), compaction,
@@ -61,13 +64,17 @@ _MAX_INFLATE_FACTOR = 64
 _SEGMENT_MS = 10 * 60 * 1000
 
 
+DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
+
+
 @dataclass(frozen=True, slots=True)
 class _Stored:
-    """The newest record read for one key (value kept compressed until it is asked for)."""
+    """The newest record read for one key (value kept compressed until it is asked for;
+    ``None`` once dropped from the cache: fetched again by offset when asked for)."""
 
     partition: int
     offset: int
-    value: bytes
+    value: bytes | None
     codec: str
 
 
@@ -98,6 +105,9 @@ class KafkaCheckpointStore(CheckpointStore):
         Extra topic configs used at creation (strings, e.g. ``{"min.insync.replicas": "2"}``).
     replication_factor
         Replication of a created topic; -1 takes the broker's default.
+    cache_bytes
+        Most bytes of (compressed) values kept from what the store has read; beyond it the
+        oldest records' values are dropped and a load of one fetches it again.
     kind
         What the topic holds, in messages and logs (``"silence"`` for the silence store's
         topic, which is a store of this kind too).
@@ -123,6 +133,7 @@ class KafkaCheckpointStore(CheckpointStore):
         create_topic: bool = True,
         topic_configs: Mapping[str, str] | None = None,
         replication_factor: int = -1,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
         kind: str = "checkpoint",
     ) -> None:
         from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -159,22 +170,28 @@ class KafkaCheckpointStore(CheckpointStore):
             request_timeout_ms=int(timeout_s * 1000),
             **sec,
         )
-        self._consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap_servers,
-            client_id=f"{client_id}-state-reader",
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
+        self._reader_config: dict[str, Any] = {
+            "bootstrap_servers": bootstrap_servers,
+            "group_id": None,
+            "enable_auto_commit": False,
+            "auto_offset_reset": "earliest",
             # A record larger than the fetch limits still arrives (KIP-74), but in one fetch.
-            max_partition_fetch_bytes=request,
-            fetch_max_bytes=max(52_428_800, request),
+            "max_partition_fetch_bytes": request,
+            "fetch_max_bytes": max(52_428_800, request),
             **sec,
-        )
+        }
+        self._client_id = client_id
+        self._consumer = KafkaConsumer(client_id=f"{client_id}-state-reader", **self._reader_config)
+        # Fetches a record whose value left the cache: a consumer of its own, so the reader's
+        # positions and fetch state stay as they are. Opened at the first such fetch.
+        self._refetcher: Any = None
         partitions = self._partitions()
         self._tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         self._consumer.assign(self._tps)
         self._consumer.seek_to_beginning(*self._tps)
         self._latest: dict[str, _Stored] = {}
+        self.cache_bytes = cache_bytes
+        self._cached = 0  # bytes of the values held in _latest
         # The consumer is not thread-safe; the daemon's main loop and a rebalance callback may
         # both reach the store, so loads are serialised.
         self._lock = threading.Lock()
@@ -287,6 +304,8 @@ class KafkaCheckpointStore(CheckpointStore):
             f"(partition {stored.partition}, offset {stored.offset})"
         )
         data = stored.value
+        if data is None:  # a dropped value is fetched again before it is decoded
+            raise RuntimeError(f"{where}: its value left the cache and was not fetched again.")
         if stored.codec == "zlib":
             inflater = zlib.decompressobj()
             try:
@@ -381,7 +400,55 @@ class KafkaCheckpointStore(CheckpointStore):
         with self._lock:
             self._catch_up()
             stored = self._latest.get(unit)
+            if stored is not None and stored.value is None:
+                stored = self._fetch(unit, stored)
         return None if stored is None else self._decode(unit, stored)
+
+    def _fetch(self, unit: str, stored: _Stored) -> _Stored | None:
+        """Read the record of ``stored`` again (its value left the cache) with a consumer of
+        its own, seeked to the offset. If compaction removed it (a newer record of the key was
+        written and compacted since), catch up and take the newest."""
+        from kafka import KafkaConsumer, TopicPartition
+        from kafka.errors import KafkaError
+
+        for _ in range(3):
+            tp = TopicPartition(self.topic, stored.partition)
+            try:
+                if self._refetcher is None:
+                    self._refetcher = KafkaConsumer(
+                        client_id=f"{self._client_id}-state-refetch", **self._reader_config
+                    )
+                self._refetcher.assign([tp])
+                self._refetcher.seek(tp, stored.offset)
+                rec = self._poll_offset(tp, stored.offset)
+            except KafkaError as exc:
+                raise CheckpointError(
+                    f"{self.kind} topic {self.topic!r} could not be read: {exc}."
+                ) from None
+            if rec is not None:
+                return _Stored(stored.partition, stored.offset, rec.value, stored.codec)
+            self._catch_up()
+            newer = self._latest.get(unit)
+            if newer is None or newer.value is not None:
+                return newer
+            stored = newer
+        raise CheckpointError(
+            f"{self.kind} for unit {unit!r} in topic {self.topic!r} could not be read again "
+            "(compacted away while it was fetched, three times)."
+        )
+
+    def _poll_offset(self, tp: Any, offset: int) -> Any:
+        """The record at ``offset`` of ``tp`` (the refetcher positioned there), or None when
+        the partition's next record is past it."""
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            if time.monotonic() > deadline:
+                raise CheckpointError(
+                    f"{self.kind} topic {self.topic!r} partition {tp.partition} offset "
+                    f"{offset} could not be read within {self.timeout_s:.0f} s."
+                )
+            for rec in self._refetcher.poll(timeout_ms=200, max_records=1).get(tp, ()):
+                return rec if rec.offset == offset else None
 
     def _catch_up(self) -> None:
         """Read every partition up to the end offsets captured now, newest value per key."""
@@ -402,6 +469,7 @@ class KafkaCheckpointStore(CheckpointStore):
                     for rec in records:
                         self._keep(tp.partition, rec)
                 behind = [tp for tp in behind if self._consumer.position(tp) < ends[tp]]
+            self._trim()
         except KafkaError as exc:
             raise CheckpointError(
                 f"{self.kind} topic {self.topic!r} could not be read: {exc}."
@@ -418,14 +486,30 @@ class KafkaCheckpointStore(CheckpointStore):
             )
             return
         unit = rec.key.decode("utf-8", errors="replace")
+        old = self._latest.pop(unit, None)
+        if old is not None and old.value is not None:
+            self._cached -= len(old.value)
         if rec.value is None:
-            self._latest.pop(unit, None)
             return
         codec = ""
         for name, value in rec.headers or ():
             if name == CODEC_HEADER:
                 codec = value.decode("utf-8", errors="replace")
         self._latest[unit] = _Stored(partition, rec.offset, rec.value, codec)
+        self._cached += len(rec.value)
+
+    def _trim(self) -> None:
+        """Drop values, oldest records first, until the cache holds at most ``cache_bytes``."""
+        if self._cached <= self.cache_bytes:
+            return
+        held = sorted((s.offset, u) for u, s in self._latest.items() if s.value is not None)
+        for _, unit in held:
+            s = self._latest[unit]
+            assert s.value is not None
+            self._cached -= len(s.value)
+            self._latest[unit] = _Stored(s.partition, s.offset, None, s.codec)
+            if self._cached <= self.cache_bytes:
+                return
 
     def close(self) -> None:
         """Flush pending saves and close the producer and the reader."""
@@ -437,3 +521,5 @@ class KafkaCheckpointStore(CheckpointStore):
             self._producer.close(timeout=self.timeout_s)
         finally:
             self._consumer.close()
+            if self._refetcher is not None:
+                self._refetcher.close()

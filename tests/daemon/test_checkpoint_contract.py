@@ -476,6 +476,53 @@ def test_kafka_reads_every_partition_of_an_existing_topic(
 
 
 @pytest.mark.kafka
+@pytest.mark.parametrize("partitions", [1, 3])
+def test_kafka_reader_keeps_at_most_cache_bytes_of_values(
+    kafka_bootstrap: str, kafka_topic_factory: Callable[..., str], partitions: int
+) -> None:
+    """A reader holds every unit's offset but values only up to ``cache_bytes`` (newest
+    records kept): a unit whose value was dropped is fetched again, exactly, and reading on
+    continues from where the reader was (later saves still arrive, none twice)."""
+    from driftwarden.daemon.checkpoint_kafka import KafkaCheckpointStore
+
+    topic = kafka_topic_factory(partitions, compact=True)
+    harness = KafkaHarness(kafka_bootstrap, topic)
+    try:
+        writer = harness.open()
+        units = [f"p{i}" for i in range(8)]
+        for i, unit in enumerate(units):
+            writer.save(unit, _payload(i, i * 10))
+        one = len(writer.encode("p0", _payload(0, 0))[1])
+        reader = KafkaCheckpointStore(
+            kafka_bootstrap, topic, client_id="cache-reader", cache_bytes=3 * one + one // 2
+        )
+        harness.stores.append(reader)
+        assert reader.units() == sorted(units)
+        kept = [u for u, s in reader._latest.items() if s.value is not None]
+        assert len(kept) == 3 and reader._cached <= reader.cache_bytes
+        for i, unit in enumerate(units):  # dropped or not, every unit loads exactly
+            doc = reader.load(unit)
+            assert doc is not None and doc["offsets"][0] == ["predictions", i, i * 10]
+        writer.save("p0", _payload(0, 999))
+        writer.save("p9", _payload(9, 90))
+        doc = reader.load("p0")
+        assert doc is not None and doc["offsets"][0] == ["predictions", 0, 999]
+        assert reader.load("p9") is not None and len(reader.units()) == 9
+        assert reader._cached <= reader.cache_bytes
+
+        nothing = KafkaCheckpointStore(
+            kafka_bootstrap, topic, client_id="no-cache-reader", cache_bytes=0
+        )
+        harness.stores.append(nothing)
+        for i, unit in enumerate(units[1:], start=1):
+            doc = nothing.load(unit)
+            assert doc is not None and doc["offsets"][0] == ["predictions", i, i * 10]
+        assert nothing._cached == 0
+    finally:
+        harness.close()
+
+
+@pytest.mark.kafka
 @pytest.mark.parametrize(
     ("value", "reason"),
     [
