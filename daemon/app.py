@@ -239,6 +239,7 @@ def build_daemon(
             max_partition_fetch_bytes=max(1_048_576, 2 * opts.max_message_bytes),
             on_assign=daemon.assign,
             on_revoke=daemon.revoke,
+            group_instance_id=k["group_instance_id"],
         )
 
     executor = None

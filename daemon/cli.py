@@ -636,6 +636,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .events import InvalidEvent
     from .monitor import ProfileMissing
     from .settings import ConfigError
+    from .sources import SourceFenced
 
     args = build_parser().parse_args(argv)
     if args.command != "run":  # `run` configures logging from its settings
@@ -653,6 +654,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         StateVersionError,
         InvalidEvent,
         FileNotFoundError,
+        SourceFenced,
     ) as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:

@@ -35,7 +35,7 @@ from .join import JoinCounters
 from .metrics import Metrics
 from .monitor import ModelMonitor, ProfileMissing
 from .sinks import Sink, dead_letter
-from .sources import RawRecord, Source
+from .sources import RawRecord, Source, SourceFenced
 
 __all__ = ["Daemon", "RunSummary", "Unit"]
 
@@ -405,6 +405,10 @@ class Daemon:
             self.checkpoint()
             # State and offsets are final: a revocation while closing has nothing to add.
             self._closed = True
+        except SourceFenced:
+            # The partitions are another replica's: closing must not checkpoint over its state.
+            self._closed = True
+            raise
         finally:
             self.ready = False
         return self.summary

@@ -39,6 +39,9 @@ DEFAULTS: dict[str, Any] = {
         # the partitions still behind wait too (Kafka's 500 ms default cost a catching-up
         # daemon up to half a second per fetch).
         "fetch_max_wait_ms": 100,
+        # Static membership (KIP-345): a replica restarted within session_timeout_ms keeps its
+        # partitions, with no rebalance. One id per replica (e.g. the pod name).
+        "group_instance_id": None,
         "topics": {
             "predictions": "predictions",
             "labels": "labels",
@@ -333,6 +336,16 @@ def _check(data: dict[str, Any], errors: list[str], where: Callable[[str], str])
     port = data["http"]["port"]
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         bad("http.port", f"must be a port number 0-65535 (0: any free port), got {port!r}")
+    instance = data["kafka"]["group_instance_id"]
+    if instance is not None and (
+        not isinstance(instance, str)
+        or not _TOPIC_NAME.fullmatch(instance)
+        or instance in (".", "..")
+    ):
+        bad(
+            "kafka.group_instance_id",
+            f"must be null or 1-249 of a-z A-Z 0-9 . _ - (one per replica), got {instance!r}",
+        )
     # A topic name Kafka refuses fails late and far from the file; two roles on one topic
     # (say dlq: predictions) would feed the daemon its own output.
     first_role: dict[str, str] = {}

@@ -17,9 +17,14 @@ from typing import Any
 import orjson
 import structlog
 
-__all__ = ["FileSource", "KafkaSource", "RawRecord", "Source"]
+__all__ = ["FileSource", "KafkaSource", "RawRecord", "Source", "SourceFenced"]
 
 log = structlog.get_logger(__name__)
+
+
+class SourceFenced(RuntimeError):
+    """Another consumer took this one's place in the group (the same static member id): the
+    daemon must stop at once, without a checkpoint, since its partitions are someone else's."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,12 +171,17 @@ class KafkaSource(Source):
         fetch_max_wait_ms: int,
         on_assign: Callable[[list[int]], dict[tuple[str, int], int]],
         on_revoke: Callable[[list[int]], None],
+        group_instance_id: str | None = None,
     ) -> None:
         from kafka import ConsumerRebalanceListener, KafkaConsumer
 
         self.roles = {topics["predictions"]: "predictions", topics["labels"]: "labels"}
         self._ahead: list[RawRecord] = []
         self._at = 0
+        self._group = (group_id, group_instance_id)
+        # A static member (KIP-345) keeps its partitions across a restart within the session
+        # timeout: no rebalance, and the replica finds its own outbox and labeled store again.
+        static = {} if group_instance_id is None else {"group_instance_id": group_instance_id}
         self._consumer = KafkaConsumer(
             bootstrap_servers=bootstrap_servers,
             group_id=group_id,
@@ -183,6 +193,7 @@ class KafkaSource(Source):
             max_partition_fetch_bytes=max_partition_fetch_bytes,
             fetch_max_wait_ms=fetch_max_wait_ms,
             reconnect_backoff_max_ms=5000,  # back within 5 s of a broker's return (default 30)
+            **static,
             **security,
         )
         source = self
@@ -248,13 +259,22 @@ class KafkaSource(Source):
             for (t, p), o in offsets.items()
             if TopicPartition(t, p) in assigned
         }
-        from kafka.errors import KafkaError
+        from kafka.errors import FencedInstanceIdError, KafkaError
 
         try:
             if todo and wait:
                 self._consumer.commit(todo)
             elif todo:
                 self._consumer.commit_async(todo)
+        except FencedInstanceIdError:
+            # kafka-python only logs a fenced heartbeat and keeps its assignment; the refused
+            # commit is where this replica learns that another one holds its id.
+            group, instance = self._group
+            raise SourceFenced(
+                f"kafka: this replica was fenced: another consumer joined group {group!r} with "
+                f"kafka.group_instance_id {instance!r} and now owns its partitions. Each "
+                "replica needs its own id (e.g. the pod name); this one stops."
+            ) from None
         except KafkaError as exc:
             # The durable checkpoint already holds these offsets (it is what a restart or a new
             # owner seeks to): a commit lost to a broker outage or a rebalance loses nothing

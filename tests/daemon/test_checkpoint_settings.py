@@ -188,3 +188,15 @@ def test_topic_names_are_kafka_names_one_per_role(tmp_path: Path) -> None:
     cfg.write_text("kafka:\n  topics:\n    dlq: team-a.dlq_v2\n    silences: team-a.silences\n")
     topics = load_settings(cfg, env={})["kafka"]["topics"]
     assert topics["dlq"] == "team-a.dlq_v2" and topics["silences"] == "team-a.silences"
+
+
+def test_group_instance_id_is_null_or_a_legal_id(tmp_path: Path) -> None:
+    """Static membership is off by default; an id Kafka refuses is named at its line."""
+    cfg = tmp_path / "driftwarden.yaml"
+    cfg.write_text("kafka:\n  group_id: dw\n")
+    assert load_settings(cfg, env={})["kafka"]["group_instance_id"] is None
+    env = {"DRIFTWARDEN_KAFKA__GROUP_INSTANCE_ID": "driftwarden-0"}
+    assert load_settings(cfg, env=env)["kafka"]["group_instance_id"] == "driftwarden-0"
+    cfg.write_text("kafka:\n  group_id: dw\n  group_instance_id: 'host:/var/lib/dw'\n")
+    with pytest.raises(ConfigError, match=rf"{cfg}:3: kafka\.group_instance_id: must be null or"):
+        load_settings(cfg, env={})

@@ -1,0 +1,142 @@
+"""Static membership (``kafka.group_instance_id``, KIP-345) against the real broker: a replica
+restarted within the session timeout gets its own partitions back and the others are never
+revoked (no rebalance); a second consumer with the same id fences the first, whose next commit
+stops it with a sentence naming the id — and a fenced daemon writes no checkpoint on its way
+out (its partitions' state belongs to the other replica now)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from driftwarden.daemon.sources import FileSource, KafkaSource, SourceFenced
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Member:
+    """A KafkaSource with a static id, recording what it was assigned and revoked."""
+
+    def __init__(self, bootstrap: str, group: str, topics: dict[str, str], instance: str) -> None:
+        self.assigned: list[list[int]] = []
+        self.revoked: list[list[int]] = []
+        self.source = KafkaSource(
+            bootstrap_servers=bootstrap,
+            group_id=group,
+            client_id=f"static-{instance}",
+            topics=topics,
+            security={},
+            auto_offset_reset="earliest",
+            session_timeout_ms=20_000,
+            max_poll_interval_ms=300_000,
+            max_partition_fetch_bytes=1_048_576,
+            fetch_max_wait_ms=100,
+            on_assign=lambda parts: self.assigned.append(parts) or {},
+            on_revoke=self.revoked.append,
+            group_instance_id=instance,
+        )
+
+    def owned(self) -> set[int]:
+        return {tp.partition for tp in self.source._consumer.assignment()}
+
+
+def _poll_until(members: list[Member], done: Callable[[], bool], deadline_s: float = 60.0) -> None:
+    deadline = time.monotonic() + deadline_s
+    while not done():
+        assert time.monotonic() < deadline, "the group did not settle in time"
+        for m in members:
+            m.source.poll(100, 0.1)
+
+
+@pytest.fixture
+def group(
+    kafka_bootstrap: str, kafka_topic_factory: Callable[..., str]
+) -> Iterator[tuple[Callable[[str], Member], dict[str, str]]]:
+    topics = {"predictions": kafka_topic_factory(4), "labels": kafka_topic_factory(4)}
+    name = f"static-{uuid.uuid4().hex[:8]}"
+    made: list[Member] = []
+
+    def member(instance: str) -> Member:
+        made.append(Member(kafka_bootstrap, name, topics, instance))
+        return made[-1]
+
+    try:
+        yield member, topics
+    finally:
+        for m in made:
+            m.source.close()
+
+
+@pytest.mark.kafka
+def test_a_restarted_static_member_keeps_its_partitions_without_a_rebalance(
+    group: tuple[Callable[[str], Member], dict[str, str]],
+) -> None:
+    member, _ = group
+    a, b = member("replica-a"), member("replica-b")
+    _poll_until([a, b], lambda: bool(a.owned()) and bool(b.owned()) and not a.owned() & b.owned())
+    a_before, b_before = a.owned(), b.owned()
+    assert a_before | b_before == {0, 1, 2, 3}
+    revoked_before = list(a.revoked)
+
+    b.source.close()  # a static member leaves no LeaveGroup: the group waits for it
+    again = member("replica-b")
+    _poll_until([a, again], lambda: bool(again.owned()))
+    for _ in range(20):  # a while longer: no rebalance reaches replica-a
+        a.source.poll(100, 0.1)
+        again.source.poll(100, 0.1)
+    assert again.owned() == b_before and a.owned() == a_before
+    assert a.revoked == revoked_before
+
+
+@pytest.mark.kafka
+def test_a_fenced_member_stops_at_its_next_commit(
+    group: tuple[Callable[[str], Member], dict[str, str]],
+) -> None:
+    member, topics = group
+    first = member("replica-x")
+    _poll_until([first], lambda: first.owned() == {0, 1, 2, 3})
+    second = member("replica-x")  # a misconfigured second replica with the same id
+    _poll_until([first, second], lambda: second.owned() == {0, 1, 2, 3})
+    time.sleep(4)  # the first one's heartbeat is refused (kafka-python only logs it)
+    with pytest.raises(SourceFenced, match="kafka.group_instance_id 'replica-x'") as err:
+        first.source.commit({(topics["predictions"], 0): 0})
+    assert "Each replica needs its own id" in str(err.value)
+    second.source.commit({(topics["predictions"], 0): 0})  # the new owner commits
+
+
+def test_a_fenced_daemon_writes_no_checkpoint_on_its_way_out(tmp_path: Path) -> None:
+    """The source's commit raises SourceFenced at the first checkpoint: run() re-raises it and
+    the revocation that closing the consumer brings saves nothing over the new owner's state."""
+    from driftwarden.daemon.app import build_daemon
+    from driftwarden.daemon.settings import load_settings
+    from driftwarden.daemon.sinks import MemorySink
+
+    class FencedFile(FileSource):
+        def commit(self, offsets: Any, *, wait: bool = True) -> None:
+            raise SourceFenced("kafka: this replica was fenced")
+
+    events = ROOT / "config/examples/events.jsonl.gz"
+    cfg = tmp_path / "driftwarden.yaml"
+    cfg.write_text(
+        f"source: file\nfile: {{events: {events}}}\n"
+        f"policies: {ROOT / 'config/embedded/policies'}\nstate: {{dir: {tmp_path / 'state'}}}\n"
+        "http: {enabled: false}\ncheckpoint: {every_events: 1000}\n"
+    )
+    daemon = build_daemon(load_settings(cfg, env={}), sink=MemorySink())
+    fenced = FencedFile(str(events))
+    fenced.seek(daemon.assign([0]))
+    daemon.source = fenced
+    with pytest.raises(SourceFenced):
+        daemon.run(max_events=5_000)
+    store = daemon.store
+    assert store is not None
+    saves: list[Any] = []
+    save_all = store.save_all
+    store.save_all = lambda units: saves.append(list(units)) or save_all(iter(()))  # type: ignore[method-assign]
+    daemon.revoke([0])  # what closing the consumer does
+    assert saves == [] and 0 not in daemon.units
