@@ -21,7 +21,7 @@ from river.drift import binary
 
 from .base import Detector, DetectorResult, register
 from .batch import Batch
-from .stats import object_keys
+from .stats import ERROR_CAP, abs_errors, object_keys
 
 if TYPE_CHECKING:
     from .profile import ReferenceProfile
@@ -103,10 +103,11 @@ def batch_errors(
             ],
             dtype=np.float64,
         )
-        err = np.abs(batch.value - label)
+        err = abs_errors(batch.value, label)
         err = err[np.isfinite(err)]
         if mae_scale is not None and mae_scale > 0:
-            err = err / mae_scale
+            with np.errstate(over="ignore"):
+                err = np.minimum(err / mae_scale, ERROR_CAP)
         return err, task
     pred = label_keys(batch.predicted)
     lab = label_keys(batch.label)

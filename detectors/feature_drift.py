@@ -49,6 +49,7 @@ DEFAULT_THRESHOLDS: Mapping[str, float | None] = {
     "chi2": None,
 }
 _TOP = 20
+_FLOAT_MAX = float(np.finfo(np.float64).max)
 
 
 def check_params(
@@ -153,8 +154,13 @@ class _Binner:
             lo, hi = self.grid[0], self.grid[-1]
             below = int(xs.searchsorted(lo, side="left"))
             above = int(at[-1])
-            acc["low"] += float(np.sum(lo - xs[:below])) if below else 0.0
-            acc["high"] += float(np.sum(xs[above:] - hi)) if above < xs.size else 0.0
+            # Capped at the largest float: values near it (valid input) would overflow the sums
+            # to inf, which JSON cannot hold, and the checkpoint would not load again.
+            with np.errstate(over="ignore"):
+                if below:
+                    acc["low"] = min(acc["low"] + float(np.sum(lo - xs[:below])), _FLOAT_MAX)
+                if above < xs.size:
+                    acc["high"] = min(acc["high"] + float(np.sum(xs[above:] - hi)), _FLOAT_MAX)
 
     def add_keys(self, acc: dict[str, Any], keys: np.ndarray) -> None:
         """Fold category keys into an accumulator (unknown categories count as "other")."""

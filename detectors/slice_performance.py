@@ -35,7 +35,7 @@ from . import fdr
 from .base import Detector, DetectorResult, register
 from .batch import Batch
 from .concept_drift import label_keys, present
-from .stats import binary_roc_auc, value_key
+from .stats import abs_errors, binary_roc_auc, value_key
 
 if TYPE_CHECKING:
     from .profile import ReferenceProfile
@@ -251,7 +251,7 @@ class SlicePerformance(Detector):
             return
         if self.metric in REGRESSION_METRICS:
             lab = np.array([_number(v) for v in batch.label], dtype=np.float64)
-            err = np.abs(batch.value - lab)
+            err = abs_errors(batch.value, lab)
             ok = present(keys) & np.isfinite(err)
         else:
             pred = label_keys(batch.predicted)

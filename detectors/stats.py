@@ -23,6 +23,8 @@ from scipy import special
 from scipy import stats as sps
 
 __all__ = [
+    "ERROR_CAP",
+    "abs_errors",
     "binary_roc_auc",
     "bin_counts",
     "categorical_keys",
@@ -38,6 +40,20 @@ __all__ = [
     "value_key",
     "wasserstein_from_grid",
 ]
+
+#: The largest absolute error a detector accumulates. Valid numbers near the float limit make
+#: |value - label| overflow, and squares and fourth powers of errors far below it too; the sums
+#: would turn inf, which a JSON checkpoint cannot hold (it would not load again). 1e70 to the
+#: fourth power, summed over a billion rows, is still finite — and no threshold tells such
+#: errors apart.
+ERROR_CAP = 1e70
+
+
+def abs_errors(value: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """``|value - label|`` capped at :data:`ERROR_CAP` (NaN, a missing side, stays NaN)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.minimum(np.abs(value - label), ERROR_CAP)
+
 
 # Smoothing for empty bins in PSI / JS, as most PSI implementations do; small enough not to
 # matter where both sides have mass.

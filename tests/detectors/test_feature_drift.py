@@ -289,3 +289,20 @@ def test_categorical_counts_skip_nulls_and_pool_unknown_categories() -> None:
     order = [c for c in prof.features["level"].categories if c != "__other__"]
     want = {"1": 1, "2": 1, "3": 2}
     assert state["level"] == {"n": 6, "coarse": [want[c] for c in order] + [2]}
+
+
+def test_values_near_the_float_limit_keep_the_state_json(clean_profile: ReferenceProfile) -> None:
+    """Valid values near the float limit overflow the wasserstein tail sums: capped, the state
+    round-trips through the checkpoint encoding (orjson writes inf as null) and drift shows."""
+    import orjson
+
+    rng = np.random.default_rng(501)
+    win = _clean_window(rng, 2000)
+    win["f5"] = np.where(rng.random(2000) < 0.5, 1.7976931348623157e308, -1.7976931348623157e308)
+    det = FeatureDrift("drift", clean_profile, method="wasserstein")
+    det.update(columns_batch(win))
+    state = orjson.loads(orjson.dumps(det.state_dict(), option=orjson.OPT_SERIALIZE_NUMPY))
+    again = FeatureDrift("drift", clean_profile, method="wasserstein")
+    again.load_state(state)
+    result = again.result()
+    assert result.triggered and result.evidence["top"][0]["feature"] == "f5"

@@ -425,3 +425,29 @@ def test_no_baseline_and_missing_column_never_trigger():
     row = by_slice(det.result())["smb"]
     assert row["status"] == "no baseline" and row["value"] == 0.0
     assert not det.result().triggered
+
+
+@pytest.mark.parametrize("metric", ["mae", "rmse"])
+def test_errors_near_the_float_limit_keep_the_state_json_and_trigger(metric):
+    """Valid values near the float limit (a broken unit, a sentinel) would overflow the error
+    sums to inf, which JSON cannot hold: the errors are capped, the state round-trips through
+    the checkpoint encoding, and the slice triggers."""
+    import orjson
+
+    profile = simple_profile(
+        {"overall": {"mae": 1.0, "rmse": 1.25, "n": 1000}, "slices": {}}, task="regression"
+    )
+    big = 1.7976931348623157e308
+    batch = Batch.from_records(
+        [
+            {"segment": {}, "prediction": {"value": (big, -big, 1e100)[i % 3]}, "label": -big}
+            for i in range(300)
+        ]
+    )
+    det = SlicePerformance("err", profile, metric=metric, min_samples=50)
+    feed(det, batch)
+    state = orjson.loads(orjson.dumps(det.state_dict(), option=orjson.OPT_SERIALIZE_NUMPY))
+    again = SlicePerformance("err", profile, metric=metric, min_samples=50)
+    again.load_state(state)
+    assert again.state_dict() == det.state_dict()
+    assert again.result().triggered
