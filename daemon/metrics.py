@@ -61,6 +61,13 @@ class Metrics:
         self.join = Gauge(
             "driftwarden_join", "Join counters by model.", ["model", "counter"], registry=r
         )
+        self.processing_errors = Counter(
+            "driftwarden_processing_errors_total",
+            "Batches of a model whose processing raised (its events went to the dead-letter "
+            "topic with the error; the other models went on).",
+            ["model"],
+            registry=r,
+        )
         self.policy_reload_errors = Counter(
             "driftwarden_policy_reload_errors_total",
             "Policy reloads refused (the last good policies stay).",

@@ -8,6 +8,7 @@ covers, and only then commit those offsets to Kafka. A batch that fails is never
 
 from __future__ import annotations
 
+import math
 import queue
 import signal
 import threading
@@ -158,6 +159,7 @@ class Daemon:
         self.last_label_wall: dict[str, float] = {}
         self._fresh_models: set[str] = set()
         self._detector_series: dict[str, set[str]] = {}  # model -> detectors with gauges
+        self._failure_logged: dict[str, float] = {}  # model -> when its last failure was logged
         self.source = source_factory(self)
 
     # -- partition lifecycle (Kafka rebalance callbacks call these) -------------------------
@@ -584,9 +586,51 @@ class Daemon:
         if n_label:
             self.metrics.events.labels("label", "valid").inc(n_label)
         for (p, model), events in grouped.items():
-            self._process_model(self.units[p], model, events)
+            try:
+                self._process_model(self.units[p], model, events)
+            except Exception as exc:  # noqa: BLE001 - one model's failure must not stop the rest
+                self._processing_failed(p, model, records, exc)
 
-    def _dead_letter(self, unit: Unit, rec: RawRecord, reason: str) -> None:
+    def _processing_failed(
+        self, partition: int, model: str, records: list[RawRecord], exc: Exception
+    ) -> None:
+        """A model's batch raised inside the pipeline (a bug, or input nothing foresaw): its
+        records go to the dead-letter topic with the error, so nothing is lost and no restart
+        loops on them, and every other model goes on. The model's state may hold part of the
+        batch. Logged with the traceback at most once a minute per model."""
+        reason = f"processing failed for model {model!r}: {type(exc).__name__}: {exc}"
+        n = 0
+        for rec in records:
+            if rec.partition != partition:
+                continue
+            try:
+                ev = decode(
+                    rec.value,
+                    expect=_EXPECT[self.source.roles.get(rec.topic)],
+                    max_bytes=self.opts.max_message_bytes,
+                )
+            except InvalidEvent:
+                continue  # dead-lettered already
+            if ev.model == model and (rec.key is None or rec.key == model.encode()):
+                self._dead_letter(self.units[partition], rec, reason, "ProcessingError")
+                n += 1
+        self.summary.valid -= n
+        self.metrics.processing_errors.labels(model).inc()
+        now = time.monotonic()
+        if now - self._failure_logged.get(model, -math.inf) >= 60.0:
+            self._failure_logged[model] = now
+            log.error(
+                "model processing failed; its events of this batch went to the dead-letter topic",
+                model=model,
+                partition=partition,
+                events=n,
+                error=f"{type(exc).__name__}: {exc}",
+                exc_info=exc,
+            )
+
+    def _dead_letter(
+        self, unit: Unit, rec: RawRecord, reason: str, error_class: str = "InvalidEvent"
+    ) -> None:
         unit.invalid += 1
         self.summary.invalid += 1
         self.metrics.events.labels(self.source.roles.get(rec.topic) or "file", "invalid").inc()
@@ -599,6 +643,7 @@ class Daemon:
             key=rec.key,
             value=rec.value,
             timestamp_ms=rec.timestamp_ms,
+            error_class=error_class,
         )
         self.sink.publish(
             self.opts.topics["dlq"],

@@ -242,3 +242,71 @@ def test_odd_valid_events_never_crash_the_daemon(tmp_path: Path, seed: int) -> N
         assert set(again.units[0].models) == set(daemon.units[0].models)
     assert daemon.summary.windows > 0
     assert daemon.summary.invalid == 0  # every record was valid: none went to the DLQ
+
+
+def test_a_model_whose_processing_raises_goes_to_the_dlq_and_the_rest_go_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug (or input nothing foresaw) that raises inside one model's pipeline must not stop
+    the daemon — a crash would loop on the same records after every restart and leave every
+    model of the partition unwatched. That model's records of the batch go to the dead-letter
+    topic with the error (nothing lost); the other models, and later batches, go on."""
+    from driftwarden.daemon.app import build_daemon
+    from driftwarden.daemon.monitor import ModelMonitor
+    from driftwarden.daemon.settings import load_settings
+    from driftwarden.daemon.sinks import MemorySink
+
+    events = ROOT / "config/examples/events.jsonl.gz"
+    cfg = tmp_path / "driftwarden.yaml"
+    cfg.write_text(
+        f"source: file\nfile: {{events: {events}}}\n"
+        f"policies: {_policies(tmp_path)}\nstate: {{dir: {tmp_path / 'state'}}}\n"
+        "http: {enabled: false}\n"
+    )
+    sink = MemorySink()
+    daemon = build_daemon(load_settings(cfg, env={}), sink=sink)
+    daemon.assign([0])
+    process = ModelMonitor.process
+
+    def poisoned(self: ModelMonitor, evs: list[Any]) -> Any:
+        if any(getattr(e, "prediction_id", "").startswith("poison") for e in evs):
+            raise RuntimeError("a detector bug")
+        return process(self, evs)
+
+    monkeypatch.setattr(ModelMonitor, "process", poisoned)
+    rng = random.Random(1)
+    churn = [
+        prediction_event(
+            "churn",
+            "1",
+            {"plan": "pro", "user_age": 40},
+            {"label": 1, "score": 0.7},
+            prediction_id=("poison-" if i == 3 else "ok-") + str(i),
+            timestamp=format_time(_time(rng)),
+        )
+        for i in range(10)
+    ]
+    price = [_price(rng, []) for _ in range(10)]
+    records = [RawRecord("file", 0, i, None, raw) for i, raw in enumerate(churn + price)]
+    daemon.process(records)  # does not raise
+
+    dlq = [orjson.loads(v) for _, v, _ in sink.records.get("driftwarden.dlq", [])]
+    assert [d["source"]["offset"] for d in dlq] == list(range(10))  # churn's, all of them
+    assert all(d["error_class"] == "ProcessingError" for d in dlq)
+    assert all(
+        "processing failed for model 'churn': RuntimeError: a detector bug" in d["reason"]
+        for d in dlq
+    )
+    assert daemon.units[0].models["price"].events == 10  # the other model went on
+    assert daemon.summary.valid == 10 and daemon.summary.invalid == 10
+    assert (
+        daemon.metrics.registry.get_sample_value(
+            "driftwarden_processing_errors_total", {"model": "churn"}
+        )
+        == 1.0
+    )
+
+    later = [RawRecord("file", 0, 20 + i, None, raw) for i, raw in enumerate(churn[:3])]
+    daemon.process(later)  # churn's next batch is processed as usual
+    assert len(sink.records["driftwarden.dlq"]) == 10
+    assert daemon.units[0].models["churn"].events >= 3
