@@ -58,6 +58,14 @@ class Unit:
     unmonitored: dict[str, int] = field(default_factory=dict)
 
 
+class _ModelFailed(Exception):
+    """A model's pipeline raised on a batch (see :meth:`Daemon._processing_failed`)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 @dataclass
 class RunSummary:
     """What a bounded run did (tests and the CLI print it)."""
@@ -588,8 +596,8 @@ class Daemon:
         for (p, model), events in grouped.items():
             try:
                 self._process_model(self.units[p], model, events)
-            except Exception as exc:  # noqa: BLE001 - one model's failure must not stop the rest
-                self._processing_failed(p, model, records, exc)
+            except _ModelFailed as failed:
+                self._processing_failed(p, model, records, failed.error)
 
     def _processing_failed(
         self, partition: int, model: str, records: list[RawRecord], exc: Exception
@@ -673,7 +681,10 @@ class Daemon:
                         "no policy matches this model; its events are counted only", model=model
                     )
                 return
-            mon = unit.models[model] = self._new_monitor(model, policy)
+            try:
+                mon = unit.models[model] = self._new_monitor(model, policy)
+            except Exception as exc:  # noqa: BLE001 - one model's failure must not stop the rest
+                raise _ModelFailed(exc) from exc
         try:
             out = mon.process(events)
         except ProfileMissing as exc:
@@ -685,6 +696,10 @@ class Daemon:
                     "reference profile missing; model not monitored", model=model, error=str(exc)
                 )
             return
+        except Exception as exc:  # noqa: BLE001 - one model's failure must not stop the rest
+            # Only the pipeline's own work: publishing below fails for the broker's reasons,
+            # which are not the events' fault.
+            raise _ModelFailed(exc) from exc
         topics = self.opts.topics
         for w in out.windows:
             self.summary.windows += 1
