@@ -444,6 +444,13 @@ def attach_scheduler(daemon: Daemon, settings: Settings) -> Any:
             log.error("silences not reloaded", error=str(exc))
             return
         if current != seen_silences["value"]:
+            if seen_silences["value"] is not None or current:  # at start, only if any
+                now = time.time()
+                log.info(
+                    "silences changed",
+                    active=sorted(f"{s.id} ({s.model}/{s.rule})" for s in current if s.active(now)),
+                    total=len(current),
+                )
             seen_silences["value"] = current
             if shared:  # read on its own thread; the monitors are changed on the main loop
                 daemon.work.put(partial(daemon.set_silences, SilenceSet(current)))
