@@ -36,7 +36,7 @@ __all__ = [
     "build_daemon",
     "checkpoint_store",
     "load_policy_set",
-    "missing_profiles",
+    "profile_errors",
     "options_from",
     "silence_store",
 ]
@@ -59,31 +59,44 @@ def load_policy_set(path: str | Path, *, check_files: bool = True) -> PolicySet:
     if len(policies) == 0:
         raise StartupError(f"no policy files (*.yaml) found under {p}.")
     if check_files:
-        missing = missing_profiles(policies)
-        if missing:
-            raise StartupError("\n".join(missing))
+        errors = profile_errors(policies)
+        if errors:
+            raise StartupError("\n".join(errors))
     return policies
 
 
-def missing_profiles(policies: PolicySet) -> list[str]:
-    """One sentence per ``file:`` reference whose profile does not exist, at the policy's
-    ``reference:`` line."""
+def profile_errors(policies: PolicySet) -> list[str]:
+    """What the ``file:`` reference profiles say about the policies, one sentence each: a
+    profile that does not exist or cannot be read (at the ``reference:`` line), and a detector
+    that does not fit its profile — a feature, slice or metric the profile lacks (at the
+    detector's line). ``models:/`` references are checked when the daemon loads them."""
     import yaml
 
     out = []
     for pol in policies.policies:
         ref = pol.reference_path
-        if ref is None or ref.exists():
+        if ref is None:
             continue
         try:
             line = key_lines(Path(pol.source).read_text(encoding="utf-8")).get("reference")
         except (OSError, UnicodeDecodeError, yaml.YAMLError):
             line = None
         where = f"{pol.source}:{line}" if line else pol.source
-        out.append(
-            f"{where}: reference: profile file {ref} does not exist (build it with "
-            f"`driftwarden profile --data TABLE --model {pol.model} --out {ref}`)."
-        )
+        if not ref.exists():
+            out.append(
+                f"{where}: reference: profile file {ref} does not exist (build it with "
+                f"`driftwarden profile --data TABLE --model {pol.model} --out {ref}`)."
+            )
+            continue
+        try:
+            profile = ReferenceProfile.load(ref)
+        except (OSError, ValueError) as exc:
+            out.append(f"{where}: reference: profile file {ref} cannot be read: {exc}")
+            continue
+        try:
+            pol.build_detectors(profile)
+        except PolicyError as exc:
+            out.extend(exc.errors)
     return out
 
 

@@ -128,7 +128,7 @@ def _build_or_explain(build: Any, settings: Any, events: str | None) -> Any:
 def cmd_validate(args: argparse.Namespace) -> int:
     from driftwarden.policies.loader import load_policies
 
-    from .app import missing_profiles
+    from .app import profile_errors
     from .settings import ConfigError, load_settings
 
     errors: list[str] = []
@@ -160,8 +160,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if policy_paths:
         policies, policy_errors = load_policies(list(policy_paths.values()))
         errors.extend(policy_errors)
-        # What `run` refuses beyond the files' own content: a profile file that is not there.
-        errors.extend(missing_profiles(policies))
+        # What `run` refuses beyond the files' own content: a profile file that is not there,
+        # or that a detector does not fit.
+        errors.extend(profile_errors(policies))
     for e in errors:
         print(e)
     if errors:

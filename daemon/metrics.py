@@ -61,6 +61,13 @@ class Metrics:
         self.join = Gauge(
             "driftwarden_join", "Join counters by model.", ["model", "counter"], registry=r
         )
+        self.unmonitored = Counter(
+            "driftwarden_unmonitored_events_total",
+            "Events of models that are only counted: no policy matches them (no_policy), or "
+            "their reference profile is missing or does not fit the policy (no_reference).",
+            ["model", "reason"],
+            registry=r,
+        )
         self.processing_errors = Counter(
             "driftwarden_processing_errors_total",
             "Batches of a model whose processing raised (its events went to the dead-letter "

@@ -24,10 +24,10 @@ from typing import Any
 
 import structlog
 
-from driftwarden.detectors.base import Detector, DetectorResult
+from driftwarden.detectors.base import Detector, DetectorResult, StateVersionError
 from driftwarden.detectors.batch import Batch
 from driftwarden.policies.evaluator import PolicyState, evaluate
-from driftwarden.policies.model import Decision, Policy, WindowInfo
+from driftwarden.policies.model import Decision, Policy, PolicyError, WindowInfo
 
 from .events import LabelEvent, PredictionEvent, format_time
 from .join import JoinBuffer
@@ -52,6 +52,12 @@ class _Queued:
 
 class ProfileMissing(RuntimeError):
     """The model's reference profile cannot be found; ``str()`` says where it was looked for."""
+
+
+class ProfileMismatch(ProfileMissing):
+    """A detector of the model's policy does not fit its reference profile (a feature, slice
+    or metric the profile lacks, e.g. a new model version dropped a feature); ``str()`` names
+    the policy file and line."""
 
 
 @dataclass
@@ -101,6 +107,10 @@ class ModelMonitor:
         #: silences (policies.silences.SilenceSet) consulted by the evaluator; set by the daemon
         self.muter: Any = None
         self.profile_version: str | None = None
+        # A registry reference's profile as JSON, kept in the checkpoint: a restart or a new
+        # owner restores without the registry (a profile is immutable once logged). A file:
+        # reference is read from its file again (start-up refuses a missing one).
+        self._profile_json: str | None = None
         self.detectors: dict[str, Detector] = {}
         self.last_labeled: dict[str, DetectorResult] = {}
         self.events = 0
@@ -150,7 +160,12 @@ class ModelMonitor:
             return
         profile = self._profile_loader(self.model, model_version)
         self._flush_all()  # queued rows belong to the detectors being replaced
-        self.detectors = self.policy.build_detectors(profile)
+        try:
+            self.detectors = self.policy.build_detectors(profile)
+        except PolicyError as exc:
+            raise ProfileMismatch(str(exc)) from None
+        by_registry = self.policy.reference_for(self.model).startswith("models:/")
+        self._profile_json = profile.to_json() if by_registry else None
         self.profile_version = model_version
         log.info(
             "detectors built",
@@ -306,6 +321,7 @@ class ModelMonitor:
             "pred_windows": self.pred_windows.state(),
             "lab_windows": self.lab_windows.state(),
             "detectors": {k: d.state_dict() for k, d in sorted(self.detectors.items())},
+            "profile": self._profile_json if self.detectors else None,
             "last_labeled": {k: r.to_dict() for k, r in sorted(self.last_labeled.items())},
             "policy_state": self.policy_state.to_dict(),
         }
@@ -330,15 +346,83 @@ class ModelMonitor:
         self.lab_windows = Windower.from_state(self.lab_windows.spec, state["lab_windows"])
         self.profile_version = state.get("profile_version")
         if state["detectors"]:
-            profile = self._profile_loader(self.model, self.profile_version)
-            self.detectors = self.policy.build_detectors(profile)
-            for name, det in self.detectors.items():
-                if name in state["detectors"]:
-                    det.load_state(state["detectors"][name])
+            self._restore_detectors(state)
         self.last_labeled = {
             k: DetectorResult.from_dict(v) for k, v in state["last_labeled"].items()
         }
         self.policy_state = PolicyState.from_dict(state["policy_state"])
+
+    def _restore_detectors(self, state: Mapping[str, Any]) -> None:
+        """Rebuild the detectors of a saved state and load their accumulators.
+
+        The profile: the checkpoint's copy for a ``models:/`` reference (immutable: no registry
+        round trip, so a registry outage does not stop a restart or a takeover), else the
+        loader (the file of a ``file:`` reference: the operator may have rebuilt it).
+        Whatever cannot be restored is logged and left out, never raised: without a profile
+        or with detectors that no longer fit it, the model restarts without detectors (its
+        join, counters and alert state kept; detectors are built at its next events); a
+        detector whose saved accumulators do not fit the profile starts an empty window.
+        """
+        from driftwarden.detectors.profile import ReferenceProfile
+
+        saved = state.get("profile")
+        by_registry = self.policy.reference_for(self.model).startswith("models:/")
+        profile: Any = None
+        try:
+            if saved and by_registry:
+                profile = ReferenceProfile.from_json(saved)
+            else:
+                profile = self._profile_loader(self.model, self.profile_version)
+        except ProfileMissing as exc:
+            if not saved:
+                log.error(
+                    "detector state dropped: no reference profile to restore it with",
+                    model=self.model,
+                    error=str(exc),
+                )
+                self.profile_version = None
+                return
+            log.warning(
+                "reference profile unavailable; the checkpoint's copy is used",
+                model=self.model,
+                error=str(exc),
+            )
+            profile = ReferenceProfile.from_json(saved)
+        try:
+            self.detectors = self.policy.build_detectors(profile)
+        except PolicyError as exc:
+            log.error(
+                "detector state dropped: the policy's detectors do not fit the profile",
+                model=self.model,
+                error=str(exc),
+            )
+            self.profile_version = None
+            return
+        self._profile_json = (saved or profile.to_json()) if by_registry else None
+        for name, det in list(self.detectors.items()):
+            saved_det = state["detectors"].get(name)
+            if saved_det is None:
+                continue
+            if saved_det.get("kind") != det.kind:
+                log.warning(
+                    "detector state dropped: the policy changed the detector's type",
+                    model=self.model,
+                    detector=name,
+                )
+                continue
+            try:
+                det.load_state(saved_det)
+            except StateVersionError:
+                raise  # state of another driftwarden version: refused, never dropped silently
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning(
+                    "detector state dropped (the reference profile changed?); its window "
+                    "starts empty",
+                    model=self.model,
+                    detector=name,
+                    error=str(exc),
+                )
+                self.detectors[name] = self.policy.build_detectors(profile)[name]
 
 
 def _finite(x: float) -> float | None:

@@ -675,6 +675,7 @@ class Daemon:
             policy = self.policies.for_model(model)
             if policy is None:
                 unit.unmonitored[model] = unit.unmonitored.get(model, 0) + len(events)
+                self.metrics.unmonitored.labels(model, "no_policy").inc(len(events))
                 if model not in self._warned:
                     self._warned.add(model)
                     log.warning(
@@ -688,12 +689,17 @@ class Daemon:
         try:
             out = mon.process(events)
         except ProfileMissing as exc:
-            # Without its reference a model cannot be judged: say so once, keep counting.
+            # Without a reference its detectors fit, a model cannot be judged: say so once,
+            # keep counting (the join and alert state stay; detectors are built once it loads).
             unit.unmonitored[model] = unit.unmonitored.get(model, 0) + len(events)
+            self.metrics.unmonitored.labels(model, "no_reference").inc(len(events))
             if f"profile:{model}" not in self._warned:
                 self._warned.add(f"profile:{model}")
                 log.error(
-                    "reference profile missing; model not monitored", model=model, error=str(exc)
+                    "model not monitored: its reference profile is missing or its policy's "
+                    "detectors do not fit it",
+                    model=model,
+                    error=str(exc),
                 )
             return
         except Exception as exc:  # noqa: BLE001 - one model's failure must not stop the rest

@@ -381,7 +381,7 @@ def _detectors(doc: _Doc, v: Any, types: Mapping[str, Any]) -> tuple[DetectorSpe
             continue
         _detector_params(doc, p, kind, params, types[kind].params_schema)
         if name is not None:
-            out.append(DetectorSpec(name, kind, params))
+            out.append(DetectorSpec(name, kind, params, doc.line(p)))
     return tuple(out)
 
 

@@ -134,6 +134,8 @@ class DetectorSpec:
     name: str
     type: str
     params: Mapping[str, Any] = field(default_factory=dict)
+    #: The entry's line in the policy file (0: unknown); not part of equality.
+    line: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True)
@@ -234,7 +236,9 @@ class Policy:
     def build_detectors(
         self, profile: Any, detector_types: Mapping[str, Any] | None = None
     ) -> dict[str, Detector]:
-        """Fresh detector instances for one model, keyed by their policy name.
+        """Fresh detector instances for one model, keyed by their policy name; a detector that
+        does not fit ``profile`` (a feature or slice it lacks) raises :class:`PolicyError` at
+        the entry's line.
 
         ``detector_types`` (type name → Detector class) defaults to the detectors' registry.
         """
@@ -249,7 +253,15 @@ class Policy:
                     f"registered; known types: {', '.join(sorted(reg))}."
                 )
             cls: Any = reg[d.type]
-            out[d.name] = cls(d.name, profile, **dict(d.params))
+            try:
+                out[d.name] = cls(d.name, profile, **dict(d.params))
+            except ValueError as exc:  # the detector does not fit this profile
+                where = f"{self.source}:{d.line}" if d.line else self.source
+                model = getattr(profile, "model", None) or self.model
+                raise PolicyError(
+                    f"{where}: detector {d.name!r} does not fit the reference profile of "
+                    f"{model!r}: {exc}"
+                ) from None
         return out
 
 
