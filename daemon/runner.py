@@ -44,6 +44,9 @@ log = structlog.get_logger(__name__)
 
 #: seconds between consumer-lag reports (the gauge ``driftwarden_consumer_lag``)
 LAG_EVERY_S = 5.0
+#: dead-lettered events logged per window of DLQ_LOG_EVERY_S seconds (all are counted and kept)
+DLQ_LOG_BURST = 20
+DLQ_LOG_EVERY_S = 10.0
 _EXPECT = {"predictions": PREDICTION_SCHEMA, "labels": LABEL_SCHEMA, None: None}
 
 
@@ -168,6 +171,8 @@ class Daemon:
         self._fresh_models: set[str] = set()
         self._detector_series: dict[str, set[str]] = {}  # model -> detectors with gauges
         self._failure_logged: dict[str, float] = {}  # model -> when its last failure was logged
+        # Dead-letter log lines: [window start (monotonic), lines in it, events not logged].
+        self._dlq_log: list[float] = [-math.inf, 0, 0]
         self.source = source_factory(self)
 
     # -- partition lifecycle (Kafka rebalance callbacks call these) -------------------------
@@ -659,13 +664,24 @@ class Daemon:
             value,
             headers,
         )
-        log.warning(
-            "event sent to dead-letter topic",
-            reason=reason,
-            topic=rec.topic,
-            partition=rec.partition,
-            offset=rec.offset,
-        )
+        # A producer gone wrong can send thousands a second: the topic and the counters have
+        # every one; the log has the first DLQ_LOG_BURST of each DLQ_LOG_EVERY_S seconds.
+        now = time.monotonic()
+        if now - self._dlq_log[0] >= DLQ_LOG_EVERY_S:
+            self._dlq_log[0], self._dlq_log[1] = now, 0
+        if self._dlq_log[1] < DLQ_LOG_BURST:
+            self._dlq_log[1] += 1
+            log.warning(
+                "event sent to dead-letter topic",
+                reason=reason,
+                topic=rec.topic,
+                partition=rec.partition,
+                offset=rec.offset,
+                **({"not_logged_before": self._dlq_log[2]} if self._dlq_log[2] else {}),
+            )
+            self._dlq_log[2] = 0
+        else:
+            self._dlq_log[2] += 1
 
     def _process_model(
         self, unit: Unit, model: str, events: list[PredictionEvent | LabelEvent]
