@@ -433,6 +433,39 @@ class ActionExecutor:
         stream = f"alert/{receiver}/{alert.fingerprint}"
         return self._enqueue(key, kind, payload, stream, now)
 
+    def notify_unmonitored(self, model: str, reason: str, now: float | None = None) -> int:
+        """Alert the receivers of ``model``'s policy that the model is not judged: its
+        reference profile is missing or its detectors do not fit it (its events are only
+        counted). The same reason alerts once, also across restarts."""
+        import hashlib
+
+        with self._lock:
+            at = self.now() if now is None else now
+            policy = self.policies.for_model(model)
+            if policy is None:
+                return 0
+            digest = hashlib.sha256(f"{model}\n{reason}".encode()).hexdigest()[:16]
+            added = 0
+            for name in sorted(self._receivers.get(policy.source, {})):
+                alert = Alert(
+                    fingerprint=f"unmonitored-{digest}",
+                    labels={
+                        "alertname": "DriftwardenModelUnmonitored",
+                        "model": model,
+                        "rule": "reference-profile",
+                        "severity": "critical",
+                    },
+                    annotations={
+                        "summary": f"{model} is not monitored: its reference profile is missing "
+                        "or its policy's detectors do not fit it (events are only counted)",
+                        "description": reason,
+                    },
+                    starts_at=iso_utc(at),
+                )
+                key = f"unmonitored/{digest}/{name}"
+                added += self._notify(key, "alert", model, name, alert, None, now=at)
+            return added
+
     def notify_config_error(self, errors: Sequence[str], now: float | None = None) -> int:
         """Alert that a policy edit was refused (the last good policies stay in force).
 

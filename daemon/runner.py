@@ -717,6 +717,8 @@ class Daemon:
                     model=model,
                     error=str(exc),
                 )
+                if self.executor is not None:  # on-call hears of it, not only the log
+                    self.executor.notify_unmonitored(model, str(exc))
             return
         except Exception as exc:  # noqa: BLE001 - one model's failure must not stop the rest
             # Only the pipeline's own work: publishing below fails for the broker's reasons,

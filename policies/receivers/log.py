@@ -33,6 +33,7 @@ class LogReceiver(Receiver):
                 fingerprint=a.fingerprint,
                 labels=dict(a.labels),
                 summary=a.annotations.get("summary", ""),
+                description=a.annotations.get("description", ""),
                 starts_at=a.starts_at,
                 ends_at=a.ends_at,
                 idempotency_key=key,

@@ -4,7 +4,8 @@ takeover), a rebuilt profile file or a detector whose type changed drops only th
 window, a profile that cannot be found drops the detectors (join, counters and alert state
 kept) — and a policy whose detectors do not fit its profile is refused by ``validate`` and at
 start-up with the detector's line, or, met at run time (a new model version without a
-feature), leaves the model counted but unmonitored instead of dead-lettering its events."""
+feature), leaves the model counted but unmonitored instead of dead-lettering its events, and
+alerts the policy's receivers once."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from driftwarden.daemon.app import StartupError, build_daemon
 from driftwarden.daemon.cli import main
@@ -165,6 +167,13 @@ def test_a_detector_that_does_not_fit_at_run_time_leaves_the_model_unmonitored(
     policies, errors = load_policies(tmp_path / "policies")
     assert errors == []  # the file itself is fine: only the profile says otherwise
     daemon.set_policies(policies)
-    daemon.run(max_events=6_000)
+    with capture_logs() as logs:
+        daemon.run(max_events=6_000)
+        daemon.tick()  # delivers the alert through the outbox to the policy's log receiver
     assert daemon.summary.invalid == 0 and "driftwarden.dlq" not in daemon.sink.records
     assert daemon.units[0].unmonitored["churn"] > 0
+    alerts = [
+        e for e in logs if e.get("labels", {}).get("alertname") == "DriftwardenModelUnmonitored"
+    ]
+    assert len(alerts) == 1 and "not_a_feature" in alerts[0]["description"]
+    assert alerts[0]["labels"]["model"] == "churn"
