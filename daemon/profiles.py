@@ -4,11 +4,16 @@ The policy's ``reference`` says where: ``file:<path>`` (one profile for every ve
 ``models:/<name>@<alias>`` / ``models:/<name>/<version>``. For a registry reference, the
 profile of the ``model_version`` seen in the events is used (a new version brings its own
 reference); the alias is the fallback when events carry no version the registry knows.
-Profiles are cached: a profile is immutable once logged.
+Profiles are cached: a profile is immutable once logged. A registry lookup that failed is not
+tried again for a while (30 s, doubling to 10 min while it keeps failing): the loader runs on
+the daemon's main loop, and a registry that is down would otherwise cost every batch of that
+model the client's retries.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -19,6 +24,9 @@ from driftwarden.policies.model import PolicySet
 from .monitor import ProfileMissing
 
 __all__ = ["ProfileLoader"]
+
+RETRY_FIRST_S = 30.0
+RETRY_MAX_S = 600.0
 
 log = structlog.get_logger(__name__)
 
@@ -32,11 +40,15 @@ class ProfileLoader:
         *,
         tracking_uri: str | None = None,
         override: ReferenceProfile | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.policies = policies
         self.tracking_uri = tracking_uri
         self.override = override
         self._cache: dict[tuple[str, str | None], ReferenceProfile] = {}
+        # registry key -> (not before, delay, the failure's sentence)
+        self._failed: dict[tuple[str, str | None], tuple[float, float, str]] = {}
+        self._clock = clock
         self._registry: Any = None
 
     def __call__(self, model: str, version: str | None) -> ReferenceProfile:
@@ -49,7 +61,18 @@ class ProfileLoader:
         key = (ref, version if ref.startswith("models:/") else None)
         if key in self._cache:
             return self._cache[key]
-        profile = self._load(ref, model, version, policy.source)
+        failed = self._failed.get(key)
+        now = self._clock()
+        if failed is not None and now < failed[0]:
+            raise ProfileMissing(f"{failed[2]} (tried again in {failed[0] - now:.0f} s)")
+        try:
+            profile = self._load(ref, model, version, policy.source)
+        except ProfileMissing as exc:
+            if ref.startswith("models:/"):
+                delay = RETRY_FIRST_S if failed is None else min(2 * failed[1], RETRY_MAX_S)
+                self._failed[key] = (now + delay, delay, str(exc))
+            raise
+        self._failed.pop(key, None)
         self._cache[key] = profile
         return profile
 
