@@ -13,6 +13,7 @@ import os
 import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     http = settings["http"]
     try:
         if http["enabled"]:
-            server = _health_server(http, daemon)
+            server = _health_server(http, settings["kafka"], daemon)
             server.start()
         daemon.install_signal_handlers()
         scheduler = attach_scheduler(daemon, settings)
@@ -81,19 +82,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _health_server(http: Mapping[str, Any], daemon: Any) -> Any:
+def _health_server(http: Mapping[str, Any], kafka: Mapping[str, Any], daemon: Any) -> Any:
     """The health/metrics server on ``http.host:http.port``; a port it cannot listen on (held
     by another process, a host that is not this machine's) is one sentence naming both keys."""
     from .app import StartupError
     from .http import HealthServer
 
     host, port = http["host"], int(http["port"])
+    max_stall_s = int(kafka["max_poll_interval_ms"]) / 1000.0
     try:
         return HealthServer(
             host,
             port,
             daemon.metrics.registry,
             lambda: (daemon.ready, "ready" if daemon.ready else "not ready"),
+            # kafka.max_poll_interval_ms: a loop stalled that long has lost its partitions.
+            partial(daemon.health, max_stall_s),
         )
     except OSError as exc:
         raise StartupError(

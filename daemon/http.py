@@ -20,13 +20,15 @@ class HealthServer:
         port: int,
         registry: CollectorRegistry,
         ready: Callable[[], tuple[bool, str]],
+        healthy: Callable[[], tuple[bool, str]] = lambda: (True, "ok"),
     ) -> None:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server API)
                 if self.path == "/healthz":
-                    self._send(200, b"ok\n", "text/plain")
+                    ok, why = outer._healthy()
+                    self._send(200 if ok else 503, (why + "\n").encode(), "text/plain")
                 elif self.path == "/readyz":
                     ok, why = outer._ready()
                     self._send(200 if ok else 503, (why + "\n").encode(), "text/plain")
@@ -47,6 +49,7 @@ class HealthServer:
 
         self._registry = registry
         self._ready = ready
+        self._healthy = healthy
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, name="http", daemon=True)
 

@@ -164,6 +164,8 @@ class Daemon:
             if saved is not None:
                 executor.restore(saved["executor"])
         self.ready = False
+        #: When the main loop last came round (monotonic): what /healthz judges.
+        self.loop_at = time.monotonic()
         self.last_event_wall: dict[str, float] = {}
         # Wall time of the model's last label read by this process (first set when the model
         # is first seen: "no label since then").
@@ -315,6 +317,14 @@ class Daemon:
         if self.executor is not None and not self.handover:
             yield self.actions_unit, {"executor": self.executor.state()}
 
+    def health(self, max_stall_s: float) -> tuple[bool, str]:
+        """Live unless the main loop has not come round for ``max_stall_s`` (blocked or
+        wedged: by then Kafka has given its partitions to another member anyway)."""
+        stalled = time.monotonic() - self.loop_at
+        if self.ready and stalled > max_stall_s:
+            return False, f"main loop stalled for {stalled:.0f} s (limit {max_stall_s:.0f} s)"
+        return True, "ok"
+
     def report_lag(self) -> None:
         """Set the consumer-lag gauge: per owned (topic, partition), the records between the
         next one to process and the partition's end as last reported by the source (records
@@ -396,7 +406,7 @@ class Daemon:
                     self.process(records)
                 if self._checkpoint_due():
                     self.checkpoint()
-                now = time.monotonic()
+                now = self.loop_at = time.monotonic()
                 if now - self._lag_at >= LAG_EVERY_S:
                     self.report_lag()
                     self._lag_at = now

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 from driftwarden.daemon.http import HealthServer
 from driftwarden.daemon.metrics import Metrics
@@ -18,14 +19,16 @@ def get(url: str) -> tuple[int, str]:
 
 
 def test_health_readiness_and_metrics() -> None:
-    """healthz is always ok; readyz follows the daemon; metrics carry the daemon's counters."""
+    """healthz follows the main loop's liveness; readyz follows the daemon; metrics carry the
+    daemon's counters."""
     metrics = Metrics()
-    state = {"ready": False}
+    state = {"ready": False, "live": True}
     server = HealthServer(
         "127.0.0.1",
         0,
         metrics.registry,
         lambda: (state["ready"], "ready" if state["ready"] else "not ready"),
+        lambda: (state["live"], "ok" if state["live"] else "main loop stalled for 301 s"),
     )
     server.start()
     base = f"http://127.0.0.1:{server.port}"
@@ -41,5 +44,37 @@ def test_health_readiness_and_metrics() -> None:
         assert 'driftwarden_events_total{result="valid",role="prediction"} 3.0' in body
         assert "driftwarden_invalid_events_total" in body
         assert get(base + "/nope")[0] == 404
+        state["live"] = False
+        assert get(base + "/healthz") == (503, "main loop stalled for 301 s\n")
     finally:
         server.stop()
+
+
+def test_a_stalled_main_loop_is_not_live(tmp_path: Path) -> None:
+    """The daemon is live while its loop comes round; one that has not for longer than the
+    limit (kafka.max_poll_interval_ms in `driftwarden run`) is not — before it runs it is not
+    judged (start-up restores can take long)."""
+    import time
+
+    from driftwarden.daemon.app import build_daemon
+    from driftwarden.daemon.settings import load_settings
+    from driftwarden.daemon.sinks import MemorySink
+
+    root = Path(__file__).resolve().parents[2]
+    cfg = tmp_path / "driftwarden.yaml"
+    cfg.write_text(
+        f"source: file\nfile: {{events: {root / 'config/examples/events.jsonl.gz'}}}\n"
+        f"policies: {root / 'config/embedded/policies'}\nstate: {{dir: {tmp_path / 'state'}}}\n"
+        "http: {enabled: false}\n"
+    )
+    daemon = build_daemon(load_settings(cfg, env={}), sink=MemorySink())
+    daemon.loop_at -= 1000
+    assert daemon.health(300.0) == (True, "ok")  # not running yet
+    daemon.ready = True
+    ok, why = daemon.health(300.0)
+    assert not ok and why.startswith("main loop stalled for 100") and "limit 300 s" in why
+    daemon.ready = False
+    daemon.run(max_events=1_000)
+    assert time.monotonic() - daemon.loop_at < 60
+    daemon.ready = True
+    assert daemon.health(300.0) == (True, "ok")
