@@ -436,7 +436,8 @@ class ActionExecutor:
     def notify_unmonitored(self, model: str, reason: str, now: float | None = None) -> int:
         """Alert the receivers of ``model``'s policy that the model is not judged: its
         reference profile is missing or its detectors do not fit it (its events are only
-        counted). The same reason alerts once, also across restarts."""
+        counted). The alert stays firing (Alertmanager gets it again every resend interval)
+        until :meth:`notify_monitored`; the same reason notifies once, also across restarts."""
         import hashlib
 
         with self._lock:
@@ -445,25 +446,41 @@ class ActionExecutor:
             if policy is None:
                 return 0
             digest = hashlib.sha256(f"{model}\n{reason}".encode()).hexdigest()[:16]
+            alert = Alert(
+                fingerprint=_unmonitored_fingerprint(model),
+                labels={
+                    "alertname": "DriftwardenModelUnmonitored",
+                    "model": model,
+                    "rule": "reference-profile",
+                    "severity": "critical",
+                },
+                annotations={
+                    "summary": f"{model} is not monitored: its reference profile is missing "
+                    "or its policy's detectors do not fit it (events are only counted)",
+                    "description": reason,
+                },
+                starts_at=iso_utc(at),
+            )
             added = 0
             for name in sorted(self._receivers.get(policy.source, {})):
-                alert = Alert(
-                    fingerprint=f"unmonitored-{digest}",
-                    labels={
-                        "alertname": "DriftwardenModelUnmonitored",
-                        "model": model,
-                        "rule": "reference-profile",
-                        "severity": "critical",
-                    },
-                    annotations={
-                        "summary": f"{model} is not monitored: its reference profile is missing "
-                        "or its policy's detectors do not fit it (events are only counted)",
-                        "description": reason,
-                    },
-                    starts_at=iso_utc(at),
-                )
+                self.book.fire(alert, receivers=[name], sent_at=at)
+                current = self.book.get(alert.fingerprint) or alert
                 key = f"unmonitored/{digest}/{name}"
-                added += self._notify(key, "alert", model, name, alert, None, now=at)
+                added += self._notify(key, "alert", model, name, current, None, now=at)
+            return added
+
+    def notify_monitored(self, model: str, now: float | None = None) -> int:
+        """Resolve :meth:`notify_unmonitored`'s alert: the model is judged again."""
+        with self._lock:
+            at = self.now() if now is None else now
+            receivers = self.book.receivers(_unmonitored_fingerprint(model))
+            resolved = self.book.resolve(_unmonitored_fingerprint(model), at)
+            if resolved is None:
+                return 0
+            added = 0
+            for name in receivers:
+                key = f"monitored/{resolved.fingerprint}/{name}/{at:.3f}"
+                added += self._notify(key, "resolve", model, name, resolved, None, now=at)
             return added
 
     def notify_config_error(self, errors: Sequence[str], now: float | None = None) -> int:
@@ -815,3 +832,10 @@ class ActionExecutor:
             for r in rs.values():
                 r.close()
         self.outbox.close()
+
+
+def _unmonitored_fingerprint(model: str) -> str:
+    """The fingerprint of a model's DriftwardenModelUnmonitored alert (one per model)."""
+    import hashlib
+
+    return "unmonitored-" + hashlib.sha256(model.encode()).hexdigest()[:16]

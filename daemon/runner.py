@@ -734,6 +734,12 @@ class Daemon:
             # Only the pipeline's own work: publishing below fails for the broker's reasons,
             # which are not the events' fault.
             raise _ModelFailed(exc) from exc
+        if mon.detectors and f"profile:{model}" in self._warned:
+            # Judged again (its profile loaded, or the policy fits it now): say so.
+            self._warned.discard(f"profile:{model}")
+            log.info("model monitored again", model=model)
+            if self.executor is not None:
+                self.executor.notify_monitored(model)
         topics = self.opts.topics
         for w in out.windows:
             self.summary.windows += 1

@@ -5,7 +5,7 @@ window, a profile that cannot be found drops the detectors (join, counters and a
 kept) — and a policy whose detectors do not fit its profile is refused by ``validate`` and at
 start-up with the detector's line, or, met at run time (a new model version without a
 feature), leaves the model counted but unmonitored instead of dead-lettering its events, and
-alerts the policy's receivers once."""
+alerts the policy's receivers until it is judged again."""
 
 from __future__ import annotations
 
@@ -176,4 +176,16 @@ def test_a_detector_that_does_not_fit_at_run_time_leaves_the_model_unmonitored(
         e for e in logs if e.get("labels", {}).get("alertname") == "DriftwardenModelUnmonitored"
     ]
     assert len(alerts) == 1 and "not_a_feature" in alerts[0]["description"]
-    assert alerts[0]["labels"]["model"] == "churn"
+    assert alerts[0]["labels"]["model"] == "churn" and alerts[0]["status"] == "firing"
+
+    # The policy fixed: the model is judged again and the alert resolves.
+    _setup(tmp_path)
+    daemon.set_policies(load_policies(tmp_path / "policies")[0])
+    with capture_logs() as logs:
+        daemon.run(max_events=9_000)
+        daemon.tick()
+    resolved = [
+        e for e in logs if e.get("labels", {}).get("alertname") == "DriftwardenModelUnmonitored"
+    ]
+    assert [e["status"] for e in resolved] == ["resolved"]
+    assert daemon.units[0].models["churn"].detectors
