@@ -497,12 +497,20 @@ def cmd_status(args: argparse.Namespace) -> int:
                         "labels": st["labels"],
                         "join": st["join"]["counters"],
                         "profile_version": st.get("profile_version"),
+                        # No detectors: not judged yet, or its profile is missing or does not
+                        # fit the policy (the daemon's log and alert say which).
+                        "detectors": sorted(st.get("detectors") or ()),
                         "labeled_examples": _examples(examples, model),
                     }
                 )
             if "offsets" in doc:  # a partition's unit (the action executor's has none)
                 rows.append(
-                    {"unit": unit, "offsets": doc["offsets"], "invalid": doc.get("invalid")}
+                    {
+                        "unit": unit,
+                        "offsets": doc["offsets"],
+                        "invalid": doc.get("invalid"),
+                        "unmonitored": doc.get("unmonitored") or {},
+                    }
                 )
     finally:
         store.close()

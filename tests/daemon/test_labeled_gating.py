@@ -84,3 +84,6 @@ def test_status_reports_the_stored_examples(
     churn = [r for r in rows if r.get("model") == "churn"]
     assert churn and all(r["labeled_examples"] == stored for r in churn)
     assert sum(r["join"]["matched"] for r in churn) >= stored
+    assert all("drift" in r["detectors"] for r in churn)  # judged: its detectors are built
+    units = [r for r in rows if "offsets" in r]
+    assert units and all(r["unmonitored"] == {} for r in units)
