@@ -228,9 +228,10 @@ def test_status_reads_the_kafka_state_topic(
             "labels": 5,
             "join": {"matched": 5},
             "profile_version": "3",
+            "detectors": [],
             "labeled_examples": 0,
         },
-        {"unit": "p0", "offsets": [["predictions", 0, 12]], "invalid": 1},
+        {"unit": "p0", "offsets": [["predictions", 0, 12]], "invalid": 1, "unmonitored": {}},
     ]
     missing = f"{topic}-absent"
     cfg.write_text(cfg.read_text().replace(f"state: {topic}", f"state: {missing}"))
