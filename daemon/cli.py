@@ -545,7 +545,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-events", type=int, help="stop after this many records (bounded runs)")
     run.add_argument("--timeout", type=float, help="stop after this many seconds")
     run.add_argument(
-        "--idle-timeout", type=float, help="stop after this many seconds without events"
+        "--idle-timeout",
+        type=float,
+        help="stop after this many seconds without events (counted once partitions are assigned)",
     )
     run.set_defaults(func=cmd_run)
 

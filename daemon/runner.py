@@ -386,9 +386,10 @@ class Daemon:
         idle_timeout_s: float | None = None,
     ) -> RunSummary:
         """Process until stopped, ``max_events`` records, ``timeout_s``, or ``idle_timeout_s``
-        without records once records have started to arrive."""
+        without records once partitions are assigned (or records arrive)."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        # Idle time counts from the first record: joining a consumer group can take a while.
+        # Idle time counts from the assignment or the first record, whichever comes first:
+        # joining a consumer group can take a while, and a group already caught up gets none.
         last_data: float | None = None
         self.ready = True
         try:
@@ -404,6 +405,8 @@ class Daemon:
                 if records:
                     last_data = time.monotonic()
                     self.process(records)
+                elif last_data is None and self.units:
+                    last_data = time.monotonic()
                 if self._checkpoint_due():
                     self.checkpoint()
                 now = self.loop_at = time.monotonic()
