@@ -9,25 +9,15 @@ import pytest
 from structlog.testing import capture_logs
 
 from driftwarden.daemon import runner
-from driftwarden.daemon.app import build_daemon
-from driftwarden.daemon.settings import load_settings
-from driftwarden.daemon.sinks import MemorySink
 from driftwarden.daemon.sources import RawRecord
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.daemon.embedded import embedded_daemon
 
 
 def test_dead_letters_are_all_kept_and_their_log_lines_are_bounded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cfg = tmp_path / "driftwarden.yaml"
-    cfg.write_text(
-        f"source: file\nfile: {{events: {ROOT / 'config/examples/events.jsonl.gz'}}}\n"
-        f"policies: {ROOT / 'config/embedded/policies'}\nstate: {{dir: {tmp_path / 'state'}}}\n"
-        "http: {enabled: false}\n"
-    )
-    sink = MemorySink()
-    daemon = build_daemon(load_settings(cfg, env={}), sink=sink)
+    daemon = embedded_daemon(tmp_path)
+    sink = daemon.sink
     bad = [RawRecord("file", 0, i, None, b"{not json") for i in range(100)]
     with capture_logs() as logs:
         daemon.process(bad)

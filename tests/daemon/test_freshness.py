@@ -10,14 +10,9 @@ from pathlib import Path
 import pytest
 
 from driftwarden.daemon import runner
-from driftwarden.daemon.app import build_daemon
 from driftwarden.daemon.events import PREDICTION_SCHEMA
-from driftwarden.daemon.settings import load_settings
-from driftwarden.daemon.sinks import MemorySink
 from driftwarden.daemon.sources import RawRecord
-
-ROOT = Path(__file__).resolve().parents[2]
-EVENTS = ROOT / "config/examples/events.jsonl.gz"
+from tests.daemon.embedded import EVENTS, ROOT, embedded_daemon
 
 
 def _gauge(daemon: object, name: str, model: str) -> float | None:
@@ -29,13 +24,7 @@ def _gauge(daemon: object, name: str, model: str) -> float | None:
 def test_labels_that_stop_show_while_predictions_flow(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cfg = tmp_path / "driftwarden.yaml"
-    cfg.write_text(
-        f"source: file\nfile: {{events: {EVENTS}}}\n"
-        f"policies: {ROOT / 'config/embedded/policies'}\nstate: {{dir: {tmp_path / 'state'}}}\n"
-        "http: {enabled: false}\n"
-    )
-    daemon = build_daemon(load_settings(cfg, env={}), sink=MemorySink())
+    daemon = embedded_daemon(tmp_path)
     assert daemon.report_freshness(0.0, 60.0) == []  # nothing read yet: no series
     assert _gauge(daemon, "event", "churn") is None
 
@@ -72,13 +61,7 @@ def test_labels_that_stop_show_while_predictions_flow(
 def test_a_revoked_model_leaves_no_gauges(tmp_path: Path) -> None:
     """After a handover the old owner exports none of the model's gauges (detector statistics,
     triggered flags, join counters): a stale ``triggered 1`` would keep an alert firing."""
-    cfg = tmp_path / "driftwarden.yaml"
-    cfg.write_text(
-        f"source: file\nfile: {{events: {EVENTS}}}\n"
-        f"policies: {ROOT / 'config/embedded/policies'}\nstate: {{dir: {tmp_path / 'state'}}}\n"
-        "http: {enabled: false}\n"
-    )
-    daemon = build_daemon(load_settings(cfg, env={}), sink=MemorySink())
+    daemon = embedded_daemon(tmp_path)
     daemon.run(max_events=20_000)
     assert daemon.summary.windows > 0
 

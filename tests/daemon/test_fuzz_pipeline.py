@@ -24,8 +24,8 @@ import pytest
 from driftwarden.daemon.client import label_event, prediction_event
 from driftwarden.daemon.events import InvalidEvent, format_time
 from driftwarden.daemon.sources import RawRecord
+from tests.daemon.embedded import ROOT, embedded_config
 
-ROOT = Path(__file__).resolve().parents[2]
 FEATURES = [
     "days_since_last_login",
     "plan",
@@ -200,13 +200,7 @@ def test_odd_valid_events_never_crash_the_daemon(tmp_path: Path, seed: int) -> N
     from driftwarden.daemon.settings import load_settings
     from driftwarden.daemon.sinks import MemorySink
 
-    events = ROOT / "config/examples/events.jsonl.gz"
-    cfg = tmp_path / "driftwarden.yaml"
-    cfg.write_text(
-        f"source: file\nfile: {{events: {events}}}\n"
-        f"policies: {_policies(tmp_path)}\nstate: {{dir: {tmp_path / 'state'}}}\n"
-        "http: {enabled: false}\n"
-    )
+    cfg = embedded_config(tmp_path, policies=_policies(tmp_path))
     sink = MemorySink()
     daemon = build_daemon(load_settings(cfg, env={}), sink=sink)
     daemon.assign([0])
@@ -256,13 +250,7 @@ def test_a_model_whose_processing_raises_goes_to_the_dlq_and_the_rest_go_on(
     from driftwarden.daemon.settings import load_settings
     from driftwarden.daemon.sinks import MemorySink
 
-    events = ROOT / "config/examples/events.jsonl.gz"
-    cfg = tmp_path / "driftwarden.yaml"
-    cfg.write_text(
-        f"source: file\nfile: {{events: {events}}}\n"
-        f"policies: {_policies(tmp_path)}\nstate: {{dir: {tmp_path / 'state'}}}\n"
-        "http: {enabled: false}\n"
-    )
+    cfg = embedded_config(tmp_path, policies=_policies(tmp_path))
     sink = MemorySink()
     daemon = build_daemon(load_settings(cfg, env={}), sink=sink)
     daemon.assign([0])

@@ -56,18 +56,9 @@ def test_a_stalled_main_loop_is_not_live(tmp_path: Path) -> None:
     judged (start-up restores can take long)."""
     import time
 
-    from driftwarden.daemon.app import build_daemon
-    from driftwarden.daemon.settings import load_settings
-    from driftwarden.daemon.sinks import MemorySink
+    from tests.daemon.embedded import embedded_daemon
 
-    root = Path(__file__).resolve().parents[2]
-    cfg = tmp_path / "driftwarden.yaml"
-    cfg.write_text(
-        f"source: file\nfile: {{events: {root / 'config/examples/events.jsonl.gz'}}}\n"
-        f"policies: {root / 'config/embedded/policies'}\nstate: {{dir: {tmp_path / 'state'}}}\n"
-        "http: {enabled: false}\n"
-    )
-    daemon = build_daemon(load_settings(cfg, env={}), sink=MemorySink())
+    daemon = embedded_daemon(tmp_path)
     daemon.loop_at -= 1000
     assert daemon.health(300.0) == (True, "ok")  # not running yet
     daemon.ready = True

@@ -8,12 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from driftwarden.daemon.app import build_daemon
-from driftwarden.daemon.settings import load_settings
-from driftwarden.daemon.sinks import MemorySink
 from driftwarden.daemon.sources import RawRecord, Source
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.daemon.embedded import embedded_daemon
 
 
 class CaughtUp(Source):
@@ -33,13 +29,7 @@ class CaughtUp(Source):
 
 
 def _daemon(tmp_path: Path) -> Any:
-    cfg = tmp_path / "driftwarden.yaml"
-    cfg.write_text(
-        f"source: file\nfile: {{events: {ROOT / 'config/examples/events.jsonl.gz'}}}\n"
-        f"policies: {ROOT / 'config/embedded/policies'}\nstate: {{dir: {tmp_path / 'state'}}}\n"
-        "http: {enabled: false}\n"
-    )
-    daemon = build_daemon(load_settings(cfg, env={}), sink=MemorySink())
+    daemon = embedded_daemon(tmp_path)
     daemon.source = CaughtUp()
     return daemon
 
