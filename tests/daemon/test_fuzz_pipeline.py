@@ -24,16 +24,11 @@ import pytest
 from driftwarden.daemon.client import label_event, prediction_event
 from driftwarden.daemon.events import InvalidEvent, format_time
 from driftwarden.daemon.sources import RawRecord
+from driftwarden.detectors.profile import ReferenceProfile
 from tests.daemon.embedded import ROOT, embedded_config
 
-FEATURES = [
-    "days_since_last_login",
-    "plan",
-    "user_age",
-    "monthly_spend",
-    "support_tickets",
-    "tenure_months",
-]
+# The features the churn policy's reference profile knows (the fuzzing mixes in others).
+FEATURES = sorted(ReferenceProfile.load(ROOT / "config/profiles/churn.json").features)
 
 _ODD_NUMBERS = [0, -1, 999, 0.0, -0.0, 1e-308, 5e-324, 1.7976931348623157e308, -(2**63), 2**63 - 1]
 _ODD_TEXT = [
