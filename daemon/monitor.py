@@ -367,32 +367,16 @@ class ModelMonitor:
 
         saved = state.get("profile")
         by_registry = self.policy.reference_for(self.model).startswith("models:/")
-        profile: Any = None
         try:
             if saved and by_registry:
                 profile = ReferenceProfile.from_json(saved)
             else:
                 profile = self._profile_loader(self.model, self.profile_version)
-        except ProfileMissing as exc:
-            if not saved:
-                log.error(
-                    "detector state dropped: no reference profile to restore it with",
-                    model=self.model,
-                    error=str(exc),
-                )
-                self.profile_version = None
-                return
-            log.warning(
-                "reference profile unavailable; the checkpoint's copy is used",
-                model=self.model,
-                error=str(exc),
-            )
-            profile = ReferenceProfile.from_json(saved)
-        try:
             self.detectors = self.policy.build_detectors(profile)
-        except PolicyError as exc:
+        except (ProfileMissing, PolicyError) as exc:
             log.error(
-                "detector state dropped: the policy's detectors do not fit the profile",
+                "detector state dropped: no reference profile to restore it with, or the "
+                "policy's detectors do not fit it",
                 model=self.model,
                 error=str(exc),
             )
