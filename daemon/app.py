@@ -162,13 +162,14 @@ def _kafka_documents(
         raise StartupError(str(exc)) from None
 
 
-def _check_topics(settings: Settings, *, outputs: bool) -> None:
+def _check_topics(settings: Settings, *, outputs: bool) -> dict[str, int]:
     """The input topics exist with equal partition counts; the output topics exist (created
-    when missing and allowed), checked when the daemon publishes to Kafka (``outputs``)."""
+    when missing and allowed), checked when the daemon publishes to Kafka (``outputs``).
+    Returns the partition count of each by role."""
     k = settings.data["kafka"]
     roles = INPUT_ROLES + (OUTPUT_ROLES if outputs else ())
     try:
-        check_topics(
+        return check_topics(
             k["bootstrap_servers"],
             {r: k["topics"][r] for r in roles},
             security=dict(k["security"]),
@@ -218,8 +219,9 @@ def build_daemon(
         _writable_dir(d["state"]["dir"], "state.dir")
     if use_file and sink is None:
         _writable_dir(d["file"]["out_dir"], "file.out_dir")
+    counts: dict[str, int] = {}
     if not use_file:  # before any other Kafka client is opened
-        _check_topics(settings, outputs=sink is None)
+        counts = _check_topics(settings, outputs=sink is None)
     store = checkpoint_store(settings) if with_state else None
     if sink is None:
         if use_file:
@@ -258,9 +260,16 @@ def build_daemon(
     executor = None
     on_labeled = None
     sync_labeled = None
+    share = None
     holder: dict[str, Any] = {"policies": policies}
     if with_state and with_actions:
-        executor, on_labeled, sync_labeled = _actions(settings, policies, sink, loader, holder)
+        executor, on_labeled, sync_labeled, examples = _actions(
+            settings, policies, sink, loader, holder
+        )
+        if d["state"]["backend"] == "kafka" and not use_file:
+            share = holder["share"] = _labeled_share(
+                settings, examples, partitions=counts["predictions"]
+            )
     # One replica = one state directory: replicas sharing a host differ by their directory.
     replica = (
         d["state"]["replica_id"] or f"{socket.gethostname()}:{Path(d['state']['dir']).resolve()}"
@@ -277,6 +286,7 @@ def build_daemon(
         options=opts,
         executor=executor,
         on_labeled=on_labeled,
+        labeled_share=share,
         **daemon_kwargs,
     )
     if sync_labeled is not None:
@@ -302,8 +312,10 @@ def _actions(
     sink: Sink,
     loader: ProfileLoader,
     holder: dict[str, Any],
-) -> tuple[Any, Any, Callable[[], Any]]:
-    """The action executor, the labeled store's append and sync, (with MLflow) the worker."""
+) -> tuple[Any, Any, Callable[[], Any], tuple[Any, Callable[[str], bool]]]:
+    """The action executor, the labeled store's append and sync, (with MLflow) the worker;
+    and the store with the test of whether a model's examples are kept. The append hands the
+    stored rows on to ``holder["share"]`` (a :class:`LabeledShare`) when there is one."""
 
     from .actions import ActionExecutor
 
@@ -378,16 +390,51 @@ def _actions(
             retrains[model] = answer
         return answer
 
-    def on_labeled(model: str, rows: list[dict[str, Any]]) -> None:
+    def on_labeled(model: str, rows: list[dict[str, Any]], partition: int) -> None:
         if not keeps_examples(model):
             return
+        share = holder.get("share")
+        written: list[bytes] | None = [] if share is not None else None
         try:
             # fsync'ed at the next checkpoint (on_labeled.sync), before the offsets commit.
-            store.append(model, rows, sync=False)
+            store.append(model, rows, sync=False, written=written)
         except ValueError as exc:  # e.g. a model name that cannot name a folder
             log.warning("labeled examples not stored", model=model, error=str(exc))
+        if share is not None and written:
+            share.add(partition, model, written)
 
-    return executor, on_labeled, store.sync
+    return executor, on_labeled, store.sync, (store, keeps_examples)
+
+
+def _labeled_share(
+    settings: Settings, examples: tuple[Any, Callable[[str], bool]], *, partitions: int
+) -> Any:
+    """The labeled examples' handover through ``kafka.topics.labeled`` (state.backend kafka)."""
+    from .labeled_share import LabeledShare, LabeledShareError, LabeledTopicMissing
+
+    d = settings.data
+    k = d["kafka"]
+    store, keeps = examples
+    try:
+        return LabeledShare(
+            k["bootstrap_servers"],
+            k["topics"]["labeled"],
+            store=store,
+            keeps=keeps,
+            max_rows=int(d["retrain"]["labeled_rows"]),
+            marks_path=Path(d["state"]["dir"]) / "labeled-shared.json",
+            partitions=partitions,
+            security=dict(k["security"]),
+            client_id=k["client_id"],
+            create_topic=bool(k["create_topics"]),
+            retention_ms=int(parse_duration(d["retrain"]["labeled_retention"]) * 1000),
+        )
+    except LabeledTopicMissing as exc:
+        # Monitoring does not need it: the examples then stay with the replica that joined them.
+        log.warning("labeled examples will not move with their partitions", reason=str(exc))
+        return None
+    except LabeledShareError as exc:
+        raise StartupError(str(exc)) from None
 
 
 def labeled_store(settings: Settings, *, read_only: bool = False) -> Any:

@@ -78,6 +78,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         daemon.source.close()
         if daemon.store is not None:
             daemon.store.close()
+        if daemon.labeled_share is not None:
+            daemon.labeled_share.close()
     print(json.dumps(summary.__dict__, sort_keys=True))
     return 0
 

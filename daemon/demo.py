@@ -323,7 +323,7 @@ def _wire(
         outbox_options={"base_s": 0.05, "cap_s": 0.5},
     )
 
-    def on_labeled(model: str, rows: list[dict[str, Any]]) -> None:
+    def on_labeled(model: str, rows: list[dict[str, Any]], partition: int = 0) -> None:
         store.append(model, rows)
 
     def source_factory(daemon: Daemon) -> Source:

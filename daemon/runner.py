@@ -113,11 +113,12 @@ class Daemon:
         options: DaemonOptions,
         metrics: Metrics | None = None,
         on_decisions: Callable[[list[Decision]], None] | None = None,
-        on_labeled: Callable[[str, list[dict[str, Any]]], None] | None = None,
+        on_labeled: Callable[[str, list[dict[str, Any]], int], None] | None = None,
         executor: Any = None,
         actions_unit: str = "actions",
         replica: str = "",
         handover: bool = False,
+        labeled_share: Any = None,
     ) -> None:
         self.sink = sink
         self.store = store
@@ -136,6 +137,9 @@ class Daemon:
         # checkpoint names the replica that wrote it.
         self.replica = replica
         self.handover = handover and executor is not None
+        # handover: the labeled examples of a partition's models move with it
+        # (daemon.labeled_share.LabeledShare): published at each checkpoint, read on takeover.
+        self.labeled_share = labeled_share
         self.muter: Any = None
         #: called with the new PolicySet after a successful hot reload
         self.policy_listeners: list[Callable[[PolicySet], None]] = []
@@ -204,6 +208,8 @@ class Daemon:
                 self._history.pop(model, None)  # the new owner keeps the model's history
             if self.handover and not self._closed:
                 self.executor.release(set(unit.models))
+            if self.labeled_share is not None:
+                self.labeled_share.forget(p)
         log.info("partitions revoked", partitions=partitions)
 
     def _forget_series(self, model: str, keep: Iterable[str] = (), *, join: bool = True) -> None:
@@ -223,6 +229,13 @@ class Daemon:
     def _restore(self, partition: int) -> Unit:
         unit = Unit(partition=partition)
         doc = self.store.load(f"p{partition}") if self.store is not None else None
+        if self.labeled_share is not None:
+            # Before the partition's first record: the examples the store lacks come first.
+            self.labeled_share.restore(
+                partition,
+                None if doc is None else doc.get("labeled"),
+                () if doc is None else doc["models"],
+            )
         if doc is None:
             return unit
         unit.offsets = {(t, int(p)): int(o) for t, p, o in doc["offsets"]}
@@ -279,6 +292,9 @@ class Daemon:
         waited = time.perf_counter() - t0
         for hook in self.before_checkpoint:
             hook()
+        if self.labeled_share is not None:
+            # After the store's fsync, before the checkpoints that record where the rows reach.
+            self.labeled_share.checkpoint(parts)
         offsets: dict[tuple[str, int], int] = {}
         for p in parts:
             offsets.update(self.units[p].offsets)
@@ -313,6 +329,8 @@ class Daemon:
             if self.handover:
                 doc["replica"] = self.replica
                 doc["actions"] = self.executor.handover_state(set(unit.models))
+            if self.labeled_share is not None:
+                doc["labeled"] = self.labeled_share.state(p, unit.models)
             yield f"p{p}", doc
         if self.executor is not None and not self.handover:
             yield self.actions_unit, {"executor": self.executor.state()}
@@ -775,7 +793,7 @@ class Daemon:
         for counter, value in mon.join.counters.as_dict().items():
             self.metrics.join.labels(model, counter).set(value)
         if out.labeled and self.on_labeled is not None:
-            self.on_labeled(model, out.labeled)
+            self.on_labeled(model, out.labeled, unit.partition)
         if out.decisions and self.on_decisions is not None:
             self.on_decisions(out.decisions)
         if out.decisions and self.executor is not None:

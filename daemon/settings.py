@@ -53,11 +53,14 @@ DEFAULTS: dict[str, Any] = {
             "state": "driftwarden.state",
             # state.backend kafka: the silences every replica shares (compacted, one record).
             "silences": "driftwarden.silences",
+            # state.backend kafka: the labeled examples, so they move with their partition
+            # (as many partitions as the input topics; retention retrain.labeled_retention).
+            "labeled": "driftwarden.labeled",
         },
         # Passed through to kafka-python as-is (security_protocol, sasl_*, ssl_*).
         "security": {},
         # Create missing output topics at start-up (dlq, decisions, windows, alerts, routing,
-        # and with state.backend kafka state and silences); off where an operator provisions
+        # and with state.backend kafka state, silences and labeled); off where an operator provisions
         # topics: a missing one is then a start-up error.
         "create_topics": True,
     },
@@ -80,7 +83,8 @@ DEFAULTS: dict[str, Any] = {
     "http": {"enabled": True, "host": "127.0.0.1", "port": 9308},
     "mlflow": {"tracking_uri": None},
     # The labeled store retrains draw their recent rows from (per model, newest kept).
-    "retrain": {"labeled_rows": 50000, "labeled_max_age": None},
+    # labeled_retention: how long the topic kafka.topics.labeled keeps them (state.backend kafka).
+    "retrain": {"labeled_rows": 50000, "labeled_max_age": None, "labeled_retention": "30d"},
     "scheduler": {"policy_reload": "10s", "outbox": "2s", "alert_resend": "60s", "freshness": "5m"},
     # Retry backoff of undeliverable actions (receiver or registry down): base * 2**(attempt-1)
     # with jitter, capped at retry_max; a job is retried until delivered.
@@ -305,6 +309,7 @@ def _check(data: dict[str, Any], errors: list[str], where: Callable[[str], str])
         ("scheduler", "freshness"),
         ("actions", "retry_base"),
         ("actions", "retry_max"),
+        ("retrain", "labeled_retention"),
     ]
     if data["retrain"]["labeled_max_age"] is not None:
         durations.insert(0, ("retrain", "labeled_max_age"))

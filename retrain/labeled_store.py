@@ -262,11 +262,20 @@ class LabeledStore:
 
     # ---------------------------------------------------------------- public API
 
-    def append(self, model: str, rows: Sequence[Mapping[str, Any]], *, sync: bool = True) -> int:
+    def append(
+        self,
+        model: str,
+        rows: Sequence[Mapping[str, Any]],
+        *,
+        sync: bool = True,
+        written: list[bytes] | None = None,
+    ) -> int:
         """Store the rows not stored yet (by ``prediction_id``); returns how many were new.
 
         The rows are durable (fsync'ed) when this returns; with ``sync=False`` only once
         :meth:`sync` has run (they are written to the file, so readers see them at once).
+        ``written`` gets the stored form (JSON lines) of every row given: of the new rows as
+        appended, and of the rows stored before (a replay) as they would be.
         """
         self._writable()
         with self._lock:
@@ -275,6 +284,14 @@ class LabeledStore:
             hashes = _hash_ids(r["prediction_id"] for r in normalised)
             _, first = np.unique(hashes, return_index=True)  # each id's first row
             new = np.sort(first[~state.known.contains(hashes[first])])
+            if written is not None and len(new) < len(normalised):
+                # Rows stored before (a replay after a crash): handed on again all the same,
+                # since the crash may have come before they were handed on.
+                seen = np.ones(len(normalised), dtype=bool)
+                seen[new] = False
+                written.append(
+                    b"".join(orjson.dumps(normalised[i]) + b"\n" for i in np.flatnonzero(seen))
+                )
             if not len(new):
                 return 0
             fresh = [normalised[i] for i in new.tolist()]
@@ -293,6 +310,8 @@ class LabeledStore:
                 # a crash (the torn tail is cut), before the next use.
                 del self._models[model]
                 raise
+            if written is not None:
+                written.append(payload)
             segment.end += len(payload)
             segment.rows += len(fresh)
             stamps = [r["timestamp"] for r in fresh]

@@ -176,7 +176,9 @@ def _config(
         "kafka": {
             "bootstrap_servers": bootstrap,
             "group_id": f"dw-{name}-{uuid.uuid4().hex[:6]}",
-            "topics": stream["topics"],
+            # The labeled-examples topic (state.backend kafka) is the stream's own, shared
+            # by its replicas (its partition count follows the stream's input topics).
+            "topics": {"labeled": f"labeled-{stream['topics']['predictions']}", **stream["topics"]},
             "max_poll_records": 1000,
             "poll_timeout_ms": 200,
             "session_timeout_ms": 10000,

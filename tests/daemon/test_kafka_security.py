@@ -146,7 +146,7 @@ def _output_topics(broker: Any, name: str) -> dict[str, str]:
         admin.create_topics([NewTopic(t, 1, 1) for t in topics.values()])
     finally:
         admin.close()
-    return {**topics, "state": f"state-{tag}"}
+    return {**topics, "state": f"state-{tag}", "labeled": f"labeled-{tag}"}
 
 
 def _config(stream: dict[str, Any], broker: Any, name: str, backend: str) -> Path:

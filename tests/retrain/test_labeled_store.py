@@ -62,6 +62,21 @@ def test_replay_does_not_duplicate(tmp_path: Path) -> None:
     assert reopened.count("churn") == 23
 
 
+def test_written_hands_on_every_row_given_in_its_stored_form(tmp_path: Path) -> None:
+    """``written`` gets the stored lines of the new rows, and the stored form of the rows a
+    replay gives again (the labeled-examples handover publishes both)."""
+    store = LabeledStore(tmp_path)
+    rows = _rows(0, 10)
+    written: list[bytes] = []
+    assert store.append("churn", rows[:6], written=written) == 6
+    assert b"".join(written) == store.raw("churn")
+    again: list[bytes] = []
+    assert store.append("churn", rows[4:], written=again) == 4
+    lines = b"".join(again).splitlines(keepends=True)
+    assert sorted(lines) == sorted(store.raw("churn").splitlines(keepends=True)[4:])
+    assert store.append("churn", rows[:2]) == 0  # without ``written``: nothing asked
+
+
 def test_torn_last_line_is_dropped_and_repaired(tmp_path: Path) -> None:
     """A crash mid-write leaves half a line: reopening drops it and later appends still parse."""
     store = LabeledStore(tmp_path)
