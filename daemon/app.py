@@ -291,6 +291,8 @@ def build_daemon(
     )
     if sync_labeled is not None:
         daemon.before_checkpoint.append(sync_labeled)
+    if share is not None:
+        share.metrics = daemon.metrics
     if executor is not None:
         executor.metrics = daemon.metrics
         launcher = executor.retrain_launcher

@@ -131,6 +131,8 @@ class LabeledShare:
         self._local = self._load_local()
         #: rows read into the store from the topic (handed-over partitions), in all
         self.rows_read = 0
+        #: the daemon's metrics (driftwarden_labeled_rows_shared_total), once it has them
+        self.metrics: Any = None
         self._closed = False
 
     # -- topic ------------------------------------------------------------------------------
@@ -268,6 +270,7 @@ class LabeledShare:
             try:
                 meta = future.get(timeout=self.timeout_s)
             except Exception as exc:  # noqa: BLE001 - a record refused (too large...) is logged
+                self._count("failed", rows)
                 log.warning(
                     "labeled examples not published: another replica taking the model over "
                     "will not have them",
@@ -277,6 +280,7 @@ class LabeledShare:
                     error=f"{type(exc).__name__}: {exc}",
                 )
                 continue
+            self._count("published", rows)
             before = part.rows.get(model, 0)
             part.rows[model] = before + rows
             marks = part.marks.setdefault(model, [])
@@ -363,6 +367,7 @@ class LabeledShare:
             n = 0
         else:
             self.rows_read += n
+            self._count("read", n)
             log.info(
                 "labeled examples handed over",
                 topic=self.topic,
@@ -442,6 +447,10 @@ class LabeledShare:
         finally:
             consumer.close()
         return stored
+
+    def _count(self, direction: str, rows: int) -> None:
+        if self.metrics is not None and rows:
+            self.metrics.labeled_shared.labels(direction).inc(rows)
 
     def forget(self, partition: int) -> None:
         """The partition was revoked (after its last checkpoint here)."""

@@ -75,6 +75,14 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.labeled_shared = Counter(
+            "driftwarden_labeled_rows_shared_total",
+            "Labeled examples handed over through kafka.topics.labeled (state.backend kafka): "
+            "published at checkpoints (published), read on taking a partition over (read), "
+            "not published: a record the broker refused (failed).",
+            ["direction"],
+            registry=r,
+        )
         self.policy_reload_errors = Counter(
             "driftwarden_policy_reload_errors_total",
             "Policy reloads refused (the last good policies stay).",

@@ -108,6 +108,10 @@ def _run(settings: Settings, records: int) -> int:
     daemon = build_daemon(settings)
     try:
         assert daemon.run(max_events=records, timeout_s=120).records == records
+        shared = daemon.metrics.labeled_shared
+        read = shared.labels("read")._value.get()
+        assert read == daemon.labeled_share.rows_read  # what /metrics says
+        assert shared.labels("failed")._value.get() == 0
         return int(daemon.labeled_share.rows_read)
     finally:
         _close(daemon)
@@ -197,3 +201,49 @@ def test_marks_always_cover_the_newest_rows_of_every_model() -> None:
             assert total - marks[0][1] >= min(share.max_rows, total)
             assert len(marks) <= MAX_MARKS + 1
             assert marks == sorted(marks)
+
+
+@pytest.mark.kafka
+def test_the_labeled_topic_needs_the_input_partition_count_and_may_be_left_out(
+    tmp_path: Path, kafka_bootstrap: str, kafka_topic_factory: Callable[..., str]
+) -> None:
+    """A labeled topic with fewer partitions than the input topics is a start-up error naming
+    it; a missing one with topic creation off is a warning: examples then stay per replica."""
+    from driftwarden.daemon.app import StartupError
+
+    topics = {
+        "predictions": kafka_topic_factory(2),
+        "labels": kafka_topic_factory(2),
+        **{k: kafka_topic_factory(1) for k in ("dlq", "decisions", "windows", "alerts")},
+        "routing": kafka_topic_factory(1, compact=True),
+        "state": kafka_topic_factory(1, compact=True),
+        "labeled": kafka_topic_factory(1),
+    }
+    policies = _policies(tmp_path, "pol", retrain=True)
+
+    def settings(**kafka: Any) -> Settings:
+        cfg = tmp_path / "driftwarden.yaml"
+        k = {"bootstrap_servers": kafka_bootstrap, "topics": topics, **kafka}
+        cfg.write_text(
+            yaml.safe_dump(
+                {
+                    "source": "kafka",
+                    "kafka": k,
+                    "policies": str(policies),
+                    "state": {"backend": "kafka", "dir": str(tmp_path / "state")},
+                    "http": {"enabled": False},
+                }
+            )
+        )
+        return load_settings(cfg, env={})
+
+    with pytest.raises(StartupError, match=r"has 1 partitions .* fewer than the input topics' 2"):
+        build_daemon(settings())
+    topics["labeled"] = f"labeled-missing-{uuid.uuid4().hex[:8]}"
+    daemon = build_daemon(settings(create_topics=False))
+    try:
+        assert daemon.labeled_share is None
+    finally:
+        daemon.sink.close()
+        daemon.source.close()
+        daemon.store.close()
