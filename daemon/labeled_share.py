@@ -182,6 +182,22 @@ class LabeledShare:
                     f"and creating it is turned off (kafka.create_topics); create it with "
                     f"{partitions} partitions, as many as the input topics."
                 )
+            if have < partitions and create:
+                # Input topics scaled out: partition p of this topic belongs to input
+                # partition p (chosen explicitly, not by key), so new ones move no record.
+                from kafka.admin import NewPartitions
+
+                admin.create_partitions(
+                    {self.topic: NewPartitions(total_count=partitions)},
+                    timeout_ms=int(self.timeout_s * 1000),
+                )
+                log.info(
+                    "topic partitions added",
+                    kind="labeled",
+                    topic=self.topic,
+                    partitions=partitions,
+                )
+                have = partitions
         except KafkaError as exc:
             raise LabeledShareError(
                 f"labeled topic {self.topic!r} could not be prepared {where}: {exc}."
@@ -192,7 +208,8 @@ class LabeledShare:
             raise LabeledShareError(
                 f"labeled topic {self.topic!r} (kafka.topics.labeled) has {have} partitions "
                 f"{where}, fewer than the input topics' {partitions}: the examples of the models "
-                "of input partition p go to its partition p. Add partitions to it."
+                "of input partition p go to its partition p. Add partitions to it, or set "
+                "kafka.create_topics: true to let the daemon add them."
             )
 
     def _partition_count(self, admin: Any) -> int | None:

@@ -207,8 +207,9 @@ def test_marks_always_cover_the_newest_rows_of_every_model() -> None:
 def test_the_labeled_topic_needs_the_input_partition_count_and_may_be_left_out(
     tmp_path: Path, kafka_bootstrap: str, kafka_topic_factory: Callable[..., str]
 ) -> None:
-    """A labeled topic with fewer partitions than the input topics is a start-up error naming
-    it; a missing one with topic creation off is a warning: examples then stay per replica."""
+    """A labeled topic with fewer partitions than the input topics gets more (topic creation on)
+    or is a start-up error naming it; a missing one with topic creation off is a warning:
+    examples then stay per replica."""
     from driftwarden.daemon.app import StartupError
 
     topics = {
@@ -238,7 +239,20 @@ def test_the_labeled_topic_needs_the_input_partition_count_and_may_be_left_out(
         return load_settings(cfg, env={})
 
     with pytest.raises(StartupError, match=r"has 1 partitions .* fewer than the input topics' 2"):
-        build_daemon(settings())
+        build_daemon(settings(create_topics=False))
+    daemon = build_daemon(settings())  # input topics scaled out: the labeled topic follows
+    try:
+        assert daemon.labeled_share is not None
+    finally:
+        for part in (daemon.sink, daemon.source, daemon.store, daemon.labeled_share):
+            part.close()
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap)
+    try:
+        assert consumer.partitions_for_topic(topics["labeled"]) == {0, 1}
+    finally:
+        consumer.close()
     topics["labeled"] = f"labeled-missing-{uuid.uuid4().hex[:8]}"
     daemon = build_daemon(settings(create_topics=False))
     try:
