@@ -44,6 +44,9 @@ log = structlog.get_logger(__name__)
 
 #: seconds between consumer-lag reports (the gauge ``driftwarden_consumer_lag``)
 LAG_EVERY_S = 5.0
+#: How long an idle daemon's ownership probe (a commit, see Daemon._probe_ownership) waits for
+#: the broker before the main loop goes on.
+PROBE_TIMEOUT_S = 5.0
 #: dead-lettered events logged per window of DLQ_LOG_EVERY_S seconds (all are counted and kept)
 DLQ_LOG_BURST = 20
 DLQ_LOG_EVERY_S = 10.0
@@ -427,6 +430,8 @@ class Daemon:
                     last_data = time.monotonic()
                 if self._checkpoint_due():
                     self.checkpoint()
+                elif self._probe_due():
+                    self._probe_ownership()
                 now = self.loop_at = time.monotonic()
                 if now - self._lag_at >= LAG_EVERY_S:
                     self.report_lag()
@@ -567,6 +572,30 @@ class Daemon:
             self._since_checkpoint >= self.opts.checkpoint_every_events
             or since >= self.opts.checkpoint_every_s
         )
+
+    def _probe_due(self) -> bool:
+        """Idle (nothing to checkpoint) for ``checkpoint_every_s`` with partitions held: time to
+        ask the group whether they are still this replica's (see :meth:`_probe_ownership`)."""
+        return (
+            self._since_checkpoint == 0
+            and bool(self.units)
+            and time.monotonic() - self._last_checkpoint >= self.opts.checkpoint_every_s
+        )
+
+    def _probe_ownership(self) -> None:
+        """Commit the last checkpoint's offsets again. A replica fenced by another one with its
+        ``kafka.group_instance_id`` learns it only from a refused commit (kafka-python just
+        logs the fenced heartbeat and keeps polling its old partitions): without new input no
+        checkpoint would come, and it would go on reporting its models' gauges and raising
+        staleness alerts for partitions another replica owns. The refusal raises
+        :class:`SourceFenced` (exit 2). A commit the broker does not answer within
+        :data:`PROBE_TIMEOUT_S` is logged and harmless (the main loop goes on)."""
+        offsets: dict[tuple[str, int], int] = {}
+        for unit in self.units.values():
+            offsets.update(unit.offsets)
+        self._last_checkpoint = time.monotonic()
+        if offsets:
+            self.source.confirm(offsets, PROBE_TIMEOUT_S)
 
     def _drain_work(self) -> None:
         while True:

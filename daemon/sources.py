@@ -60,6 +60,12 @@ class Source(ABC):
         thread, where blocking consumer calls are refused).
         """
 
+    def confirm(self, offsets: dict[tuple[str, int], int], timeout_s: float) -> None:
+        """Commit ``offsets`` (already committed once) again to learn whether the partitions
+        are still this consumer's: raises :class:`SourceFenced` if not. Waits at most
+        ``timeout_s`` for the broker (an unanswered commit is logged, not raised)."""
+        self.commit(offsets, wait=True)
+
     @property
     def exhausted(self) -> bool:
         """True when a finite source has nothing more to give."""
@@ -250,6 +256,14 @@ class KafkaSource(Source):
                 self._consumer.seek(tp, offset)
 
     def commit(self, offsets: dict[tuple[str, int], int], *, wait: bool = True) -> None:
+        self._commit(offsets, wait=wait, timeout_ms=None)
+
+    def confirm(self, offsets: dict[tuple[str, int], int], timeout_s: float) -> None:
+        self._commit(offsets, wait=True, timeout_ms=int(timeout_s * 1000))
+
+    def _commit(
+        self, offsets: dict[tuple[str, int], int], *, wait: bool, timeout_ms: int | None
+    ) -> None:
         from kafka import TopicPartition
         from kafka.structs import OffsetAndMetadata
 
@@ -262,7 +276,9 @@ class KafkaSource(Source):
         from kafka.errors import FencedInstanceIdError, KafkaError
 
         try:
-            if todo and wait:
+            if todo and wait and timeout_ms is not None:
+                self._consumer.commit(todo, timeout_ms=timeout_ms)
+            elif todo and wait:
                 self._consumer.commit(todo)
             elif todo:
                 self._consumer.commit_async(todo)

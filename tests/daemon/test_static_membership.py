@@ -106,7 +106,10 @@ def test_a_fenced_member_stops_at_its_next_commit(
     with pytest.raises(SourceFenced, match="kafka.group_instance_id 'replica-x'") as err:
         first.source.commit({(topics["predictions"], 0): 0})
     assert "Each replica needs its own id" in str(err.value)
+    with pytest.raises(SourceFenced):  # the idle daemon's probe (a commit, bounded in time)
+        first.source.confirm({(topics["predictions"], 0): 0}, 5.0)
     second.source.commit({(topics["predictions"], 0): 0})  # the new owner commits
+    second.source.confirm({(topics["predictions"], 0): 0}, 5.0)  # and is confirmed
 
 
 def test_a_fenced_daemon_writes_no_checkpoint_on_its_way_out(tmp_path: Path) -> None:
@@ -131,3 +134,47 @@ def test_a_fenced_daemon_writes_no_checkpoint_on_its_way_out(tmp_path: Path) -> 
     store.save_all = lambda units: saves.append(list(units)) or save_all(iter(()))  # type: ignore[method-assign]
     daemon.revoke([0])  # what closing the consumer does
     assert saves == [] and 0 not in daemon.units
+
+
+def test_an_idle_fenced_daemon_stops_within_the_checkpoint_interval(tmp_path: Path) -> None:
+    """Fenced while idle (no record, so no checkpoint falls due): the daemon asks the group
+    again every ``checkpoint.every`` by committing its last offsets, and the refusal stops it;
+    it does not go on reporting partitions another replica owns."""
+    from tests.daemon.embedded import EVENTS, embedded_daemon
+
+    class Quiet(FileSource):
+        """The first 3000 events, then nothing (a topic gone quiet, not an ended file)."""
+
+        fenced = False
+        commits = 0
+
+        def poll(self, max_records: int, timeout_s: float) -> list[Any]:
+            if self._next >= 3000:
+                time.sleep(min(timeout_s, 0.05))
+                return []
+            return super().poll(min(max_records, 3000 - self._next), timeout_s)
+
+        @property
+        def exhausted(self) -> bool:
+            return False
+
+        def commit(self, offsets: Any, *, wait: bool = True) -> None:
+            self.commits += 1
+            if self.fenced:
+                raise SourceFenced("kafka: this replica was fenced")
+
+    daemon = embedded_daemon(tmp_path, extra="checkpoint: {every_events: 1000, every: 1s}\n")
+    quiet = Quiet(str(EVENTS))
+    quiet.seek(daemon.assign([0]))
+    daemon.source = quiet
+    summary = daemon.run(timeout_s=4)  # idle after 3000 events: ownership probed each second
+    assert summary.records == 3000 and summary.stopped_by == "timeout"
+    probes = quiet.commits
+    # 3 checkpoints and the final one; the idle seconds between were probed (≥ 1 of ~3).
+    assert probes >= 5
+    daemon._closed = False
+    quiet.fenced = True  # another replica took the id meanwhile
+    started = time.monotonic()
+    with pytest.raises(SourceFenced):
+        daemon.run(timeout_s=30)
+    assert time.monotonic() - started < 5
