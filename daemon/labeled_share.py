@@ -402,8 +402,6 @@ class LabeledShare:
         """Read offsets [start, end) of the topic's partition into the store; rows stored."""
         from kafka import KafkaConsumer, TopicPartition
 
-        from driftwarden.retrain.labeled_store import parse_lines
-
         tp = TopicPartition(self.topic, partition)
         consumer = KafkaConsumer(
             bootstrap_servers=self._bootstrap,
@@ -439,7 +437,6 @@ class LabeledShare:
                         f"no progress reading partition {partition} of {self.topic!r} for "
                         f"{self.timeout_s:.0f} s (at offset {consumer.position(tp)} of {end})"
                     )
-                batch: dict[str, list[Any]] = {}
                 for rec in consumer.poll(timeout_ms=200, max_records=500).get(tp, ()):
                     if rec.offset >= end:
                         break
@@ -448,7 +445,7 @@ class LabeledShare:
                     if model not in models or not rec.value:
                         continue
                     try:
-                        rows = parse_lines(zlib.decompress(rec.value))
+                        stored += self._store_record(model, zlib.decompress(rec.value))
                     except (zlib.error, ValueError) as exc:
                         log.warning(
                             "labeled-topic record unreadable; skipped",
@@ -457,10 +454,6 @@ class LabeledShare:
                             offset=rec.offset,
                             error=str(exc),
                         )
-                        continue
-                    batch.setdefault(model, []).extend(rows)
-                for model, rows in batch.items():
-                    stored += self.store.append(model, rows, sync=False)
         finally:
             consumer.close()
         return stored
@@ -468,6 +461,16 @@ class LabeledShare:
     def _count(self, direction: str, rows: int) -> None:
         if self.metrics is not None and rows:
             self.metrics.labeled_shared.labels(direction).inc(rows)
+
+    def _store_record(self, model: str, lines: bytes) -> int:
+        """One record's rows into the store: as the lines they are (the stored form another
+        replica's store wrote), or parsed and normalised when they are not that form."""
+        from driftwarden.retrain.labeled_store import parse_lines
+
+        try:
+            return int(self.store.append_stored(model, lines, sync=False))
+        except ValueError:
+            return int(self.store.append(model, parse_lines(lines), sync=False))
 
     def forget(self, partition: int) -> None:
         """The partition was revoked (after its last checkpoint here)."""

@@ -105,6 +105,22 @@ class _Key(msgspec.Struct, gc=False):
 
 
 _KEYS = msgspec.json.Decoder(_Key)
+
+
+class _StoredRow(msgspec.Struct, gc=False, forbid_unknown_fields=True):
+    """A stored line as :func:`_normalise` makes it (what :meth:`LabeledStore.append_stored`
+    takes from another store); only the id and the time are kept of it."""
+
+    prediction_id: str
+    features: dict[str, Any]
+    prediction: dict[str, Any]
+    label: Any
+    segment: dict[str, Any]
+    timestamp: float | None
+    model_version: Any
+
+
+_STORED = msgspec.json.Decoder(_StoredRow)
 # Parses the rows a read returns: as fast as orjson line by line and no split of the data.
 _ROWS = msgspec.json.Decoder()
 
@@ -296,33 +312,79 @@ class LabeledStore:
                 return 0
             fresh = [normalised[i] for i in new.tolist()]
             payload = b"".join(orjson.dumps(r) + b"\n" for r in fresh)
-            segment = state.segments[-1]
-            try:
-                with open(segment.path, "ab") as fh:
-                    fh.write(payload)
-                    fh.flush()
-                    if sync:
-                        os.fsync(fh.fileno())
-                    else:
-                        self._unsynced.add(segment.path)
-            except BaseException:
-                # Part of the payload may be in the file: index the folder again, as after
-                # a crash (the torn tail is cut), before the next use.
-                del self._models[model]
-                raise
+            stamps = [r["timestamp"] for r in fresh]
+            self._write(model, state, payload, hashes[new], stamps, sync=sync)
             if written is not None:
                 written.append(payload)
-            segment.end += len(payload)
-            segment.rows += len(fresh)
-            stamps = [r["timestamp"] for r in fresh]
-            state.hashes.extend(hashes[new])
-            state.stamps.extend(np.array([math.nan if t is None else t for t in stamps]))
-            state.known.add(hashes[new])
-            stamped = [t for t in stamps if t is not None]
-            if stamped:
-                state.newest_ts = max(state.newest_ts, max(stamped))
-            self._maybe_compact(model, state)
             return len(fresh)
+
+    def append_stored(self, model: str, data: bytes, *, sync: bool = True) -> int:
+        """:meth:`append` of rows already in the stored form — the JSON lines another store
+        wrote (a handed-over partition's examples) — without parsing them into rows and
+        writing them out again: each line is type-checked in one C pass, the lines of the
+        rows not stored yet are appended as they are. Raises ``ValueError`` naming the model
+        when the lines are not that form (nothing is stored then)."""
+        self._writable()
+        lines = data.split(b"\n")
+        if lines and not lines[-1]:
+            lines.pop()
+        if not lines:
+            return 0
+        try:
+            rows = _STORED.decode_lines(data)
+        except msgspec.DecodeError as exc:
+            raise ValueError(
+                f"labeled rows for model {model!r} are not stored rows: {exc}"
+            ) from None
+        if len(rows) != len(lines):  # a blank line: not what a store writes
+            raise ValueError(f"labeled rows for model {model!r} are not one row per line.")
+        with self._lock:
+            state = self._state(model)
+            hashes = _hash_ids(r.prediction_id for r in rows)
+            _, first = np.unique(hashes, return_index=True)
+            new = np.sort(first[~state.known.contains(hashes[first])])
+            if not len(new):
+                return 0
+            keep = new.tolist()
+            payload = b"".join([lines[i] + b"\n" for i in keep])
+            stamps = [rows[i].timestamp for i in keep]
+            self._write(model, state, payload, hashes[new], stamps, sync=sync)
+            return len(keep)
+
+    def _write(
+        self,
+        model: str,
+        state: _ModelState,
+        payload: bytes,
+        hashes: np.ndarray,
+        stamps: list[float | None],
+        *,
+        sync: bool,
+    ) -> None:
+        """Append new rows' lines to the model's last segment and index them (lock held)."""
+        segment = state.segments[-1]
+        try:
+            with open(segment.path, "ab") as fh:
+                fh.write(payload)
+                fh.flush()
+                if sync:
+                    os.fsync(fh.fileno())
+                else:
+                    self._unsynced.add(segment.path)
+        except BaseException:
+            # Part of the payload may be in the file: index the folder again, as after
+            # a crash (the torn tail is cut), before the next use.
+            del self._models[model]
+            raise
+        segment.end += len(payload)
+        segment.rows += len(stamps)
+        state.hashes.extend(hashes)
+        state.stamps.extend(np.array([math.nan if t is None else t for t in stamps]))
+        state.known.add(hashes)
+        stamped = [t for t in stamps if t is not None]
+        if stamped:
+            state.newest_ts = max(state.newest_ts, max(stamped))
+        self._maybe_compact(model, state)
 
     def sync(self) -> int:
         """``fsync`` every segment appended to with ``sync=False`` since the last call."""

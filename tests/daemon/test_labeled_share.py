@@ -261,3 +261,18 @@ def test_the_labeled_topic_needs_the_input_partition_count_and_may_be_left_out(
         daemon.sink.close()
         daemon.source.close()
         daemon.store.close()
+
+
+def test_a_record_not_in_the_stored_form_is_normalised_on_the_way_in(tmp_path: Path) -> None:
+    """Lines another store wrote go in as they are; rows of another form (an ISO timestamp, a
+    missing key) are parsed and normalised instead; rows without an id are refused."""
+    from driftwarden.retrain.labeled_store import LabeledStore
+
+    share = LabeledShare.__new__(LabeledShare)
+    share.store = LabeledStore(tmp_path / "store")
+    other = b'{"prediction_id": "x1", "features": {"a": 1}, "label": 1, "timestamp": "2026-11-27T10:00:00Z"}\n'
+    assert share._store_record("churn", other) == 1
+    row = share.store.rows("churn")[0]
+    assert row["timestamp"] == 1_795_773_600.0 and row["segment"] == {}
+    with pytest.raises(ValueError, match="no prediction_id"):
+        share._store_record("churn", b'{"features": {}}\n')

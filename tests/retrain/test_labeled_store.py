@@ -77,6 +77,24 @@ def test_written_hands_on_every_row_given_in_its_stored_form(tmp_path: Path) -> 
     assert store.append("churn", rows[:2]) == 0  # without ``written``: nothing asked
 
 
+def test_append_stored_takes_another_stores_lines_as_they_are(tmp_path: Path) -> None:
+    """Lines another store wrote (a handed-over partition's examples) are appended byte for
+    byte, rows already stored skipped; lines of another form are refused, nothing stored."""
+    source = LabeledStore(tmp_path / "a")
+    source.append("churn", _rows(0, 30))
+    data = source.raw("churn")
+    taker = LabeledStore(tmp_path / "b")
+    taker.append("churn", _rows(0, 5))
+    assert taker.append_stored("churn", data) == 25
+    assert taker.append_stored("churn", data) == 0
+    assert taker.raw("churn") == data  # same rows, same order, same bytes
+    assert LabeledStore(tmp_path / "b").count("churn") == 30  # indexed as written
+    for bad in (b'{"prediction_id": "x"}\n', data[:-1] + b"\n\n", b'{"prediction_id": 1}\n'):
+        with pytest.raises(ValueError, match="churn"):
+            taker.append_stored("churn", bad)
+    assert taker.count("churn") == 30
+
+
 def test_torn_last_line_is_dropped_and_repaired(tmp_path: Path) -> None:
     """A crash mid-write leaves half a line: reopening drops it and later appends still parse."""
     store = LabeledStore(tmp_path)
