@@ -39,6 +39,11 @@ class Member:
             on_revoke=self.revoked.append,
             group_instance_id=instance,
         )
+        # The topics' metadata before the first poll joins the group: a leader that assigns
+        # without it gives the topics to nobody until a later rebalance (seen once: the group
+        # took 120 s to settle, under the full suite's load).
+        for topic in topics.values():
+            assert self.source._consumer.partitions_for_topic(topic), topic
 
     def owned(self) -> set[int]:
         return {tp.partition for tp in self.source._consumer.assignment()}
