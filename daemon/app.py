@@ -439,15 +439,18 @@ def _labeled_share(
         raise StartupError(str(exc)) from None
 
 
-def labeled_store(settings: Settings, *, read_only: bool = False) -> Any:
-    """The joined examples retrains draw on, under the state directory, bounded by settings
-    (``read_only``: for a reader beside a running daemon, which owns the folder)."""
+def labeled_store(
+    settings: Settings, *, read_only: bool = False, directory: Path | None = None
+) -> Any:
+    """The joined examples retrains draw on, under the state directory (or ``directory``),
+    bounded by settings (``read_only``: for a reader beside a running daemon, which owns the
+    folder)."""
     from driftwarden.retrain.labeled_store import LabeledStore
 
     d = settings.data
     age = d["retrain"]["labeled_max_age"]
     return LabeledStore(
-        Path(d["state"]["dir"]) / "labeled",
+        directory if directory is not None else Path(d["state"]["dir"]) / "labeled",
         max_rows_per_model=int(d["retrain"]["labeled_rows"]),
         max_age_s=None if age is None else parse_duration(age),
         read_only=read_only,

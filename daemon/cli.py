@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from functools import partial
@@ -409,6 +410,52 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return _print_moves(_registry(args).rollback(args.model, actor=args.actor, reason=args.reason))
 
 
+def _shared_examples(settings: Any, model: str, workdir: Path) -> tuple[Any, dict[str, Any]] | None:
+    """With ``state.backend: kafka``: the model's examples as its owner published them to
+    ``kafka.topics.labeled`` (up to the owner's last checkpoint), read into a store in
+    ``workdir``; None when no checkpoint holds the model or none of its rows were published."""
+    from .app import checkpoint_store, labeled_store
+    from .labeled_share import first_mark, read_partition
+
+    d = settings.data
+    k = d["kafka"]
+    states = checkpoint_store(settings, create_topic=False)
+    try:
+        found = None
+        for unit in states.units():
+            doc = states.load(unit) if unit.startswith("p") else None
+            if doc and model in doc.get("models", {}) and doc.get("labeled"):
+                found = (int(doc["partition"]), doc["labeled"])
+                break
+    finally:
+        states.close()
+    if found is None:
+        return None
+    partition, labeled = found
+    start = first_mark(labeled, lambda m: m == model)
+    if start is None or labeled.get("topic") != k["topics"]["labeled"]:
+        return None
+    end = int(labeled["end"])
+    store = labeled_store(settings, directory=workdir)
+    read_partition(
+        k["bootstrap_servers"],
+        k["topics"]["labeled"],
+        partition,
+        start,
+        end,
+        {model},
+        store,
+        security=dict(k["security"]),
+        client_id=f"{k['client_id']}-retrain",
+    )
+    return store, {
+        "from": "kafka.topics.labeled",
+        "topic": k["topics"]["labeled"],
+        "partition": partition,
+        "offsets": [start, end],
+    }
+
+
 def cmd_retrain(args: argparse.Namespace) -> int:
     """An operator's retrain, run here and now through the same gated pipeline."""
     import time
@@ -455,16 +502,36 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     )
     # The daemon may be running and own the store: read it without repairing anything.
     store = labeled_store(settings, read_only=True)
-    outcome = run_retrain(
-        request,
-        registry=Registry(uri),
-        store=store,
-        reference_data=load_reference_data(request),
-        code_version=f"driftwarden {version('driftwarden')}",
-    )
+    examples: dict[str, Any] = {"from": "state.dir"}
+    workdir = None
+    if d["state"]["backend"] == "kafka":
+        # Any replica, or an operator's machine: the model's examples are those its owner
+        # published, not whatever this state.dir holds.
+        workdir = tempfile.TemporaryDirectory(prefix="driftwarden-retrain-")
+        try:
+            shared = _shared_examples(settings, args.model, Path(workdir.name))
+        except Exception as exc:  # noqa: BLE001 - said in a sentence, no traceback
+            workdir.cleanup()
+            return _fail(
+                f"the labeled examples of {args.model!r} could not be read from Kafka: {exc}"
+            )
+        if shared is not None:
+            store, examples = shared
+    examples["rows"] = int(store.count(args.model))
+    try:
+        outcome = run_retrain(
+            request,
+            registry=Registry(uri),
+            store=store,
+            reference_data=load_reference_data(request),
+            code_version=f"driftwarden {version('driftwarden')}",
+        )
+    finally:
+        if workdir is not None:
+            workdir.cleanup()
     print(
         json.dumps(
-            {"decision": decision.to_dict(), "outcome": outcome.to_dict()},
+            {"decision": decision.to_dict(), "outcome": outcome.to_dict(), "examples": examples},
             sort_keys=True,
             default=str,
         )

@@ -40,7 +40,13 @@ from typing import Any
 
 import structlog
 
-__all__ = ["LabeledShare", "LabeledShareError", "LabeledTopicMissing"]
+__all__ = [
+    "LabeledShare",
+    "LabeledShareError",
+    "LabeledTopicMissing",
+    "first_mark",
+    "read_partition",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -360,12 +366,11 @@ class LabeledShare:
         have = self._local.get(partition)
         if have is not None and have >= part.end:
             return 0  # this replica wrote them (or read them already)
-        firsts = [v[0][0] for m, v in part.marks.items() if v and self.keeps(m)]
-        if not firsts:
+        start = first_mark(doc, self.keeps)
+        if start is None:
             self._local[partition] = part.end
             self._save_local()
             return 0
-        start = min(firsts)
         if have is not None:
             start = max(start, have)
         kept = {m for m in models if self.keeps(m)}
@@ -400,77 +405,22 @@ class LabeledShare:
 
     def _read(self, partition: int, start: int, end: int, models: set[str]) -> int:
         """Read offsets [start, end) of the topic's partition into the store; rows stored."""
-        from kafka import KafkaConsumer, TopicPartition
-
-        tp = TopicPartition(self.topic, partition)
-        consumer = KafkaConsumer(
-            bootstrap_servers=self._bootstrap,
-            client_id=f"{self._client_id}-labeled-reader",
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_partition_fetch_bytes=4 * 1024 * 1024,
-            **self._sec,
+        return read_partition(
+            self._bootstrap,
+            self.topic,
+            partition,
+            start,
+            end,
+            models,
+            self.store,
+            security=self._sec,
+            client_id=self._client_id,
+            timeout_s=self.timeout_s,
         )
-        stored = 0
-        try:
-            consumer.assign([tp])
-            first = consumer.beginning_offsets([tp])[tp]
-            if first > start:
-                log.warning(
-                    "labeled examples of a handed-over partition were deleted by the topic's "
-                    "retention (retrain.labeled_retention) before this replica read them",
-                    topic=self.topic,
-                    partition=partition,
-                    missing_offsets=[start, first],
-                )
-                start = first
-            if start >= end:
-                return 0
-            consumer.seek(tp, start)
-            # A deadline that moves on with progress: a long partition is read to its end, a
-            # stuck read gives up.
-            deadline = time.monotonic() + self.timeout_s
-            while consumer.position(tp) < end:
-                if time.monotonic() > deadline:
-                    raise LabeledShareError(
-                        f"no progress reading partition {partition} of {self.topic!r} for "
-                        f"{self.timeout_s:.0f} s (at offset {consumer.position(tp)} of {end})"
-                    )
-                for rec in consumer.poll(timeout_ms=200, max_records=500).get(tp, ()):
-                    if rec.offset >= end:
-                        break
-                    deadline = time.monotonic() + self.timeout_s
-                    model = rec.key.decode("utf-8", "replace") if rec.key else ""
-                    if model not in models or not rec.value:
-                        continue
-                    try:
-                        stored += self._store_record(model, zlib.decompress(rec.value))
-                    except (zlib.error, ValueError) as exc:
-                        log.warning(
-                            "labeled-topic record unreadable; skipped",
-                            topic=self.topic,
-                            partition=partition,
-                            offset=rec.offset,
-                            error=str(exc),
-                        )
-        finally:
-            consumer.close()
-        return stored
 
     def _count(self, direction: str, rows: int) -> None:
         if self.metrics is not None and rows:
             self.metrics.labeled_shared.labels(direction).inc(rows)
-
-    def _store_record(self, model: str, lines: bytes) -> int:
-        """One record's rows into the store: as the lines they are (the stored form another
-        replica's store wrote), or parsed and normalised when they are not that form."""
-        from driftwarden.retrain.labeled_store import parse_lines
-
-        try:
-            return int(self.store.append_stored(model, lines, sync=False))
-        except ValueError:
-            return int(self.store.append(model, parse_lines(lines), sync=False))
 
     def forget(self, partition: int) -> None:
         """The partition was revoked (after its last checkpoint here)."""
@@ -481,3 +431,97 @@ class LabeledShare:
             return
         self._closed = True
         self._producer.close(timeout=self.timeout_s)
+
+
+def first_mark(doc: Mapping[str, Any], keeps: Callable[[str], bool]) -> int | None:
+    """Where a reader of a checkpoint's ``labeled`` record starts for the models ``keeps``
+    accepts: the smallest of their first marks (None: no rows of theirs were published)."""
+    firsts = [v[0][0] for m, v in (doc.get("marks") or {}).items() if v and keeps(m)]
+    return int(min(firsts)) if firsts else None
+
+
+def read_partition(
+    bootstrap_servers: str,
+    topic: str,
+    partition: int,
+    start: int,
+    end: int,
+    models: set[str],
+    store: Any,
+    *,
+    security: Mapping[str, Any] | None = None,
+    client_id: str = "driftwarden",
+    timeout_s: float = 30.0,
+) -> int:
+    """Read offsets [start, end) of ``topic``'s ``partition`` into ``store``: the records of
+    ``models``; returns the rows stored. A record that cannot be read is logged and skipped;
+    a read that makes no progress for ``timeout_s`` raises :class:`LabeledShareError`. (A
+    takeover's read, and ``driftwarden retrain``'s on any replica.)"""
+    from kafka import KafkaConsumer, TopicPartition
+
+    tp = TopicPartition(topic, partition)
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap_servers,
+        client_id=f"{client_id}-labeled-reader",
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+        **dict(security or {}),
+    )
+    stored = 0
+    try:
+        consumer.assign([tp])
+        first = consumer.beginning_offsets([tp])[tp]
+        if first > start:
+            log.warning(
+                "labeled examples were deleted by the topic's retention "
+                "(retrain.labeled_retention) before they were read",
+                topic=topic,
+                partition=partition,
+                missing_offsets=[start, first],
+            )
+            start = first
+        if start >= end:
+            return 0
+        consumer.seek(tp, start)
+        # A deadline that moves on with progress: a long partition is read to its end, a
+        # stuck read gives up.
+        deadline = time.monotonic() + timeout_s
+        while consumer.position(tp) < end:
+            if time.monotonic() > deadline:
+                raise LabeledShareError(
+                    f"no progress reading partition {partition} of {topic!r} for "
+                    f"{timeout_s:.0f} s (at offset {consumer.position(tp)} of {end})"
+                )
+            for rec in consumer.poll(timeout_ms=200, max_records=500).get(tp, ()):
+                if rec.offset >= end:
+                    break
+                deadline = time.monotonic() + timeout_s
+                model = rec.key.decode("utf-8", "replace") if rec.key else ""
+                if model not in models or not rec.value:
+                    continue
+                try:
+                    stored += _store_record(store, model, zlib.decompress(rec.value))
+                except (zlib.error, ValueError) as exc:
+                    log.warning(
+                        "labeled-topic record unreadable; skipped",
+                        topic=topic,
+                        partition=partition,
+                        offset=rec.offset,
+                        error=str(exc),
+                    )
+    finally:
+        consumer.close()
+    return stored
+
+
+def _store_record(store: Any, model: str, lines: bytes) -> int:
+    """One record's rows into the store: as the lines they are (the stored form another
+    replica's store wrote), or parsed and normalised when they are not that form."""
+    from driftwarden.retrain.labeled_store import parse_lines
+
+    try:
+        return int(store.append_stored(model, lines, sync=False))
+    except ValueError:
+        return int(store.append(model, parse_lines(lines), sync=False))

@@ -8,6 +8,7 @@ import dataclasses
 import gzip
 import json
 import random
+import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 import yaml
 
 from driftwarden.daemon.app import build_daemon, labeled_store
-from driftwarden.daemon.labeled_share import MAX_MARKS, LabeledShare
+from driftwarden.daemon.labeled_share import MAX_MARKS, LabeledShare, _store_record
 from driftwarden.daemon.settings import Settings, load_settings
 from tests.daemon.embedded import EVENTS
 from tests.daemon.test_labeled_gating import _policies
@@ -268,11 +269,51 @@ def test_a_record_not_in_the_stored_form_is_normalised_on_the_way_in(tmp_path: P
     missing key) are parsed and normalised instead; rows without an id are refused."""
     from driftwarden.retrain.labeled_store import LabeledStore
 
-    share = LabeledShare.__new__(LabeledShare)
-    share.store = LabeledStore(tmp_path / "store")
+    store = LabeledStore(tmp_path / "store")
     other = b'{"prediction_id": "x1", "features": {"a": 1}, "label": 1, "timestamp": "2026-11-27T10:00:00Z"}\n'
-    assert share._store_record("churn", other) == 1
-    row = share.store.rows("churn")[0]
+    assert _store_record(store, "churn", other) == 1
+    row = store.rows("churn")[0]
     assert row["timestamp"] == 1_795_773_600.0 and row["segment"] == {}
     with pytest.raises(ValueError, match="no prediction_id"):
-        share._store_record("churn", b'{"features": {}}\n')
+        _store_record(store, "churn", b'{"features": {}}\n')
+
+
+@pytest.mark.kafka
+def test_the_retrain_command_draws_on_the_published_examples_on_any_replica(
+    tmp_path: Path,
+    replicas: Callable[[str], Settings],
+    mlflow_tracking_uri: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``driftwarden retrain`` with ``state.backend: kafka`` run where the model is not owned
+    (another replica, an operator's machine: an empty state.dir) retrains on the examples its
+    owner published, not on the local store."""
+    from driftwarden.daemon.cli import main
+
+    sa = replicas("a")
+    assert _run(sa, 7000) == 0
+    a_ids = _ids(sa)
+    replicas("b")  # writes b.yaml: another machine, nothing in its state.dir
+    # The policy's trainer module, where the policy folder's parent is searched.
+    shutil.copytree(EVENTS.parent, tmp_path / "examples", ignore=shutil.ignore_patterns("*.gz"))
+    capsys.readouterr()
+    code = main(
+        [
+            "retrain",
+            "churn",
+            "--reason",
+            "handed-over examples",
+            "--config",
+            str(tmp_path / "b.yaml"),
+            "--tracking-uri",
+            mlflow_tracking_uri,
+        ]
+    )
+    doc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert doc["examples"]["from"] == "kafka.topics.labeled"
+    assert doc["examples"]["rows"] == len(a_ids)
+    outcome = doc["outcome"]
+    assert outcome["status"] in ("registered", "gates_failed", "blocked_by_data_gate")
+    assert outcome["report"]["rows"]["recent"] == len(a_ids)
+    assert code == (0 if outcome["status"] == "registered" else 1)
+    assert not (tmp_path / "state-b" / "labeled" / "churn").exists()  # nothing stored locally
