@@ -346,7 +346,9 @@ def _daemon(
     return daemon
 
 
-def _keep_labeled(store: LabeledStore, model: str, rows: list[dict[str, Any]]) -> None:
+def _keep_labeled(
+    store: LabeledStore, model: str, rows: list[dict[str, Any]], partition: int = 0
+) -> None:
     """What ``driftwarden run`` does with a retraining model's labeled examples."""
     store.append(model, rows, sync=False)
 

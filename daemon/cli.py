@@ -413,7 +413,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 def _shared_examples(settings: Any, model: str, workdir: Path) -> tuple[Any, dict[str, Any]] | None:
     """With ``state.backend: kafka``: the model's examples as its owner published them to
     ``kafka.topics.labeled`` (up to the owner's last checkpoint), read into a store in
-    ``workdir``; None when no checkpoint holds the model or none of its rows were published."""
+    ``workdir`` (none, if none were published yet); None when no checkpoint holds the model
+    with a record of this labeled topic."""
     from .app import checkpoint_store, labeled_store
     from .labeled_share import first_mark, read_partition
 
@@ -432,22 +433,25 @@ def _shared_examples(settings: Any, model: str, workdir: Path) -> tuple[Any, dic
     if found is None:
         return None
     partition, labeled = found
-    start = first_mark(labeled, lambda m: m == model)
-    if start is None or labeled.get("topic") != k["topics"]["labeled"]:
+    if labeled.get("topic") != k["topics"]["labeled"]:
         return None
+    start = first_mark(labeled, lambda m: m == model)
     end = int(labeled["end"])
     store = labeled_store(settings, directory=workdir)
-    read_partition(
-        k["bootstrap_servers"],
-        k["topics"]["labeled"],
-        partition,
-        start,
-        end,
-        {model},
-        store,
-        security=dict(k["security"]),
-        client_id=f"{k['client_id']}-retrain",
-    )
+    if start is not None:  # else its owner has published none yet: no rows, not stale ones
+        read_partition(
+            k["bootstrap_servers"],
+            k["topics"]["labeled"],
+            partition,
+            start,
+            end,
+            {model},
+            store,
+            security=dict(k["security"]),
+            client_id=f"{k['client_id']}-retrain",
+        )
+    else:
+        start = end
     return store, {
         "from": "kafka.topics.labeled",
         "topic": k["topics"]["labeled"],

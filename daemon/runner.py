@@ -153,6 +153,7 @@ class Daemon:
         self._stop = threading.Event()
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
+        self._last_probe = -math.inf  # see _probe_due
         self._checkpoint_pause = 0.0  # see _checkpoint_due
         self._lag_at = 0.0  # monotonic time of the last consumer-lag report
         self._lag_labels: set[tuple[str, str]] = set()
@@ -576,10 +577,11 @@ class Daemon:
     def _probe_due(self) -> bool:
         """Idle (nothing to checkpoint) for ``checkpoint_every_s`` with partitions held: time to
         ask the group whether they are still this replica's (see :meth:`_probe_ownership`)."""
+        last = max(self._last_checkpoint, self._last_probe)
         return (
             self._since_checkpoint == 0
             and bool(self.units)
-            and time.monotonic() - self._last_checkpoint >= self.opts.checkpoint_every_s
+            and time.monotonic() - last >= self.opts.checkpoint_every_s
         )
 
     def _probe_ownership(self) -> None:
@@ -593,7 +595,7 @@ class Daemon:
         offsets: dict[tuple[str, int], int] = {}
         for unit in self.units.values():
             offsets.update(unit.offsets)
-        self._last_checkpoint = time.monotonic()
+        self._last_probe = time.monotonic()
         if offsets:
             self.source.confirm(offsets, PROBE_TIMEOUT_S)
 
