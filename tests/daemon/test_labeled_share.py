@@ -317,3 +317,42 @@ def test_the_retrain_command_draws_on_the_published_examples_on_any_replica(
     assert outcome["report"]["rows"]["recent"] == len(a_ids)
     assert code == (0 if outcome["status"] == "registered" else 1)
     assert not (tmp_path / "state-b" / "labeled" / "churn").exists()  # nothing stored locally
+
+
+@pytest.mark.kafka
+def test_the_retrain_command_takes_no_stale_rows_for_a_model_with_none_published(
+    tmp_path: Path,
+    replicas: Callable[[str], Settings],
+    mlflow_tracking_uri: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The model's checkpoint exists but its owner has published no rows yet (the stream's
+    first 4000 records hold no label): the command uses none, not the rows an earlier
+    ownership left in this machine's state.dir."""
+    from driftwarden.daemon.cli import main
+
+    sa = replicas("a")
+    assert _run(sa, 4000) == 0
+    assert _ids(sa) == []
+    sb = replicas("b")
+    stale = labeled_store(sb)
+    stale.append(
+        "churn", [{"prediction_id": f"old-{i}", "features": {}, "label": 1} for i in range(50)]
+    )
+    shutil.copytree(EVENTS.parent, tmp_path / "examples", ignore=shutil.ignore_patterns("*.gz"))
+    capsys.readouterr()
+    main(
+        [
+            "retrain",
+            "churn",
+            "--reason",
+            "nothing published yet",
+            "--config",
+            str(tmp_path / "b.yaml"),
+            "--tracking-uri",
+            mlflow_tracking_uri,
+        ]
+    )
+    doc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert doc["examples"]["from"] == "kafka.topics.labeled"
+    assert doc["examples"]["rows"] == 0

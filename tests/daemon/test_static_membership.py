@@ -183,3 +183,19 @@ def test_an_idle_fenced_daemon_stops_within_the_checkpoint_interval(tmp_path: Pa
     with pytest.raises(SourceFenced):
         daemon.run(timeout_s=30)
     assert time.monotonic() - started < 5
+
+
+def test_an_ownership_probe_does_not_delay_the_next_checkpoint(tmp_path: Path) -> None:
+    """The probe keeps its own clock: records arriving after a probe still get their
+    time-based checkpoint ``checkpoint.every`` after the last checkpoint, not after the probe."""
+    from tests.daemon.embedded import embedded_daemon
+
+    daemon = embedded_daemon(tmp_path, extra="checkpoint: {every_events: 100000, every: 30s}\n")
+    daemon.assign([0])
+    now = time.monotonic()
+    daemon._last_checkpoint = now - 40  # idle since: a probe is due
+    assert daemon._probe_due()
+    daemon._last_probe = now - 1  # ... and was just made
+    assert not daemon._probe_due()
+    daemon._since_checkpoint = 5  # records came in after the probe
+    assert daemon._checkpoint_due()
