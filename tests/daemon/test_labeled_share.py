@@ -278,6 +278,24 @@ def test_a_record_not_in_the_stored_form_is_normalised_on_the_way_in(tmp_path: P
         _store_record(store, "churn", b'{"features": {}}\n')
 
 
+def _retrain_on(
+    tmp_path: Path, replica: str, tracking_uri: str, capsys: pytest.CaptureFixture[str]
+) -> tuple[int, dict[str, Any]]:
+    """``driftwarden retrain churn`` with a replica's config: (exit code, printed JSON)."""
+    from driftwarden.daemon.cli import main
+
+    # The policy's trainer module, where the policy folder's parent is searched.
+    examples = tmp_path / "examples"
+    if not examples.exists():
+        shutil.copytree(EVENTS.parent, examples, ignore=shutil.ignore_patterns("*.gz"))
+    capsys.readouterr()
+    config = str(tmp_path / f"{replica}.yaml")
+    code = main(
+        ["retrain", "churn", "--reason", "test", "--config", config, "--tracking-uri", tracking_uri]
+    )
+    return code, json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
 @pytest.mark.kafka
 def test_the_retrain_command_draws_on_the_published_examples_on_any_replica(
     tmp_path: Path,
@@ -288,28 +306,11 @@ def test_the_retrain_command_draws_on_the_published_examples_on_any_replica(
     """``driftwarden retrain`` with ``state.backend: kafka`` run where the model is not owned
     (another replica, an operator's machine: an empty state.dir) retrains on the examples its
     owner published, not on the local store."""
-    from driftwarden.daemon.cli import main
-
     sa = replicas("a")
     assert _run(sa, 7000) == 0
     a_ids = _ids(sa)
     replicas("b")  # writes b.yaml: another machine, nothing in its state.dir
-    # The policy's trainer module, where the policy folder's parent is searched.
-    shutil.copytree(EVENTS.parent, tmp_path / "examples", ignore=shutil.ignore_patterns("*.gz"))
-    capsys.readouterr()
-    code = main(
-        [
-            "retrain",
-            "churn",
-            "--reason",
-            "handed-over examples",
-            "--config",
-            str(tmp_path / "b.yaml"),
-            "--tracking-uri",
-            mlflow_tracking_uri,
-        ]
-    )
-    doc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    code, doc = _retrain_on(tmp_path, "b", mlflow_tracking_uri, capsys)
     assert doc["examples"]["from"] == "kafka.topics.labeled"
     assert doc["examples"]["rows"] == len(a_ids)
     outcome = doc["outcome"]
@@ -329,8 +330,6 @@ def test_the_retrain_command_takes_no_stale_rows_for_a_model_with_none_published
     """The model's checkpoint exists but its owner has published no rows yet (the stream's
     first 4000 records hold no label): the command uses none, not the rows an earlier
     ownership left in this machine's state.dir."""
-    from driftwarden.daemon.cli import main
-
     sa = replicas("a")
     assert _run(sa, 4000) == 0
     assert _ids(sa) == []
@@ -339,20 +338,6 @@ def test_the_retrain_command_takes_no_stale_rows_for_a_model_with_none_published
     stale.append(
         "churn", [{"prediction_id": f"old-{i}", "features": {}, "label": 1} for i in range(50)]
     )
-    shutil.copytree(EVENTS.parent, tmp_path / "examples", ignore=shutil.ignore_patterns("*.gz"))
-    capsys.readouterr()
-    main(
-        [
-            "retrain",
-            "churn",
-            "--reason",
-            "nothing published yet",
-            "--config",
-            str(tmp_path / "b.yaml"),
-            "--tracking-uri",
-            mlflow_tracking_uri,
-        ]
-    )
-    doc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    _, doc = _retrain_on(tmp_path, "b", mlflow_tracking_uri, capsys)
     assert doc["examples"]["from"] == "kafka.topics.labeled"
     assert doc["examples"]["rows"] == 0
