@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,12 @@ class CheckpointStore(ABC):
     @abstractmethod
     def units(self) -> list[str]:
         """Every unit that has a checkpoint, sorted."""
+
+    def versions(self) -> dict[str, Hashable | None]:
+        """Every unit with a token that changes whenever its checkpoint does (``None``: this
+        store cannot tell, so a reader must load it to know). Lets a reader of other units'
+        checkpoints keep what it learned of one until it changes."""
+        return dict.fromkeys(self.units())
 
     def close(self) -> None:
         """Release resources."""
@@ -109,6 +115,22 @@ class LocalCheckpointStore(CheckpointStore):
         # daemon writes them ("p3", "actions").
         files = self.directory.glob("checkpoint-*.json")
         return sorted(f.name[len("checkpoint-") : -len(".json")] for f in files if f.is_file())
+
+    def versions(self) -> dict[str, Hashable | None]:
+        # A save replaces the file (a new inode), so the inode alone tells; the rest is for
+        # file systems that reuse one at once.
+        out: dict[str, Hashable | None] = {}
+        for f in self.directory.glob("checkpoint-*.json"):
+            try:
+                st = f.stat()
+            except FileNotFoundError:  # replaced between listing and stat: the new one's turn
+                continue
+            out[f.name[len("checkpoint-") : -len(".json")]] = (
+                st.st_ino,
+                st.st_mtime_ns,
+                st.st_size,
+            )
+        return out
 
     def load(self, unit: str) -> dict[str, Any] | None:
         path = self._path(unit)

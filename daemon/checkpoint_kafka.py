@@ -40,7 +40,7 @@ import contextlib
 import threading
 import time
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -394,6 +394,12 @@ class KafkaCheckpointStore(CheckpointStore):
         with self._lock:
             self._catch_up()
             return sorted(self._latest)
+
+    def versions(self) -> dict[str, Hashable | None]:
+        """Each unit's newest record's position in the topic (read up to the current end)."""
+        with self._lock:
+            self._catch_up()
+            return {u: (s.partition, s.offset) for u, s in self._latest.items()}
 
     def load(self, unit: str) -> dict[str, Any] | None:
         """The unit's newest checkpoint in the topic (read up to the current end), or None."""

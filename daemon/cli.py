@@ -417,6 +417,7 @@ def _shared_examples(settings: Any, model: str, workdir: Path) -> tuple[Any, dic
     with a record of this labeled topic."""
     from .app import checkpoint_store, labeled_store
     from .labeled_share import first_mark, read_partition
+    from .runner import state_newness
 
     d = settings.data
     k = d["kafka"]
@@ -425,14 +426,18 @@ def _shared_examples(settings: Any, model: str, workdir: Path) -> tuple[Any, dic
         found = None
         for unit in states.units():
             doc = states.load(unit) if unit.startswith("p") else None
-            if doc and model in doc.get("models", {}) and doc.get("labeled"):
-                found = (int(doc["partition"]), doc["labeled"])
-                break
+            if not doc or model not in doc.get("models", {}) or not doc.get("labeled"):
+                continue
+            # Two partitions hold the model for a while after its events moved (the input
+            # topics gained partitions): the newer state is the owner's.
+            newness = state_newness(doc["models"][model])
+            if found is None or newness > found[0]:
+                found = (newness, int(doc["partition"]), doc["labeled"])
     finally:
         states.close()
     if found is None:
         return None
-    partition, labeled = found
+    _, partition, labeled = found
     if labeled.get("topic") != k["topics"]["labeled"]:
         return None
     start = first_mark(labeled, lambda m: m == model)

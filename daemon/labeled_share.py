@@ -422,6 +422,58 @@ class LabeledShare:
         if self.metrics is not None and rows:
             self.metrics.labeled_shared.labels(direction).inc(rows)
 
+    def adopt(
+        self, model: str, source: int, doc: Mapping[str, Any] | None, target: int, *, read: bool
+    ) -> int:
+        """``model``'s events moved from input partition ``source`` to ``target`` (the input
+        topics gained partitions). With ``read`` (``source`` is another replica's) the rows
+        ``source``'s checkpoint published for the model (``doc``: its ``labeled`` record) are
+        read into the store first (rows it holds are skipped). Then the model's newest
+        ``max_rows`` stored rows are published again, to ``target``, at the next checkpoint,
+        ahead of the rows joined there: whoever takes ``target`` over later, or
+        ``driftwarden retrain``, finds them in the model's new partition. Returns the rows
+        read."""
+        if not self.keeps(model):
+            return 0
+        n = self._read_moved(model, source, doc) if read else 0
+        rows = self.store.raw(model, self.max_rows)
+        if rows:
+            self.add(target, model, [rows])
+        return n
+
+    def _read_moved(self, model: str, partition: int, doc: Mapping[str, Any] | None) -> int:
+        if not doc or doc.get("topic") != self.topic:
+            return 0
+        end = int(doc.get("end", -1))
+        start = first_mark(doc, lambda m: m == model)
+        if start is None or end <= start:
+            return 0
+        try:
+            n = self._read(partition, start, end, {model})
+        except Exception as exc:  # noqa: BLE001 - examples are help for retrains, not the pipeline
+            log.error(
+                "labeled examples of a model that moved partition could not be read; its "
+                "retrains draw only on the examples this replica joins from now on",
+                topic=self.topic,
+                partition=partition,
+                model=model,
+                offsets=[start, end],
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            return 0
+        self.rows_read += n
+        self._count("read", n)
+        self.store.sync()
+        log.info(
+            "labeled examples of a model that moved partition read",
+            topic=self.topic,
+            partition=partition,
+            model=model,
+            offsets=[start, end],
+            rows=n,
+        )
+        return n
+
     def forget(self, partition: int) -> None:
         """The partition was revoked (after its last checkpoint here)."""
         self._parts.pop(partition, None)

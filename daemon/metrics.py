@@ -83,6 +83,14 @@ class Metrics:
             ["direction"],
             registry=r,
         )
+        self.models_moved = Counter(
+            "driftwarden_models_moved_total",
+            "A model's events came to another input partition (the input topics gained "
+            "partitions): its state taken over from the other partition's checkpoint (adopted), "
+            "or an idle copy left on the old partition dropped (retired).",
+            ["model", "direction"],
+            registry=r,
+        )
         self.policy_reload_errors = Counter(
             "driftwarden_policy_reload_errors_total",
             "Policy reloads refused (the last good policies stay).",

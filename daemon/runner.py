@@ -62,6 +62,21 @@ class Unit:
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     invalid: int = 0
     unmonitored: dict[str, int] = field(default_factory=dict)
+    #: wall-clock time of each model's last event in this partition (or of its restore): a
+    #: model whose events moved to another partition leaves an idle copy here
+    seen: dict[str, float] = field(default_factory=dict)
+
+
+def state_newness(state: Mapping[str, Any]) -> tuple[float, int]:
+    """Orders two states of one model by how far they got: the predictions' event-time
+    watermark, then the events counted."""
+    mark = state.get("pred_watermark")
+    return (float("-inf") if mark is None else float(mark), int(state.get("events", 0)))
+
+
+def _live_newness(mon: ModelMonitor) -> tuple[float, int]:
+    """:func:`state_newness` of a model's state in memory."""
+    return (float(mon.pred_watermark), int(mon.events))
 
 
 class _ModelFailed(Exception):
@@ -154,6 +169,10 @@ class Daemon:
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
         self._last_probe = -math.inf  # see _probe_due
+        self._copies_read_at = -math.inf  # see _retire_moved (wall clock)
+        #: checkpoint unit -> (its store version, the models it holds): other replicas'
+        #: checkpoints are read again only once they change (see _other_copies)
+        self._copies_known: dict[str, tuple[Any, frozenset[str]]] = {}
         self._checkpoint_pause = 0.0  # see _checkpoint_due
         self._lag_at = 0.0  # monotonic time of the last consumer-lag report
         self._lag_labels: set[tuple[str, str]] = set()
@@ -255,6 +274,7 @@ class Daemon:
             mon = self._new_monitor(model, policy)
             mon.restore(state)
             unit.models[model] = mon
+            unit.seen[model] = time.time()
         if self.handover:
             self.executor.adopt(
                 set(doc["models"]), doc.get("actions"), ours=doc.get("replica") == self.replica
@@ -266,6 +286,147 @@ class Daemon:
             offsets=doc["offsets"],
         )
         return unit
+
+    # -- models that change partition (the input topics gained partitions) -----------------
+    def _other_copies(
+        self, models: set[str], partition: int, *, owned: bool
+    ) -> dict[str, tuple[int, dict[str, Any], dict[str, Any]]]:
+        """The newest state of each of ``models`` that another partition holds: model ->
+        (partition, model state, that partition's checkpoint). The partitions this process
+        holds give their state in memory (``owned``; none when false), the others their latest
+        checkpoint."""
+        found: dict[str, tuple[int, dict[str, Any], dict[str, Any]]] = {}
+
+        def offer(model: str, p: int, state: dict[str, Any], doc: dict[str, Any]) -> None:
+            best = found.get(model)
+            if best is None or state_newness(state) > state_newness(best[1]):
+                found[model] = (p, state, doc)
+
+        for p, unit in self.units.items():
+            if p == partition or not owned:
+                continue
+            for model in models & unit.models.keys():
+                # A copy, as a checkpoint would make it: no array shared with the live state.
+                state = unit.models[model].state()
+                copy = orjson.loads(orjson.dumps(state, option=orjson.OPT_SERIALIZE_NUMPY))
+                offer(model, p, copy, {})
+        if self.store is None or not models:
+            return found
+        for name, version in self.store.versions().items():
+            if not (name[:1] == "p" and name[1:].isdigit()) or int(name[1:]) == partition:
+                continue
+            p = int(name[1:])
+            if p in self.units:
+                continue
+            known = self._copies_known.get(name)
+            if known is not None and known[0] == version and not models & known[1]:
+                continue  # unchanged since read, and none of these models in it
+            doc = self.store.load(name) or {}
+            held = doc.get("models") or {}
+            if version is not None:
+                self._copies_known[name] = (version, frozenset(held))
+            for model in models & held.keys():
+                offer(model, p, held[model], doc)
+        return found
+
+    def _adopt_moved(self, unit: Unit, model: str, mon: ModelMonitor) -> ModelMonitor:
+        """A model this partition has no state for may be one whose events moved here from
+        another partition (the input topics gained partitions, so Kafka's partitioner maps its
+        key elsewhere): its state continues from that partition's latest checkpoint (windows,
+        detectors, pending joins, alert state) instead of starting empty. The copy left on the
+        old partition is retired once idle (:meth:`_retire_moved`). Only a model whose records
+        carry keys moves: records without one are spread over the partitions by the producer,
+        each partition's share with a state of its own."""
+        try:
+            found = self._other_copies({model}, unit.partition, owned=True).get(model)
+        except Exception as exc:  # noqa: BLE001 - without the store, the model starts afresh
+            log.warning(
+                "could not look for this model's state on other partitions; it starts empty",
+                model=model,
+                partition=unit.partition,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            return mon
+        if found is None:
+            return mon
+        source, state, doc = found
+        try:
+            mon.restore(state)
+        except Exception as exc:  # noqa: BLE001 - an unreadable copy: start empty, say so
+            log.warning(
+                "the model's state on its old partition could not be taken over; it starts empty",
+                model=model,
+                partition=unit.partition,
+                from_partition=source,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            return self._new_monitor(model, mon.policy)
+        self.metrics.models_moved.labels(model, "adopted").inc()
+        log.warning(
+            "model's events moved to another partition (did the input topics gain partitions?); "
+            "its state continues from the old partition's checkpoint",
+            model=model,
+            partition=unit.partition,
+            from_partition=source,
+            events=mon.events,
+        )
+        if self.labeled_share is not None:
+            # Its examples move too: read from the topic when another replica held them.
+            self.labeled_share.adopt(
+                model, source, doc.get("labeled"), unit.partition, read=source not in self.units
+            )
+        return mon
+
+    def _retire_moved(self, now: float, idle_s: float) -> None:
+        """Drop copies of a model left idle (no event for ``idle_s``) on a partition when
+        another partition holds a newer state of it: its events moved there. Without this the
+        idle copy would stay in every checkpoint and, on another replica, be reported stale
+        (a false "no events for this model" while the model is fine)."""
+        idle = [
+            (unit, m)
+            for unit in self.units.values()
+            for m in unit.models
+            if now - unit.seen.get(m, now) > idle_s
+        ]
+        if not idle:
+            return
+        elsewhere: dict[str, tuple[int, dict[str, Any], dict[str, Any]]] = {}
+        if now - self._copies_read_at >= idle_s:
+            # Partitions another replica holds (state.backend: kafka): only their checkpoints
+            # tell. Read at most once per ``idle_s``: a model without traffic stays idle for
+            # hours. (With the local backend every checkpoint is of a partition held here.)
+            self._copies_read_at = now
+            try:
+                elsewhere = self._other_copies({m for _, m in idle}, -1, owned=False)
+            except Exception as exc:  # noqa: BLE001 - retire what memory shows; try again later
+                log.warning(
+                    "could not read other partitions' checkpoints for idle models",
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+        for unit, model in idle:
+            mine = unit.models[model]
+            newest = _live_newness(mine)
+            newer = [
+                (u.partition, _live_newness(u.models[model]))
+                for u in self.units.values()
+                if u is not unit and model in u.models
+            ]
+            if model in elsewhere:
+                newer.append((elsewhere[model][0], state_newness(elsewhere[model][1])))
+            newer = [(p, n) for p, n in newer if n > newest]
+            if not newer:
+                continue
+            del unit.models[model]
+            unit.seen.pop(model, None)
+            if not any(model in u.models for u in self.units.values()):
+                self._forget_series(model)
+            self.metrics.models_moved.labels(model, "retired").inc()
+            log.info(
+                "idle copy of a model retired: its events go to another partition now",
+                model=model,
+                partition=unit.partition,
+                to_partition=max(newer, key=lambda x: x[1])[0],
+            )
 
     def _new_monitor(self, model: str, policy: Any) -> ModelMonitor:
         mon = ModelMonitor(
@@ -372,6 +533,7 @@ class Daemon:
         since it first saw the model). Returns the models without events for more than
         ``stale_after`` seconds. Models of partitions no longer owned lose their series (the
         new owner reports them), so a handover raises no staleness alert."""
+        self._retire_moved(now, stale_after)
         owned = {m for u in self.units.values() for m in (*u.models, *u.unmonitored)}
         fresh = {m for m in owned if m in self.last_event_wall}
         stale = []
@@ -614,6 +776,9 @@ class Daemon:
     def process(self, records: list[RawRecord]) -> None:
         """Decode and route one polled batch, then publish what it produced."""
         grouped: dict[tuple[int, str], list[PredictionEvent | LabelEvent]] = {}
+        # (partition, model) of the groups whose records carry keys: only a keyed model moves
+        # between partitions (see _adopt_moved)
+        keyed: set[tuple[int, str]] = set()
         wall = time.time()
         n_pred = n_label = 0
         units, roles = self.units, self.source.roles
@@ -648,11 +813,14 @@ class Daemon:
             group = grouped.get((rec.partition, ev.model))
             if group is None:
                 group = grouped[(rec.partition, ev.model)] = []
+                if rec.key is not None:
+                    keyed.add((rec.partition, ev.model))
             group.append(ev)
         self.summary.valid += n_pred + n_label
         last_label = self.last_label_wall
-        for _, model in grouped:
+        for p, model in grouped:
             self.last_event_wall[model] = wall
+            units[p].seen[model] = wall
             if model in labeled or model not in last_label:
                 last_label[model] = wall
         # Counted once per batch: a labels() lookup per event is a measurable share of ingest.
@@ -662,7 +830,7 @@ class Daemon:
             self.metrics.events.labels("label", "valid").inc(n_label)
         for (p, model), events in grouped.items():
             try:
-                self._process_model(self.units[p], model, events)
+                self._process_model(self.units[p], model, events, (p, model) in keyed)
             except _ModelFailed as failed:
                 self._processing_failed(p, model, records, failed.error)
 
@@ -746,7 +914,11 @@ class Daemon:
             self._dlq_log[2] += 1
 
     def _process_model(
-        self, unit: Unit, model: str, events: list[PredictionEvent | LabelEvent]
+        self,
+        unit: Unit,
+        model: str,
+        events: list[PredictionEvent | LabelEvent],
+        keyed: bool = False,
     ) -> None:
         mon = unit.models.get(model)
         if mon is None:
@@ -764,6 +936,8 @@ class Daemon:
                 mon = unit.models[model] = self._new_monitor(model, policy)
             except Exception as exc:  # noqa: BLE001 - one model's failure must not stop the rest
                 raise _ModelFailed(exc) from exc
+            if keyed:  # unkeyed records spread over every partition by design: no move
+                mon = unit.models[model] = self._adopt_moved(unit, model, mon)
         try:
             out = mon.process(events)
         except ProfileMissing as exc:

@@ -250,6 +250,20 @@ def test_second_replica_sees_latest_save(backend: Harness) -> None:
     assert back is not None and back["offsets"][0][2] == 300
 
 
+def test_versions_change_with_each_save_seen_by_another_replica(backend: Harness) -> None:
+    """``versions()`` lists every unit with a token another replica sees change when a unit is
+    saved again, and only then (a reader keeps what it learned of a checkpoint until then)."""
+    first, second = backend.open(), backend.open()
+    first.save("p1", _payload(1, 10))
+    first.save("p2", _payload(2, 10))
+    before = second.versions()
+    assert sorted(before) == ["p1", "p2"] and None not in before.values()
+    assert second.versions() == before
+    first.save("p2", _payload(2, 20))
+    after = second.versions()
+    assert after["p1"] == before["p1"] and after["p2"] != before["p2"]
+
+
 def test_large_payload_round_trips(backend: Harness) -> None:
     """A state of several MB (seeded random floats, barely compressible) round-trips exactly."""
     rng = np.random.default_rng(20261126)
