@@ -550,6 +550,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from .app import checkpoint_store, labeled_store
+    from .runner import state_newness
 
     settings = _settings(args)
     directory = Path(settings["state"]["dir"])
@@ -571,6 +572,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                     {
                         "model": model,
                         "unit": unit,
+                        "_newness": state_newness(st),
                         "events": st["events"],
                         "labels": st["labels"],
                         "join": st["join"]["counters"],
@@ -592,12 +594,30 @@ def cmd_status(args: argparse.Namespace) -> int:
                 )
     finally:
         store.close()
+    _mark_superseded(rows)
     if not rows:
         where = f"topic {settings['kafka']['topics']['state']!r}" if kafka else str(directory)
         print(f"no checkpoint yet in {where}", file=sys.stderr)
     for r in rows:
         print(json.dumps(r, sort_keys=True))
     return 0
+
+
+def _mark_superseded(rows: list[dict[str, Any]]) -> None:
+    """A model in more than one partition's checkpoint moved (the input topics gained
+    partitions): each older copy names the unit of the newest (the daemon retires it once idle
+    for ``scheduler.freshness``)."""
+    newest: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if "model" in r and (
+            r["model"] not in newest or r["_newness"] > newest[r["model"]]["_newness"]
+        ):
+            newest[r["model"]] = r
+    for r in rows:
+        if "model" in r and newest[r["model"]] is not r:
+            r["superseded_by"] = newest[r["model"]]["unit"]
+    for r in rows:
+        r.pop("_newness", None)
 
 
 def _examples(store: Any, model: str) -> int | None:

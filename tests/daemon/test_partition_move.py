@@ -7,6 +7,7 @@ stale (see ``Daemon._adopt_moved`` / ``Daemon._retire_moved``)."""
 from __future__ import annotations
 
 import gzip
+import json
 import threading
 import time
 import uuid
@@ -19,6 +20,7 @@ import pytest
 import yaml
 
 from driftwarden.daemon import runner
+from driftwarden.daemon.cli import main
 from driftwarden.daemon.runner import Unit
 from driftwarden.daemon.settings import Settings, load_settings
 from driftwarden.daemon.sources import RawRecord
@@ -73,7 +75,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> dict[str, float]:
 
 
 def test_a_moved_model_goes_on_as_if_it_had_not_moved(
-    tmp_path: Path, clock: dict[str, float]
+    tmp_path: Path, clock: dict[str, float], capsys: pytest.CaptureFixture[str]
 ) -> None:
     """This process holds both partitions: the model's state on partition 1 continues from its
     state on partition 0, so after the move it equals that of a run where nothing moved; the
@@ -93,9 +95,15 @@ def test_a_moved_model_goes_on_as_if_it_had_not_moved(
     assert moved.summary.decisions == ref.summary.decisions
     assert moved.units[0].models["churn"].events == before  # the old copy, idle
 
-    # Still within the idle limit: both copies stay.
+    # Still within the idle limit: both copies stay; `driftwarden status` tells them apart.
     assert moved.report_freshness(clock["t"] + 30, 60.0) == []
     assert set(moved.units[0].models) == {"churn"}
+    moved.checkpoint()
+    assert main(["status", "--config", str(tmp_path / "moved" / "driftwarden.yaml")]) == 0
+    rows = [json.loads(ln) for ln in capsys.readouterr().out.splitlines() if ln.startswith("{")]
+    copies = {r["unit"]: r for r in rows if r.get("model") == "churn"}
+    assert sorted(copies) == ["p0", "p1"]
+    assert copies["p0"]["superseded_by"] == "p1" and "superseded_by" not in copies["p1"]
     # The old copy idle for longer than the freshness limit: retired, nothing is stale.
     clock["t"] += 100
     _feed(moved, 12_000, 12_500, 1)
