@@ -204,6 +204,8 @@ class LabeledShare:
                     partitions=partitions,
                 )
                 have = partitions
+            if retention_ms is not None:
+                self._align_retention(admin, retention_ms, create)
         except KafkaError as exc:
             raise LabeledShareError(
                 f"labeled topic {self.topic!r} could not be prepared {where}: {exc}."
@@ -216,6 +218,62 @@ class LabeledShare:
                 f"{where}, fewer than the input topics' {partitions}: the examples of the models "
                 "of input partition p go to its partition p. Add partitions to it, or set "
                 "kafka.create_topics: true to let the daemon add them."
+            )
+
+    def _align_retention(self, admin: Any, retention_ms: int, create: bool) -> None:
+        """The topic keeps records ``retrain.labeled_retention``: set when the daemon created
+        it, set again at start-up when the setting changed since (``kafka.create_topics``; else
+        a warning says the two differ). Not being allowed to read or change topic configs
+        (a secured cluster without DescribeConfigs / AlterConfigs) is a warning, not a stop:
+        retention bounds how far back a takeover reaches, it does not stop monitoring."""
+        from kafka.admin import ConfigResource, ConfigResourceType
+        from kafka.errors import KafkaError
+
+        def resource(value: str | None) -> Any:
+            return ConfigResource(
+                ConfigResourceType.TOPIC, self.topic, configs={"retention.ms": value}
+            )
+
+        try:
+            described = admin.describe_configs([resource(None)], config_filter="all")
+            have = described["topic"][self.topic]["retention.ms"]["value"]
+        except (KafkaError, KeyError, TypeError) as exc:
+            log.warning(
+                "labeled topic's retention could not be read; it stays as it is",
+                topic=self.topic,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            return
+        if have is not None and int(have) == retention_ms:
+            return
+        if not create:
+            log.warning(
+                "labeled topic keeps records for another time than retrain.labeled_retention; "
+                "with kafka.create_topics false the daemon leaves it (set retention.ms on the "
+                "topic)",
+                topic=self.topic,
+                retention_ms=have,
+                labeled_retention_ms=retention_ms,
+            )
+            return
+        try:
+            result = admin.alter_configs([resource(str(retention_ms))])["topic"][self.topic]
+        except (KafkaError, KeyError, TypeError, ValueError) as exc:
+            result = f"{type(exc).__name__}: {exc}"
+        if result == "OK":
+            log.info(
+                "labeled topic's retention set to retrain.labeled_retention",
+                topic=self.topic,
+                retention_ms=retention_ms,
+                was=have,
+            )
+        else:
+            log.warning(
+                "labeled topic's retention could not be set to retrain.labeled_retention",
+                topic=self.topic,
+                retention_ms=have,
+                labeled_retention_ms=retention_ms,
+                error=str(result),
             )
 
     def _partition_count(self, admin: Any) -> int | None:

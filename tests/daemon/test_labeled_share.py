@@ -264,6 +264,70 @@ def test_the_labeled_topic_needs_the_input_partition_count_and_may_be_left_out(
         daemon.store.close()
 
 
+@pytest.mark.kafka
+def test_the_labeled_topic_follows_a_changed_retention_setting(
+    tmp_path: Path, kafka_bootstrap: str, kafka_topic_factory: Callable[..., str]
+) -> None:
+    """``retrain.labeled_retention`` changed after the topic was created: the daemon sets the
+    topic's ``retention.ms`` again at start-up, or with topic creation off says they differ
+    and leaves it."""
+    from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
+    from structlog.testing import capture_logs
+
+    topics = {
+        "predictions": kafka_topic_factory(1),
+        "labels": kafka_topic_factory(1),
+        **{k: kafka_topic_factory(1) for k in ("dlq", "decisions", "windows", "alerts")},
+        "routing": kafka_topic_factory(1, compact=True),
+        "state": kafka_topic_factory(1, compact=True),
+        "silences": kafka_topic_factory(1, compact=True),
+        "labeled": kafka_topic_factory(1, configs={"retention.ms": str(3_600_000)}),
+    }
+    policies = _policies(tmp_path, "pol", retrain=True)
+
+    def retention() -> int:
+        admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        try:
+            res = ConfigResource(
+                ConfigResourceType.TOPIC, topics["labeled"], {"retention.ms": None}
+            )
+            got = admin.describe_configs([res], config_filter="all")
+            return int(got["topic"][topics["labeled"]]["retention.ms"]["value"])
+        finally:
+            admin.close()
+
+    def start(create: bool) -> list[dict[str, Any]]:
+        cfg = tmp_path / "driftwarden.yaml"
+        k = {"bootstrap_servers": kafka_bootstrap, "topics": topics, "create_topics": create}
+        cfg.write_text(
+            yaml.safe_dump(
+                {
+                    "source": "kafka",
+                    "kafka": k,
+                    "policies": str(policies),
+                    "state": {"backend": "kafka", "dir": str(tmp_path / "state")},
+                    "retrain": {"labeled_retention": "2h"},
+                    "http": {"enabled": False},
+                }
+            )
+        )
+        with capture_logs() as logs:
+            daemon = build_daemon(load_settings(cfg, env={}))
+        for part in (daemon.sink, daemon.source, daemon.store, daemon.labeled_share):
+            part.close()
+        return [e for e in logs if "retention" in e["event"]]
+
+    logs = start(create=False)
+    assert retention() == 3_600_000
+    assert [(e["log_level"], e["retention_ms"], e["labeled_retention_ms"]) for e in logs] == [
+        ("warning", "3600000", 7_200_000)
+    ]
+    logs = start(create=True)
+    assert retention() == 7_200_000
+    assert [(e["log_level"], e["was"]) for e in logs] == [("info", "3600000")]
+    assert start(create=True) == []  # in line now: nothing to say
+
+
 def test_a_record_not_in_the_stored_form_is_normalised_on_the_way_in(tmp_path: Path) -> None:
     """Lines another store wrote go in as they are; rows of another form (an ISO timestamp, a
     missing key) are parsed and normalised instead; rows without an id are refused."""
