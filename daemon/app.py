@@ -250,6 +250,7 @@ def build_daemon(
             session_timeout_ms=int(k["session_timeout_ms"]),
             max_poll_interval_ms=int(k["max_poll_interval_ms"]),
             fetch_max_wait_ms=int(k["fetch_max_wait_ms"]),
+            metadata_max_age_ms=int(k["metadata_max_age_ms"]),
             # Fetch more than the largest valid message so an oversized one reaches the DLQ.
             max_partition_fetch_bytes=max(1_048_576, 2 * opts.max_message_bytes),
             on_assign=daemon.assign,

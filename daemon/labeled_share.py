@@ -108,7 +108,6 @@ class LabeledShare:
         timeout_s: float = 30.0,
         compress_level: int = 1,
     ) -> None:
-        from kafka import KafkaProducer
 
         self.topic = topic
         self.store = store
@@ -121,18 +120,13 @@ class LabeledShare:
         self._sec = dict(security or {})
         self._bootstrap = bootstrap_servers
         self._client_id = client_id
+        self._create = create_topic
+        #: the topic's partition count as last seen (it follows the input topics')
+        self._topic_partitions = 0
+        #: input partitions this topic lacks and could not be given (logged once each)
+        self._unreachable: set[int] = set()
         self._prepare_topic(partitions, create_topic, retention_ms)
-        self._producer = KafkaProducer(
-            bootstrap_servers=bootstrap_servers,
-            client_id=f"{client_id}-labeled-producer",
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=0,
-            max_request_size=2 * 1024 * 1024,
-            request_timeout_ms=int(timeout_s * 1000),
-            reconnect_backoff_max_ms=5000,
-            **self._sec,
-        )
+        self._producer = self._new_producer()
         self._parts: dict[int, _Partition] = {}
         self._local = self._load_local()
         #: rows read into the store from the topic (handed-over partitions), in all
@@ -141,7 +135,45 @@ class LabeledShare:
         self.metrics: Any = None
         self._closed = False
 
+    def _new_producer(self) -> Any:
+        from kafka import KafkaProducer
+
+        return KafkaProducer(
+            bootstrap_servers=self._bootstrap,
+            client_id=f"{self._client_id}-labeled-producer",
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=0,
+            max_request_size=2 * 1024 * 1024,
+            request_timeout_ms=int(self.timeout_s * 1000),
+            reconnect_backoff_max_ms=5000,
+            **self._sec,
+        )
+
     # -- topic ------------------------------------------------------------------------------
+    def _reach(self, partition: int) -> bool:
+        """Whether the topic has ``partition``. The input topics may gain partitions while the
+        daemon runs: the topic then gets as many (``kafka.create_topics``), and a new producer
+        that knows them; else the partition's examples stay with this replica (logged once)."""
+        if partition < self._topic_partitions:
+            return True
+        try:
+            self._prepare_topic(partition + 1, self._create, None)
+        except LabeledShareError as exc:
+            if partition not in self._unreachable:
+                self._unreachable.add(partition)
+                log.error(
+                    "labeled examples of this input partition cannot be published; they stay "
+                    "with this replica",
+                    topic=self.topic,
+                    partition=partition,
+                    reason=str(exc),
+                )
+            return False
+        self._producer.close(timeout=self.timeout_s)
+        self._producer = self._new_producer()
+        return True
+
     def _prepare_topic(self, partitions: int, create: bool, retention_ms: int | None) -> None:
         from kafka.admin import KafkaAdminClient
         from kafka.errors import KafkaError, TopicAlreadyExistsError
@@ -212,6 +244,7 @@ class LabeledShare:
             ) from None
         finally:
             admin.close()
+        self._topic_partitions = max(self._topic_partitions, have)
         if have < partitions:
             raise LabeledShareError(
                 f"labeled topic {self.topic!r} (kafka.topics.labeled) has {have} partitions "
@@ -335,15 +368,22 @@ class LabeledShare:
         for p in parts:
             part = self._parts[p]
             pending, part.pending = part.pending, {}
+            if pending and not self._reach(p):
+                rows = sum(b"".join(v).count(b"\n") for v in pending.values())
+                self._count("failed", rows)
+                continue
             for model, payloads in sorted(pending.items()):
                 for value, rows in self._chunks(payloads):
-                    future = self._producer.send(
-                        self.topic,
-                        key=model.encode(),
-                        value=value,
-                        partition=p,
-                        headers=[(CODEC_HEADER, _CODEC)],
-                    )
+                    try:
+                        future = self._producer.send(
+                            self.topic,
+                            key=model.encode(),
+                            value=value,
+                            partition=p,
+                            headers=[(CODEC_HEADER, _CODEC)],
+                        )
+                    except Exception as exc:  # noqa: BLE001 - refused before sending: as below
+                        future = _Refused(exc)
                     sent.append((part, model, rows, future))
         if sent:
             self._producer.flush()
@@ -416,6 +456,7 @@ class LabeledShare:
         replica's store lacks. Returns how many rows were read into the store."""
         part = _Partition()
         self._parts[partition] = part
+        self._reach(partition)  # a partition the input topics gained since start-up
         if not doc or doc.get("topic") != self.topic or int(doc.get("end", -1)) < 0:
             return 0
         part.end = int(doc["end"])
@@ -541,6 +582,16 @@ class LabeledShare:
             return
         self._closed = True
         self._producer.close(timeout=self.timeout_s)
+
+
+class _Refused:
+    """A send the producer refused at once, answered like a failed future."""
+
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+    def get(self, timeout: float | None = None) -> Any:
+        raise self.exc
 
 
 def first_mark(doc: Mapping[str, Any], keeps: Callable[[str], bool]) -> int | None:

@@ -39,6 +39,9 @@ DEFAULTS: dict[str, Any] = {
         # the partitions still behind wait too (Kafka's 500 ms default cost a catching-up
         # daemon up to half a second per fetch).
         "fetch_max_wait_ms": 100,
+        # How often the consumer refreshes the topics' metadata: input topics that gain
+        # partitions are read from the new ones (after a rebalance) within this time.
+        "metadata_max_age_ms": 300000,
         # Static membership (KIP-345): a replica restarted within session_timeout_ms keeps its
         # partitions, with no rebalance. One id per replica (e.g. the pod name).
         "group_instance_id": None,
@@ -330,6 +333,7 @@ def _check(data: dict[str, Any], errors: list[str], where: Callable[[str], str])
     for section, key in (
         ("kafka", "max_poll_records"),
         ("kafka", "fetch_max_wait_ms"),
+        ("kafka", "metadata_max_age_ms"),
         ("join", "max_entries"),
         ("limits", "max_message_bytes"),
         ("checkpoint", "every_events"),

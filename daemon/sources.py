@@ -178,6 +178,7 @@ class KafkaSource(Source):
         on_assign: Callable[[list[int]], dict[tuple[str, int], int]],
         on_revoke: Callable[[list[int]], None],
         group_instance_id: str | None = None,
+        metadata_max_age_ms: int = 300_000,
     ) -> None:
         from kafka import ConsumerRebalanceListener, KafkaConsumer
 
@@ -198,6 +199,7 @@ class KafkaSource(Source):
             max_poll_interval_ms=max_poll_interval_ms,
             max_partition_fetch_bytes=max_partition_fetch_bytes,
             fetch_max_wait_ms=fetch_max_wait_ms,
+            metadata_max_age_ms=metadata_max_age_ms,
             reconnect_backoff_max_ms=5000,  # back within 5 s of a broker's return (default 30)
             **static,
             **security,

@@ -328,6 +328,44 @@ def test_the_labeled_topic_follows_a_changed_retention_setting(
     assert start(create=True) == []  # in line now: nothing to say
 
 
+@pytest.mark.kafka
+def test_a_partition_the_labeled_topic_lacks_is_logged_once_and_never_stops_a_checkpoint(
+    tmp_path: Path, kafka_bootstrap: str, kafka_topic_factory: Callable[..., str]
+) -> None:
+    """The input topics gained a partition while the daemon runs and topic creation is off:
+    the partition's examples are counted as failed and logged once; the checkpoint goes on."""
+    from structlog.testing import capture_logs
+
+    from driftwarden.daemon.metrics import Metrics
+    from driftwarden.retrain.labeled_store import LabeledStore
+
+    share = LabeledShare(
+        kafka_bootstrap,
+        kafka_topic_factory(1),
+        store=LabeledStore(tmp_path / "store"),
+        keeps=lambda m: True,
+        max_rows=1000,
+        marks_path=tmp_path / "marks.json",
+        partitions=1,
+        create_topic=False,
+    )
+    share.metrics = Metrics()
+    try:
+        line = b'{"prediction_id": "x1", "features": {}, "label": 1, "timestamp": 1.0}\n'
+        with capture_logs() as logs:
+            for _ in range(2):
+                share.add(1, "churn", [line, line])
+                share.add(0, "churn", [line])
+                share.checkpoint([0, 1])
+        errors = [e for e in logs if e["log_level"] == "error"]
+        assert [e["partition"] for e in errors] == [1]
+        counted = share.metrics.labeled_shared
+        assert counted.labels("failed")._value.get() == 4
+        assert counted.labels("published")._value.get() == 2  # partition 0's go on
+    finally:
+        share.close()
+
+
 def test_a_record_not_in_the_stored_form_is_normalised_on_the_way_in(tmp_path: Path) -> None:
     """Lines another store wrote go in as they are; rows of another form (an ISO timestamp, a
     missing key) are parsed and normalised instead; rows without an id are refused."""

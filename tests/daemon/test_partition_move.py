@@ -348,3 +348,122 @@ def test_other_replicas_checkpoints_are_read_again_only_once_they_change(
     a.checkpoint()
     assert b._other_copies({"new-3"}, 1, owned=True) == {}
     assert loads == ["p0", "p0", "p0"]  # changed: read again
+
+
+@pytest.mark.kafka
+def test_input_topics_gain_a_partition_while_the_daemon_runs(
+    tmp_path: Path, kafka_bootstrap: str, kafka_topic_factory: Callable[..., str]
+) -> None:
+    """The real scale-out: a running daemon (``state.backend: kafka``) on 1-partition input
+    topics; the operator adds a partition to both and producers with Kafka's default
+    partitioner now send model ``churn`` to partition 1. The daemon notices the partition
+    (``kafka.metadata_max_age_ms``), the labeled topic gets it too, and the model's state and
+    examples carry on there: its counts equal a run where nothing moved."""
+    from kafka import KafkaProducer
+    from kafka.admin import KafkaAdminClient, NewPartitions
+
+    from driftwarden.daemon.app import build_daemon
+    from driftwarden.daemon.cli import _shared_examples
+    from tests.daemon.test_labeled_gating import _policies
+    from tests.daemon.test_labeled_share import _close, _ids
+
+    tag = uuid.uuid4().hex[:8]
+    topics = {
+        "predictions": kafka_topic_factory(1),
+        "labels": kafka_topic_factory(1),
+        **{k: f"{k}-{tag}" for k in ("dlq", "decisions", "windows", "alerts", "routing")},
+        **{k: f"{k}-{tag}" for k in ("state", "silences", "labeled")},
+    }
+
+    def produce(lo: int, hi: int) -> set[int]:
+        """Keyed by model, partitioned by the producer (a new one: it reads the topics'
+        partitions afresh); the partitions the records went to."""
+        producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=20, acks="all")
+        try:
+            futures = []
+            for line in LINES[lo:hi]:
+                role = "labels" if b'"driftwarden.label' in line[:200] else "predictions"
+                futures.append(producer.send(topics[role], key=b"churn", value=line))
+            producer.flush(timeout=60)
+            return {f.get(timeout=30).partition for f in futures}
+        finally:
+            producer.close()
+
+    cfg = tmp_path / "driftwarden.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "source": "kafka",
+                "kafka": {
+                    "bootstrap_servers": kafka_bootstrap,
+                    "group_id": f"scale-out-{tag}",
+                    "topics": topics,
+                    "max_poll_records": 1000,
+                    "poll_timeout_ms": 200,
+                    "session_timeout_ms": 10_000,
+                    "metadata_max_age_ms": 1000,
+                },
+                "policies": str(_policies(tmp_path, "pol", retrain=True)),
+                "state": {"backend": "kafka", "dir": str(tmp_path / "state")},
+                "checkpoint": {"every_events": 2000, "every": "1h"},
+                "http": {"enabled": False},
+                "log": {"level": "warning"},
+            }
+        )
+    )
+    settings = load_settings(cfg, env={})
+    ref = embedded_daemon(tmp_path / "ref")
+    _feed(ref, 0, 12_000, 0)
+    expected = ref.units[0].models["churn"]
+
+    def wait(what: str, done: Callable[[], bool], seconds: float = 120.0) -> None:
+        deadline = time.monotonic() + seconds
+        while not done():
+            assert time.monotonic() < deadline, f"timed out waiting: {what}"
+            time.sleep(0.2)
+
+    assert produce(0, 7_000) == {0}
+    daemon = build_daemon(settings)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            daemon.run(timeout_s=240)
+        except BaseException as exc:  # noqa: BLE001 - re-raised by the test below
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        wait("the first 7000 read", lambda: daemon.summary.records >= 7_000)
+        before = _ids(settings)
+        admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        try:
+            admin.create_partitions(
+                {topics[r]: NewPartitions(total_count=2) for r in ("predictions", "labels")}
+            )
+        finally:
+            admin.close()
+        assert produce(7_000, 12_000) == {1}  # murmur2("churn") % 2 == 1: the model moved
+        wait(
+            "the rest read on partition 1 and checkpointed",
+            lambda: (
+                daemon.summary.records >= 12_000
+                and "churn" in daemon.units.get(1, Unit(1)).models
+                and daemon.summary.checkpoints >= 5
+            ),
+        )
+        mon = daemon.units[1].models["churn"]
+        assert (mon.events, mon.labels) == (expected.events, expected.labels)
+        assert _moved(daemon, "adopted") == 1
+        failed = daemon.metrics.labeled_shared.labels("failed")._value.get()
+        assert failed == 0  # the labeled topic gained the partition too
+    finally:
+        daemon.request_stop()
+        thread.join(timeout=60)
+        _close(daemon)
+    assert errors == []
+    store, where = _shared_examples(settings, "churn", tmp_path / "retrain")
+    assert where["partition"] == 1
+    ids = [r["prediction_id"] for r in store.rows("churn")]
+    assert ids[: len(before)] == before and len(ids) > len(before)
