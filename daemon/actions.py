@@ -47,6 +47,7 @@ from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Protocol
 
 import orjson
@@ -792,6 +793,8 @@ class ActionExecutor:
                 )
             self.book.take_models(models, state["alerts"])
             for job in state["jobs"]:
+                if job_model(SimpleNamespace(key=job["key"], payload=job["payload"])) not in models:
+                    continue  # another model's: its own partition hands it over
                 if self.outbox.adopt(job, now):
                     n += 1
                     stream = job["payload"].get("stream")
@@ -802,6 +805,12 @@ class ActionExecutor:
             if n:
                 log.info("actions taken over", models=sorted(models), pending=n)
             return n
+
+    def drop_alerts(self, models: Collection[str]) -> None:
+        """Stop re-sending the active alerts of ``models``: another replica holds them now (a
+        model whose events moved partition); their pending jobs still run here."""
+        with self._lock:
+            self.book.drop_models(models)
 
     def release(self, models: Collection[str]) -> int:
         """Another replica takes ``models`` (their checkpoint carries their pending jobs)."""

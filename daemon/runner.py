@@ -361,10 +361,23 @@ class Daemon:
                 error=f"{type(exc).__name__}: {exc}",
             )
             return self._new_monitor(model, mon.policy)
+        if self.handover and source not in self.units:
+            # Another replica's partition: the model's active alerts and pending jobs in that
+            # partition's checkpoint come along (that replica stops re-sending the alerts once
+            # it retires its copy; see _retire_moved).
+            try:
+                self.executor.adopt({model}, doc.get("actions"), ours=False)
+            except Exception as exc:  # noqa: BLE001 - the state moved; its actions stay there
+                log.warning(
+                    "the model's actions on its old partition could not be taken over",
+                    model=model,
+                    from_partition=source,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
         self.metrics.models_moved.labels(model, "adopted").inc()
         log.warning(
             "model's events moved to another partition (did the input topics gain partitions?); "
-            "its state continues from the old partition's checkpoint",
+            "its state continues from its state there",
             model=model,
             partition=unit.partition,
             from_partition=source,
@@ -420,6 +433,9 @@ class Daemon:
             unit.seen.pop(model, None)
             if not any(model in u.models for u in self.units.values()):
                 self._forget_series(model)
+                if self.handover:
+                    # The newer copy's replica re-sends and resolves the model's alerts.
+                    self.executor.drop_alerts({model})
             self.metrics.models_moved.labels(model, "retired").inc()
             log.info(
                 "idle copy of a model retired: its events go to another partition now",

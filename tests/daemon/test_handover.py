@@ -195,3 +195,34 @@ def test_two_ticks_at_once_deliver_each_job_once(tmp_path: Path, webhook_server:
         t.join(10)
     assert list(webhook_server.deliveries_per_key().values()) == [1]
     ex.close()
+
+
+def test_a_moved_model_takes_only_its_own_actions_and_the_old_replica_stops_resending(
+    tmp_path: Path, webhook_server: Any
+) -> None:
+    """A model whose events moved partition (the input topics gained partitions): the new
+    owner adopts, from the old partition's checkpoint, that model's alerts and jobs only; the
+    old owner, retiring its copy, stops re-sending the model's alerts (the new owner resends
+    and resolves them) while its pending jobs still run."""
+    policy = webhook_policy(tmp_path)
+    clock = Clock()
+    w = Windows(policy, "churn")
+    a = replica(tmp_path, "a", policy, clock, webhook_server)
+    assert a.adopt(MODELS, None, ours=False) == 0
+    webhook_server.down = True
+    assert a.on_decisions(w.next("drift")) == 2
+    state = a.handover_state(MODELS)
+    mine = len(state["jobs"])
+    stranger = dict(state["jobs"][0])
+    stranger["key"] = f"{stranger['key']}-other"
+    stranger["payload"] = {**stranger["payload"], "model": "another-model"}
+    state["jobs"].append(stranger)  # the old partition's other models' jobs stay there
+
+    b = replica(tmp_path, "b", policy, clock, webhook_server)
+    assert b.adopt(MODELS, json.loads(json.dumps(state)), ours=False) == mine
+    assert len(b.book) == 1
+    assert "another-model" not in {j.payload.get("model") for j in b.outbox.pending()}
+
+    a.drop_alerts(MODELS)
+    assert len(a.book) == 0
+    assert len(a.outbox.pending()) == mine  # its jobs still run here

@@ -211,6 +211,10 @@ def test_on_the_broker_the_new_owner_adopts_and_the_old_owner_retires(
         **{k: f"{k}-{tag}" for k in ("state", "silences", "labeled")},
     }
     policies = _policies(tmp_path, "pol", retrain=True)
+    # A rule that fires on every clean window: its alert is firing when the events move.
+    policy = policies / "churn.yaml"
+    watching = "  - name: watching\n    when: not quality\n    actions: [{alert: log}]\n"
+    policy.write_text(policy.read_text().replace("\nreceivers:", f"\n{watching}receivers:", 1))
 
     def produce(lo: int, hi: int, partition: int) -> None:
         producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=20, acks="all")
@@ -301,11 +305,20 @@ def test_on_the_broker_the_new_owner_adopts_and_the_old_owner_retires(
         new_ids = _ids(sa if new is daemons["a"] else sb)
         assert new_ids[: len(a_ids)] == a_ids  # the examples came along
 
+        def alerts(d: Any) -> list[str]:
+            active = d.executor.handover_state({"churn"})["alerts"]["active"]
+            return sorted(e["alert"]["labels"]["rule"] for e in active)
+
+        firing = alerts(old)
+        assert firing == ["watching"]
+        assert alerts(new) == firing  # they came along with the model
+
         stale: list[list[str]] = []
         old.work.put(lambda: stale.append(old.report_freshness(time.time() + 100, 1.0)))
         wait("the old owner's freshness check", lambda: bool(stale))
         assert stale == [[]]
         assert "churn" not in old.units[0].models and _moved(old, "retired") == 1
+        assert alerts(old) == []  # the new owner re-sends and resolves them
     finally:
         for d in daemons.values():
             d.request_stop()
