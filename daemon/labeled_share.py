@@ -108,7 +108,6 @@ class LabeledShare:
         timeout_s: float = 30.0,
         compress_level: int = 1,
     ) -> None:
-
         self.topic = topic
         self.store = store
         self.keeps = keeps
@@ -474,21 +473,15 @@ class LabeledShare:
             start = max(start, have)
         kept = {m for m in models if self.keeps(m)}
         t0 = time.monotonic()
-        try:
-            n = self._read(partition, start, part.end, kept)
-        except Exception as exc:  # noqa: BLE001 - examples are help for retrains, not the pipeline
-            log.error(
-                "labeled examples of a handed-over partition could not be read; retrains of "
-                "its models draw only on the examples this replica joins from now on",
-                topic=self.topic,
-                partition=partition,
-                offsets=[start, part.end],
-                error=f"{type(exc).__name__}: {exc}",
-            )
-            n = 0
-        else:
-            self.rows_read += n
-            self._count("read", n)
+        n = self._read_or_log(
+            partition,
+            start,
+            part.end,
+            kept,
+            "labeled examples of a handed-over partition could not be read; retrains of its "
+            "models draw only on the examples this replica joins from now on",
+        )
+        if n is not None:
             log.info(
                 "labeled examples handed over",
                 topic=self.topic,
@@ -500,6 +493,27 @@ class LabeledShare:
         self.store.sync()
         self._local[partition] = part.end
         self._save_local()
+        return n or 0
+
+    def _read_or_log(
+        self, partition: int, start: int, end: int, models: set[str], failed: str, **fields: Any
+    ) -> int | None:
+        """:meth:`_read`, counted; a read that fails is logged as ``failed`` (with ``fields``)
+        and gives None: examples are help for retrains, not the pipeline."""
+        try:
+            n = self._read(partition, start, end, models)
+        except Exception as exc:  # noqa: BLE001 - see the docstring
+            log.error(
+                failed,
+                topic=self.topic,
+                partition=partition,
+                offsets=[start, end],
+                error=f"{type(exc).__name__}: {exc}",
+                **fields,
+            )
+            return None
+        self.rows_read += n
+        self._count("read", n)
         return n
 
     def _read(self, partition: int, start: int, end: int, models: set[str]) -> int:
@@ -547,21 +561,17 @@ class LabeledShare:
         start = first_mark(doc, lambda m: m == model)
         if start is None or end <= start:
             return 0
-        try:
-            n = self._read(partition, start, end, {model})
-        except Exception as exc:  # noqa: BLE001 - examples are help for retrains, not the pipeline
-            log.error(
-                "labeled examples of a model that moved partition could not be read; its "
-                "retrains draw only on the examples this replica joins from now on",
-                topic=self.topic,
-                partition=partition,
-                model=model,
-                offsets=[start, end],
-                error=f"{type(exc).__name__}: {exc}",
-            )
+        n = self._read_or_log(
+            partition,
+            start,
+            end,
+            {model},
+            "labeled examples of a model that moved partition could not be read; its retrains "
+            "draw only on the examples this replica joins from now on",
+            model=model,
+        )
+        if n is None:
             return 0
-        self.rows_read += n
-        self._count("read", n)
         self.store.sync()
         log.info(
             "labeled examples of a model that moved partition read",

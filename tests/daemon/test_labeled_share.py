@@ -61,6 +61,72 @@ def _ids(settings: Settings) -> list[str]:
     return [r["prediction_id"] for r in store.rows("churn")]
 
 
+def kafka_topics(kafka_topic_factory: Callable[..., str], partitions: int) -> dict[str, str]:
+    """Input topics of the test's own, and names no topic has yet for the daemon's others."""
+    tag = uuid.uuid4().hex[:8]
+    return {
+        "predictions": kafka_topic_factory(partitions),
+        "labels": kafka_topic_factory(partitions),
+        **{k: f"{k}-{tag}" for k in ("dlq", "decisions", "windows", "alerts", "routing")},
+        **{k: f"{k}-{tag}" for k in ("state", "silences", "labeled")},
+    }
+
+
+def replica_settings(
+    tmp_path: Path,
+    name: str,
+    bootstrap: str,
+    topics: dict[str, str],
+    policies: Path,
+    group: str,
+    *,
+    every_events: int = 3000,
+    extra: dict[str, Any] | None = None,
+    **kafka: Any,
+) -> Settings:
+    """A replica's settings (``state.backend: kafka``, its own state directory: another
+    machine), written to ``tmp_path/<name>.yaml``; ``kafka`` adds kafka keys, ``extra``
+    top-level sections."""
+    cfg = tmp_path / f"{name}.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "source": "kafka",
+                "kafka": {
+                    "bootstrap_servers": bootstrap,
+                    "group_id": group,
+                    "topics": topics,
+                    "max_poll_records": 1000,
+                    "poll_timeout_ms": 200,
+                    "session_timeout_ms": 10_000,
+                    **kafka,
+                },
+                "policies": str(policies),
+                "state": {"backend": "kafka", "dir": str(tmp_path / f"state-{name}")},
+                "checkpoint": {"every_events": every_events, "every": "1h"},
+                "http": {"enabled": False},
+                "log": {"level": "warning"},
+                **(extra or {}),
+            }
+        )
+    )
+    return load_settings(cfg, env={})
+
+
+def provisioned_topics(
+    kafka_topic_factory: Callable[..., str], partitions: int, **labeled_configs: str
+) -> dict[str, str]:
+    """Every topic the daemon uses, made beforehand (as an operator with
+    ``kafka.create_topics: false`` would); the labeled one with 1 partition."""
+    return {
+        "predictions": kafka_topic_factory(partitions),
+        "labels": kafka_topic_factory(partitions),
+        **{k: kafka_topic_factory(1) for k in ("dlq", "decisions", "windows", "alerts")},
+        **{k: kafka_topic_factory(1, compact=True) for k in ("routing", "state", "silences")},
+        "labeled": kafka_topic_factory(1, configs=labeled_configs),
+    }
+
+
 @pytest.fixture
 def replicas(
     tmp_path: Path, kafka_bootstrap: str, kafka_topic_factory: Callable[..., str]
@@ -68,38 +134,14 @@ def replicas(
     """Settings of a replica by name (its own state directory: another machine), all in one
     consumer group on one 1-partition stream of the example events, policy retraining."""
     tag = uuid.uuid4().hex[:8]
-    topics = {
-        "predictions": kafka_topic_factory(1),
-        "labels": kafka_topic_factory(1),
-        **{k: f"{k}-{tag}" for k in ("dlq", "decisions", "windows", "alerts", "routing")},
-        **{k: f"{k}-{tag}" for k in ("state", "silences", "labeled")},
-    }
+    topics = kafka_topics(kafka_topic_factory, 1)
     _produce(kafka_bootstrap, topics, _events(16_000))
     policies = _policies(tmp_path, "pol", retrain=True)
 
     def settings(name: str) -> Settings:
-        cfg = tmp_path / f"{name}.yaml"
-        cfg.write_text(
-            yaml.safe_dump(
-                {
-                    "source": "kafka",
-                    "kafka": {
-                        "bootstrap_servers": kafka_bootstrap,
-                        "group_id": f"labeled-share-{tag}",
-                        "topics": topics,
-                        "max_poll_records": 1000,
-                        "poll_timeout_ms": 200,
-                        "session_timeout_ms": 10_000,
-                    },
-                    "policies": str(policies),
-                    "state": {"backend": "kafka", "dir": str(tmp_path / f"state-{name}")},
-                    "checkpoint": {"every_events": 3000, "every": "1h"},
-                    "http": {"enabled": False},
-                    "log": {"level": "warning"},
-                }
-            )
+        return replica_settings(
+            tmp_path, name, kafka_bootstrap, topics, policies, f"labeled-share-{tag}"
         )
-        return load_settings(cfg, env={})
 
     return settings
 
@@ -213,31 +255,11 @@ def test_the_labeled_topic_needs_the_input_partition_count_and_may_be_left_out(
     examples then stay per replica."""
     from driftwarden.daemon.app import StartupError
 
-    topics = {
-        "predictions": kafka_topic_factory(2),
-        "labels": kafka_topic_factory(2),
-        **{k: kafka_topic_factory(1) for k in ("dlq", "decisions", "windows", "alerts")},
-        "routing": kafka_topic_factory(1, compact=True),
-        "state": kafka_topic_factory(1, compact=True),
-        "labeled": kafka_topic_factory(1),
-    }
+    topics = provisioned_topics(kafka_topic_factory, 2)
     policies = _policies(tmp_path, "pol", retrain=True)
 
     def settings(**kafka: Any) -> Settings:
-        cfg = tmp_path / "driftwarden.yaml"
-        k = {"bootstrap_servers": kafka_bootstrap, "topics": topics, **kafka}
-        cfg.write_text(
-            yaml.safe_dump(
-                {
-                    "source": "kafka",
-                    "kafka": k,
-                    "policies": str(policies),
-                    "state": {"backend": "kafka", "dir": str(tmp_path / "state")},
-                    "http": {"enabled": False},
-                }
-            )
-        )
-        return load_settings(cfg, env={})
+        return replica_settings(tmp_path, "a", kafka_bootstrap, topics, policies, "g", **kafka)
 
     with pytest.raises(StartupError, match=r"has 1 partitions .* fewer than the input topics' 2"):
         build_daemon(settings(create_topics=False))
@@ -274,15 +296,7 @@ def test_the_labeled_topic_follows_a_changed_retention_setting(
     from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
     from structlog.testing import capture_logs
 
-    topics = {
-        "predictions": kafka_topic_factory(1),
-        "labels": kafka_topic_factory(1),
-        **{k: kafka_topic_factory(1) for k in ("dlq", "decisions", "windows", "alerts")},
-        "routing": kafka_topic_factory(1, compact=True),
-        "state": kafka_topic_factory(1, compact=True),
-        "silences": kafka_topic_factory(1, compact=True),
-        "labeled": kafka_topic_factory(1, configs={"retention.ms": str(3_600_000)}),
-    }
+    topics = provisioned_topics(kafka_topic_factory, 1, **{"retention.ms": str(3_600_000)})
     policies = _policies(tmp_path, "pol", retrain=True)
 
     def retention() -> int:
@@ -297,22 +311,18 @@ def test_the_labeled_topic_follows_a_changed_retention_setting(
             admin.close()
 
     def start(create: bool) -> list[dict[str, Any]]:
-        cfg = tmp_path / "driftwarden.yaml"
-        k = {"bootstrap_servers": kafka_bootstrap, "topics": topics, "create_topics": create}
-        cfg.write_text(
-            yaml.safe_dump(
-                {
-                    "source": "kafka",
-                    "kafka": k,
-                    "policies": str(policies),
-                    "state": {"backend": "kafka", "dir": str(tmp_path / "state")},
-                    "retrain": {"labeled_retention": "2h"},
-                    "http": {"enabled": False},
-                }
-            )
+        settings = replica_settings(
+            tmp_path,
+            "a",
+            kafka_bootstrap,
+            topics,
+            policies,
+            "g",
+            extra={"retrain": {"labeled_retention": "2h"}},
+            create_topics=create,
         )
         with capture_logs() as logs:
-            daemon = build_daemon(load_settings(cfg, env={}))
+            daemon = build_daemon(settings)
         for part in (daemon.sink, daemon.source, daemon.store, daemon.labeled_share):
             part.close()
         return [e for e in logs if "retention" in e["event"]]

@@ -17,12 +17,11 @@ from typing import Any
 
 import orjson
 import pytest
-import yaml
 
 from driftwarden.daemon import runner
 from driftwarden.daemon.cli import main
 from driftwarden.daemon.runner import Unit
-from driftwarden.daemon.settings import Settings, load_settings
+from driftwarden.daemon.settings import Settings
 from driftwarden.daemon.sources import RawRecord
 from tests.daemon.embedded import EVENTS
 from tests.daemon.embedded import embedded_daemon as _embedded
@@ -186,6 +185,62 @@ def test_an_unreadable_old_copy_means_a_fresh_start_not_a_failure(
     assert _moved(b, "adopted") == 0 and b.summary.invalid == 0
 
 
+def _produce(
+    bootstrap: str, topics: dict[str, str], lo: int, hi: int, partition: int | None = None
+) -> set[int]:
+    """Example lines [lo, hi) keyed by model, to ``partition`` or where the producer's
+    partitioner puts them (a new producer: it reads the topics' partitions afresh); returns
+    the partitions they went to."""
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, acks="all")
+    try:
+        futures = []
+        for line in LINES[lo:hi]:
+            role = "labels" if b'"driftwarden.label' in line[:200] else "predictions"
+            futures.append(
+                producer.send(topics[role], key=b"churn", value=line, partition=partition)
+            )
+        producer.flush(timeout=60)
+        return {f.get(timeout=30).partition for f in futures}
+    finally:
+        producer.close()
+
+
+def _wait(what: str, done: Callable[[], bool], seconds: float = 120.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not done():
+        assert time.monotonic() < deadline, f"timed out waiting: {what}"
+        time.sleep(0.2)
+
+
+def _start(daemon: Any, errors: list[BaseException]) -> threading.Thread:
+    """``daemon.run`` on a thread of its own (until stopped); what it raises goes to
+    ``errors``."""
+
+    def run() -> None:
+        try:
+            daemon.run(timeout_s=240)
+        except BaseException as exc:  # noqa: BLE001 - the test asserts there is none
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def _examples_found_in_partition_1(settings: Settings, workdir: Path, before: list[str]) -> None:
+    """`driftwarden retrain` (any machine) reads the model's examples from its new partition:
+    the rows of before the move first, each once."""
+    from driftwarden.daemon.cli import _shared_examples
+
+    store, where = _shared_examples(settings, "churn", workdir)
+    assert where["partition"] == 1
+    ids = [r["prediction_id"] for r in store.rows("churn")]
+    assert ids[: len(before)] == before and len(ids) > len(before)
+    assert len(set(ids)) == len(ids)
+
+
 @pytest.mark.kafka
 def test_on_the_broker_the_new_owner_adopts_and_the_old_owner_retires(
     tmp_path: Path, kafka_bootstrap: str, kafka_topic_factory: Callable[..., str]
@@ -196,89 +251,44 @@ def test_on_the_broker_the_new_owner_adopts_and_the_old_owner_retires(
     model's state from partition 0's checkpoint in the state topic and its labeled examples
     from the labeled topic; the owner of partition 0 retires its idle copy and reports no
     staleness."""
-    from kafka import KafkaProducer
-
     from driftwarden.daemon.app import build_daemon
-    from driftwarden.daemon.cli import _shared_examples
     from tests.daemon.test_labeled_gating import _policies
-    from tests.daemon.test_labeled_share import _close, _ids
+    from tests.daemon.test_labeled_share import _close, _ids, kafka_topics, replica_settings
 
-    tag = uuid.uuid4().hex[:8]
-    topics = {
-        "predictions": kafka_topic_factory(2),
-        "labels": kafka_topic_factory(2),
-        **{k: f"{k}-{tag}" for k in ("dlq", "decisions", "windows", "alerts", "routing")},
-        **{k: f"{k}-{tag}" for k in ("state", "silences", "labeled")},
-    }
+    topics = kafka_topics(kafka_topic_factory, 2)
     policies = _policies(tmp_path, "pol", retrain=True)
     # A rule that fires on every clean window: its alert is firing when the events move.
     policy = policies / "churn.yaml"
     watching = "  - name: watching\n    when: not quality\n    actions: [{alert: log}]\n"
     policy.write_text(policy.read_text().replace("\nreceivers:", f"\n{watching}receivers:", 1))
-
-    def produce(lo: int, hi: int, partition: int) -> None:
-        producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=20, acks="all")
-        try:
-            for line in LINES[lo:hi]:
-                role = "labels" if b'"driftwarden.label' in line[:200] else "predictions"
-                producer.send(topics[role], key=b"churn", value=line, partition=partition)
-            producer.flush(timeout=60)
-        finally:
-            producer.close()
+    group = f"partition-move-{uuid.uuid4().hex[:8]}"
 
     def settings(name: str) -> Settings:
-        cfg = tmp_path / f"{name}.yaml"
-        cfg.write_text(
-            yaml.safe_dump(
-                {
-                    "source": "kafka",
-                    "kafka": {
-                        "bootstrap_servers": kafka_bootstrap,
-                        "group_id": f"partition-move-{tag}",
-                        "group_instance_id": name,
-                        "topics": topics,
-                        "max_poll_records": 1000,
-                        "poll_timeout_ms": 200,
-                        "session_timeout_ms": 10_000,
-                    },
-                    "policies": str(policies),
-                    "state": {"backend": "kafka", "dir": str(tmp_path / f"state-{name}")},
-                    "checkpoint": {"every_events": 2000, "every": "1h"},
-                    "http": {"enabled": False},
-                    "log": {"level": "warning"},
-                }
-            )
+        return replica_settings(
+            tmp_path,
+            name,
+            kafka_bootstrap,
+            topics,
+            policies,
+            group,
+            every_events=2000,
+            group_instance_id=name,
         )
-        return load_settings(cfg, env={})
-
-    def wait(what: str, done: Callable[[], bool], seconds: float = 120.0) -> None:
-        deadline = time.monotonic() + seconds
-        while not done():
-            assert time.monotonic() < deadline, f"timed out waiting: {what}"
-            time.sleep(0.2)
 
     ref = embedded_daemon(tmp_path / "ref")
     _feed(ref, 0, 12_000, 0)
     expected = ref.units[0].models["churn"]
 
-    produce(0, 7_000, 0)
+    assert _produce(kafka_bootstrap, topics, 0, 7_000, 0) == {0}
     sa, sb = settings("a"), settings("b")
     daemons = {"a": build_daemon(sa), "b": build_daemon(sb)}
     errors: list[BaseException] = []
-
-    def run(d: Any) -> None:
-        try:
-            d.run(timeout_s=240)
-        except BaseException as exc:  # noqa: BLE001 - re-raised by the test below
-            errors.append(exc)
-
-    threads = {n: threading.Thread(target=run, args=(d,), daemon=True) for n, d in daemons.items()}
+    threads = [_start(daemons["a"], errors)]
     try:
-        threads["a"].start()
-        wait("replica a reads the first 7000", lambda: daemons["a"].summary.records >= 7_000)
+        _wait("replica a reads the first 7000", lambda: daemons["a"].summary.records >= 7_000)
         a_ids = _ids(sa)
         assert len(a_ids) > 1000
-        threads["b"].start()
+        threads.append(_start(daemons["b"], errors))
         owners: dict[int, Any] = {}
 
         def settled() -> bool:
@@ -288,10 +298,10 @@ def test_on_the_broker_the_new_owner_adopts_and_the_old_owner_retires(
                     owners[p] = d
             return sorted(owners) == [0, 1] and all(len(d.units) == 1 for d in daemons.values())
 
-        wait("each replica holds one partition", settled)
+        _wait("each replica holds one partition", settled)
         old, new = owners[0], owners[1]
-        produce(7_000, 12_000, 1)
-        wait(
+        assert _produce(kafka_bootstrap, topics, 7_000, 12_000, 1) == {1}
+        _wait(
             "the new owner reads the rest and checkpoints it",
             lambda: (
                 "churn" in new.units.get(1, Unit(1)).models
@@ -315,26 +325,19 @@ def test_on_the_broker_the_new_owner_adopts_and_the_old_owner_retires(
 
         stale: list[list[str]] = []
         old.work.put(lambda: stale.append(old.report_freshness(time.time() + 100, 1.0)))
-        wait("the old owner's freshness check", lambda: bool(stale))
+        _wait("the old owner's freshness check", lambda: bool(stale))
         assert stale == [[]]
         assert "churn" not in old.units[0].models and _moved(old, "retired") == 1
         assert alerts(old) == []  # the new owner re-sends and resolves them
     finally:
         for d in daemons.values():
             d.request_stop()
-        for t in threads.values():
-            if t.is_alive():
-                t.join(timeout=60)
+        for t in threads:
+            t.join(timeout=60)
         for d in daemons.values():
             _close(d)
     assert errors == []
-    # The examples moved with the model: `driftwarden retrain` (any machine) reads them from
-    # the model's new partition, the old rows first.
-    store, where = _shared_examples(sa, "churn", tmp_path / "retrain")
-    assert where["partition"] == 1
-    ids = [r["prediction_id"] for r in store.rows("churn")]
-    assert ids[: len(a_ids)] == a_ids and len(ids) > len(a_ids)
-    assert len(set(ids)) == len(ids)
+    _examples_found_in_partition_1(sa, tmp_path / "retrain", a_ids)
 
 
 def test_other_replicas_checkpoints_are_read_again_only_once_they_change(
@@ -372,83 +375,33 @@ def test_input_topics_gain_a_partition_while_the_daemon_runs(
     partitioner now send model ``churn`` to partition 1. The daemon notices the partition
     (``kafka.metadata_max_age_ms``), the labeled topic gets it too, and the model's state and
     examples carry on there: its counts equal a run where nothing moved."""
-    from kafka import KafkaProducer
     from kafka.admin import KafkaAdminClient, NewPartitions
 
     from driftwarden.daemon.app import build_daemon
-    from driftwarden.daemon.cli import _shared_examples
     from tests.daemon.test_labeled_gating import _policies
-    from tests.daemon.test_labeled_share import _close, _ids
+    from tests.daemon.test_labeled_share import _close, _ids, kafka_topics, replica_settings
 
-    tag = uuid.uuid4().hex[:8]
-    topics = {
-        "predictions": kafka_topic_factory(1),
-        "labels": kafka_topic_factory(1),
-        **{k: f"{k}-{tag}" for k in ("dlq", "decisions", "windows", "alerts", "routing")},
-        **{k: f"{k}-{tag}" for k in ("state", "silences", "labeled")},
-    }
-
-    def produce(lo: int, hi: int) -> set[int]:
-        """Keyed by model, partitioned by the producer (a new one: it reads the topics'
-        partitions afresh); the partitions the records went to."""
-        producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=20, acks="all")
-        try:
-            futures = []
-            for line in LINES[lo:hi]:
-                role = "labels" if b'"driftwarden.label' in line[:200] else "predictions"
-                futures.append(producer.send(topics[role], key=b"churn", value=line))
-            producer.flush(timeout=60)
-            return {f.get(timeout=30).partition for f in futures}
-        finally:
-            producer.close()
-
-    cfg = tmp_path / "driftwarden.yaml"
-    cfg.write_text(
-        yaml.safe_dump(
-            {
-                "source": "kafka",
-                "kafka": {
-                    "bootstrap_servers": kafka_bootstrap,
-                    "group_id": f"scale-out-{tag}",
-                    "topics": topics,
-                    "max_poll_records": 1000,
-                    "poll_timeout_ms": 200,
-                    "session_timeout_ms": 10_000,
-                    "metadata_max_age_ms": 1000,
-                },
-                "policies": str(_policies(tmp_path, "pol", retrain=True)),
-                "state": {"backend": "kafka", "dir": str(tmp_path / "state")},
-                "checkpoint": {"every_events": 2000, "every": "1h"},
-                "http": {"enabled": False},
-                "log": {"level": "warning"},
-            }
-        )
+    topics = kafka_topics(kafka_topic_factory, 1)
+    settings = replica_settings(
+        tmp_path,
+        "driftwarden",
+        kafka_bootstrap,
+        topics,
+        _policies(tmp_path, "pol", retrain=True),
+        f"scale-out-{uuid.uuid4().hex[:8]}",
+        every_events=2000,
+        metadata_max_age_ms=1000,
     )
-    settings = load_settings(cfg, env={})
     ref = embedded_daemon(tmp_path / "ref")
     _feed(ref, 0, 12_000, 0)
     expected = ref.units[0].models["churn"]
 
-    def wait(what: str, done: Callable[[], bool], seconds: float = 120.0) -> None:
-        deadline = time.monotonic() + seconds
-        while not done():
-            assert time.monotonic() < deadline, f"timed out waiting: {what}"
-            time.sleep(0.2)
-
-    assert produce(0, 7_000) == {0}
+    assert _produce(kafka_bootstrap, topics, 0, 7_000) == {0}
     daemon = build_daemon(settings)
     errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            daemon.run(timeout_s=240)
-        except BaseException as exc:  # noqa: BLE001 - re-raised by the test below
-            errors.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
+    thread = _start(daemon, errors)
     try:
-        wait("the first 7000 read", lambda: daemon.summary.records >= 7_000)
+        _wait("the first 7000 read", lambda: daemon.summary.records >= 7_000)
         before = _ids(settings)
         admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
         try:
@@ -457,8 +410,9 @@ def test_input_topics_gain_a_partition_while_the_daemon_runs(
             )
         finally:
             admin.close()
-        assert produce(7_000, 12_000) == {1}  # murmur2("churn") % 2 == 1: the model moved
-        wait(
+        # murmur2("churn") % 2 == 1: the model moved
+        assert _produce(kafka_bootstrap, topics, 7_000, 12_000) == {1}
+        _wait(
             "the rest read on partition 1 and checkpointed",
             lambda: (
                 daemon.summary.records >= 12_000
@@ -476,7 +430,4 @@ def test_input_topics_gain_a_partition_while_the_daemon_runs(
         thread.join(timeout=60)
         _close(daemon)
     assert errors == []
-    store, where = _shared_examples(settings, "churn", tmp_path / "retrain")
-    assert where["partition"] == 1
-    ids = [r["prediction_id"] for r in store.rows("churn")]
-    assert ids[: len(before)] == before and len(ids) > len(before)
+    _examples_found_in_partition_1(settings, tmp_path / "retrain", before)
