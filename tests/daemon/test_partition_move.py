@@ -207,11 +207,30 @@ def _produce(
         producer.close()
 
 
-def _wait(what: str, done: Callable[[], bool], seconds: float = 120.0) -> None:
+def _wait(
+    what: str,
+    done: Callable[[], bool],
+    seconds: float = 120.0,
+    shows: Callable[[], Any] = lambda: "",
+) -> None:
+    """Wait until ``done()``; a timeout names ``what`` and what ``shows()`` says then."""
     deadline = time.monotonic() + seconds
     while not done():
-        assert time.monotonic() < deadline, f"timed out waiting: {what}"
+        assert time.monotonic() < deadline, f"timed out waiting: {what} ({shows()})"
         time.sleep(0.2)
+
+
+def _counts(daemon: Any, partition: int) -> tuple[int, int] | None:
+    """(events, labels) of model churn in ``partition`` (None: not held there)."""
+    mon = daemon.units.get(partition, Unit(partition)).models.get("churn")
+    return None if mon is None else (mon.events, mon.labels)
+
+
+def _checkpoint(daemon: Any) -> None:
+    """Have the running daemon checkpoint (on its own loop) and wait for it."""
+    done = daemon.summary.checkpoints
+    daemon.work.put(daemon.checkpoint)
+    _wait("a checkpoint", lambda: daemon.summary.checkpoints > done)
 
 
 def _start(daemon: Any, errors: list[BaseException]) -> threading.Thread:
@@ -301,16 +320,13 @@ def test_on_the_broker_the_new_owner_adopts_and_the_old_owner_retires(
         _wait("each replica holds one partition", settled)
         old, new = owners[0], owners[1]
         assert _produce(kafka_bootstrap, topics, 7_000, 12_000, 1) == {1}
+        whole = (expected.events, expected.labels)
         _wait(
-            "the new owner reads the rest and checkpoints it",
-            lambda: (
-                "churn" in new.units.get(1, Unit(1)).models
-                and new.units[1].models["churn"].events >= expected.events
-                and new.summary.checkpoints >= 2
-            ),
+            "the new owner reads the rest",
+            lambda: _counts(new, 1) == whole,
+            shows=lambda: (_counts(new, 1), whole, new.summary),
         )
-        mon = new.units[1].models["churn"]
-        assert (mon.events, mon.labels) == (expected.events, expected.labels)
+        _checkpoint(new)  # its state of the model goes to the state topic
         assert _moved(new, "adopted") == 1
         new_ids = _ids(sa if new is daemons["a"] else sb)
         assert new_ids[: len(a_ids)] == a_ids  # the examples came along
@@ -412,16 +428,14 @@ def test_input_topics_gain_a_partition_while_the_daemon_runs(
             admin.close()
         # murmur2("churn") % 2 == 1: the model moved
         assert _produce(kafka_bootstrap, topics, 7_000, 12_000) == {1}
+        whole = (expected.events, expected.labels)
         _wait(
-            "the rest read on partition 1 and checkpointed",
-            lambda: (
-                daemon.summary.records >= 12_000
-                and "churn" in daemon.units.get(1, Unit(1)).models
-                and daemon.summary.checkpoints >= 5
-            ),
+            "the rest read on partition 1",
+            lambda: _counts(daemon, 1) == whole,
+            shows=lambda: (_counts(daemon, 1), whole, daemon.summary),
         )
-        mon = daemon.units[1].models["churn"]
-        assert (mon.events, mon.labels) == (expected.events, expected.labels)
+        _checkpoint(daemon)  # the model's examples published to partition 1 of the labeled topic
+        assert daemon.summary.records == 12_000
         assert _moved(daemon, "adopted") == 1
         failed = daemon.metrics.labeled_shared.labels("failed")._value.get()
         assert failed == 0  # the labeled topic gained the partition too
