@@ -251,8 +251,9 @@ def build_daemon(
             max_poll_interval_ms=int(k["max_poll_interval_ms"]),
             fetch_max_wait_ms=int(k["fetch_max_wait_ms"]),
             metadata_max_age_ms=int(k["metadata_max_age_ms"]),
-            # Fetch more than the largest valid message so an oversized one reaches the DLQ.
-            max_partition_fetch_bytes=max(1_048_576, 2 * opts.max_message_bytes),
+            # A message over this size still comes (alone) and an oversized one reaches the
+            # DLQ: tests/daemon/test_kafka_ingest.py checks it on the broker.
+            max_partition_fetch_bytes=int(k["max_partition_fetch_bytes"]),
             on_assign=daemon.assign,
             on_revoke=daemon.revoke,
             group_instance_id=k["group_instance_id"],

@@ -42,6 +42,10 @@ DEFAULTS: dict[str, Any] = {
         # How often the consumer refreshes the topics' metadata: input topics that gain
         # partitions are read from the new ones (after a rebalance) within this time.
         "metadata_max_age_ms": 300000,
+        # Most bytes a fetch brings per partition (Kafka's default). The consumer holds up to
+        # about this much per partition read, so its memory grows with it; a larger message
+        # still comes, alone (the broker returns an oversized first batch: KIP-74).
+        "max_partition_fetch_bytes": 1048576,
         # Static membership (KIP-345): a replica restarted within session_timeout_ms keeps its
         # partitions, with no rebalance. One id per replica (e.g. the pod name).
         "group_instance_id": None,
@@ -334,6 +338,7 @@ def _check(data: dict[str, Any], errors: list[str], where: Callable[[str], str])
         ("kafka", "max_poll_records"),
         ("kafka", "fetch_max_wait_ms"),
         ("kafka", "metadata_max_age_ms"),
+        ("kafka", "max_partition_fetch_bytes"),
         ("join", "max_entries"),
         ("limits", "max_message_bytes"),
         ("checkpoint", "every_events"),

@@ -138,6 +138,7 @@ def test_fetch_max_wait_must_be_a_positive_whole_number(tmp_path: Path, bad: obj
     ("section", "key"),
     [
         ("kafka", "max_poll_records"),
+        ("kafka", "max_partition_fetch_bytes"),
         ("join", "max_entries"),
         ("limits", "max_message_bytes"),
         ("checkpoint", "every_events"),

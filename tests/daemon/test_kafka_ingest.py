@@ -3,7 +3,8 @@
 100 000 predictions and ~60 000 labels for two models (late, early and never-arriving labels,
 orphan labels) with ~1 % malformed records of many kinds go through the daemon. Every valid
 event is counted exactly once in the window statistics, every malformed one reaches the
-dead-letter topic with its reason and origin, and the join counters are exact. Then the same
+dead-letter topic with its reason and origin (the oversized ones are larger than the
+consumer's ``kafka.max_partition_fetch_bytes``), and the join counters are exact. Then the same
 input is consumed by daemons that are stopped with SIGTERM, or killed with SIGKILL, mid-stream
 and restarted: their final window statistics, and the labeled examples their store kept, equal
 the uninterrupted run's.
@@ -38,6 +39,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 N_PER_MODEL = 50_000
 MODELS = ("churn", "fraud")
 MAX_BYTES = 100_000
+FETCH_BYTES = 96 * 1024
 
 POLICY = """\
 apiVersion: driftwarden/v1
@@ -182,6 +184,9 @@ def _config(
             "max_poll_records": 1000,
             "poll_timeout_ms": 200,
             "session_timeout_ms": 10000,
+            # Under MAX_BYTES: the oversized malformed events are larger than a fetch, and
+            # must still come (alone) and reach the dead-letter topic.
+            "max_partition_fetch_bytes": FETCH_BYTES,
         },
         "policies": str(base / "policies"),
         "state": {"dir": str(base / f"state-{name}"), "backend": backend},
@@ -315,8 +320,10 @@ def test_every_event_counted_once_and_malformed_in_dlq(
     dlq = _consume_all(kafka_bootstrap, stream["topics"]["dlq"])
     assert len(dlq) == stream["bad"]
     reasons = Counter()
+    larger_than_a_fetch = 0
     for rec in dlq:
         doc = orjson.loads(rec.value)
+        larger_than_a_fetch += doc["value_bytes"] > FETCH_BYTES
         headers = dict(rec.headers)
         assert doc["source"]["topic"] in (
             stream["topics"]["predictions"],
@@ -328,6 +335,7 @@ def test_every_event_counted_once_and_malformed_in_dlq(
             assert len(base64.b64decode(doc["value_b64"])) == doc["value_bytes"]
         reasons[doc["reason"].split(":")[0].split(" ")[0]] += 1
     assert len(reasons) >= 6, reasons  # many different kinds of breakage, each with its reason
+    assert larger_than_a_fetch > 10  # they came, each alone, though no fetch asked for that much
 
 
 def test_incident_fires_and_decision_is_published(
