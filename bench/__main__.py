@@ -430,6 +430,28 @@ def memory_section(run: Run) -> Section:
                 bool(k["met"]) and k["models"] >= 100,
             )
         )
+    q = results.get("kafka")
+    target = (
+        "≤ 300 MB for 100 models × 25 features, read from a real broker (RSS after warm-up − "
+        "baseline; the Kafka clients' buffers count)"
+    )
+    if q is not None:
+        s.notes.append(
+            f"kafka run: the models run's {q['produced']:,} events published keyed by model to "
+            f"{q['partitions']}-partition input topics and read by a daemon built as `driftwarden "
+            f"run` builds it (Kafka consumer, Kafka sink, local checkpoints): RSS "
+            f"{q['baseline_mb']:.1f} MB once built → {q['after_mb']:.1f} MB after "
+            f"({q['valid']:,} valid); emptying the join buffers gave back {q['join_mb']:.1f} MB"
+        )
+        s.verdicts.append(
+            (
+                target,
+                f"{q['used_mb']:.1f} MB for {q['models']} models",
+                bool(q["met"]) and q["models"] >= 100 and q["valid"] == q["produced"],
+            )
+        )
+    else:
+        s.verdicts.append((target, "—", None))
     return s
 
 

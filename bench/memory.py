@@ -20,6 +20,13 @@ once CPython and glibc have grown the heap, so a part that ran before would colo
   state directory, as ``driftwarden run`` does for a policy with a retrain action, fsync'ed at
   each checkpoint). Reported like the models part, and the store's own share: the difference
   to the models part of the same run, per stored row.
+- **kafka** — the models part through a real broker: the same events, keyed by model, are
+  published (by a child interpreter: the producer's buffers are not the daemon's) to input
+  topics of ``--partitions`` partitions, and a daemon built as ``driftwarden run`` builds it
+  (``build_daemon``: Kafka consumer, Kafka sink for windows and decisions, local checkpoints)
+  reads them all. The baseline is taken once the daemon is built, before it polls: the Kafka
+  clients' fetch and send buffers count against the models. A broker of its own is started
+  from the Maven jars (``scripts/kafka_broker.py``) unless ``--bootstrap`` names a cluster.
 
 Events are generated in blocks as they are handed to the daemon (nothing big is held), seeded,
 with the throughput bench's columns (20 numeric, 5 categorical features, 3 segments, a score).
@@ -28,6 +35,7 @@ Each part ends with one ``RESULT {json}`` line that ``python -m bench`` reads.
     .venv/bin/python -m bench.memory                       # both parts, ~3-5 min
     .venv/bin/python -m bench.memory --part growth --events 10000000
     .venv/bin/python -m bench.memory --part models --models 100 --windows 3
+    .venv/bin/python -m bench.memory --part kafka --models 100 --windows 3
 """
 
 from __future__ import annotations
@@ -484,6 +492,20 @@ def growth(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _models_workload(args: argparse.Namespace) -> tuple[GeneratedEvents, int, int, int]:
+    """(events, predictions per model, records in total, labeled rows per window) of the
+    models parts."""
+    per_model = args.window * args.windows
+    events = GeneratedEvents(
+        args.models, label_share=args.label_share, rate=args.rate, block=BLOCK, seed=args.seed
+    )
+    # Predictions of every window plus the labels of all but the last block (a block's labels
+    # come after the next block's predictions); about, as labels are drawn at random.
+    blocks = -(-per_model // BLOCK)
+    total = args.models * per_model + int(args.models * BLOCK * (blocks - 1) * args.label_share)
+    return events, per_model, total, max(100, int(args.window * args.label_share))
+
+
 def models(args: argparse.Namespace) -> dict[str, Any]:
     """Part (b): RSS above baseline with one monitor per model after a few windows each
     (part (c), ``--part store``: with every model's labeled examples kept)."""
@@ -494,21 +516,9 @@ def models(args: argparse.Namespace) -> dict[str, Any]:
         if keep
         else None
     )
-    per_model = args.window * args.windows
     try:
-        events = GeneratedEvents(
-            args.models,
-            label_share=args.label_share,
-            rate=args.rate,
-            block=BLOCK,
-            seed=args.seed,
-        )
-        # Predictions of every window plus the labels of all but the last block (a block's
-        # labels come after the next block's predictions); about, as labels are drawn at random.
-        blocks = -(-per_model // BLOCK)
-        total = args.models * per_model + int(args.models * BLOCK * (blocks - 1) * args.label_share)
+        events, per_model, total, labeled = _models_workload(args)
         source = GeneratingSource(events, total, args.partitions)
-        labeled = max(100, int(args.window * args.label_share))
         daemon = _daemon(base, source, args.window, labeled, args.join_ttl, store)
         gc.collect()
         source.prime()
@@ -519,12 +529,32 @@ def models(args: argparse.Namespace) -> dict[str, Any]:
         seconds = time.perf_counter() - t0
         gc.collect()
         after = rss_mb()
-        monitors, wp, wl = waiting(daemon)
-        trimmed, released = release_join_buffers(daemon)
+        result = _models_result(args, daemon, summary, per_model, baseline, after, seconds)
         stored = sum(store.count(name) for name in events.names) if store else 0
         disk = sum(f.stat().st_size for f in (base / "labeled").rglob("*") if f.is_file())
     finally:
         shutil.rmtree(base, ignore_errors=True)
+    if keep:
+        print(
+            f"labeled store: {stored:,} rows kept ({stored // max(1, result['models']):,} per "
+            f"model), {disk / 1e6:.1f} MB on disk ({disk / max(1, stored):.0f} B per row)"
+        )
+    return {**result, "stored_rows": stored, "store_disk_mb": (disk / 1e6) if keep else 0.0}
+
+
+def _models_result(
+    args: argparse.Namespace,
+    daemon: Daemon,
+    summary: Any,
+    per_model: int,
+    baseline: float,
+    after: float,
+    seconds: float,
+) -> dict[str, Any]:
+    """Print the models part's figures (RSS read before and after the run) and return them;
+    empties the daemon's join buffers to weigh them."""
+    monitors, wp, wl = waiting(daemon)
+    trimmed, released = release_join_buffers(daemon)
     used = after - baseline
     join_mb = trimmed - released
     print(
@@ -543,19 +573,13 @@ def models(args: argparse.Namespace) -> dict[str, Any]:
         f"({1e3 * join_mb / max(1, wp + wl):.1f} KB per waiting entry): the monitors without "
         f"them ≈ {used - join_mb:.1f} MB ({(used - join_mb) / max(1, monitors):.2f} MB per model)"
     )
-    if keep:
-        print(
-            f"labeled store: {stored:,} rows kept ({stored // max(1, monitors):,} per model), "
-            f"{disk / 1e6:.1f} MB on disk ({disk / max(1, stored):.0f} B per row)"
-        )
     return {
         "part": args.part,
-        "stored_rows": stored,
-        "store_disk_mb": (disk / 1e6) if keep else 0.0,
         "models": monitors,
         "features": N_NUMERIC + N_CATEGORICAL,
         "windows": summary.windows,
         "records": summary.records,
+        "valid": summary.valid,
         "predictions_per_model": per_model,
         "seconds": seconds,
         "baseline_mb": baseline,
@@ -570,16 +594,155 @@ def models(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def kafka_models(args: argparse.Namespace) -> dict[str, Any]:
+    """Part (d): the models part read from a real broker by a daemon built as ``driftwarden
+    run`` builds it (see the module docstring)."""
+    import yaml
+
+    from bench.throughput import kafka as kafka_cluster
+    from driftwarden.daemon.app import build_daemon
+    from driftwarden.daemon.settings import load_settings
+
+    base = Path(tempfile.mkdtemp(prefix="dw-memory-kafka-"))
+    try:
+        with kafka_cluster(args.bootstrap, base) as bootstrap:
+            tag = os.urandom(4).hex()
+            topics = {
+                k: f"bench-memory-{k}-{tag}"
+                for k in ("predictions", "labels", "dlq", "decisions", "windows", "alerts")
+            }
+            t0 = time.perf_counter()
+            child = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.memory",
+                    *_own_args(args),
+                    "--part",
+                    "produce",
+                    "--bootstrap",
+                    bootstrap,
+                    "--topics",
+                    json.dumps(topics),
+                ],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if child.returncode != 0:
+                raise RuntimeError(f"producing the events failed:\n{child.stdout}{child.stderr}")
+            sent = parse_result(child.stdout)[-1]
+            print(
+                f"produced {sent['records']:,} records ({sent['mb']:.0f} MB) keyed by model to "
+                f"{args.partitions}-partition topics in {time.perf_counter() - t0:.0f} s",
+                flush=True,
+            )
+            _, per_model, total, labeled = _models_workload(args)
+            config = {
+                "source": "kafka",
+                "kafka": {
+                    "bootstrap_servers": bootstrap,
+                    "group_id": f"bench-memory-{tag}",
+                    "client_id": "bench-memory",
+                    "topics": topics,
+                },
+                "policies": str(_setup(base, args.window, labeled)),
+                "state": {"dir": str(base / "state")},
+                "join": {"ttl": f"{args.join_ttl:g}s"},
+                "http": {"enabled": False},
+                "log": {"level": "warning"},
+            }
+            path = base / "driftwarden.yaml"
+            path.write_text(yaml.safe_dump(config), encoding="utf-8")
+            daemon = build_daemon(load_settings(path, env={}))
+            try:
+                gc.collect()
+                baseline = rss_mb()
+                t0 = time.perf_counter()
+                summary = daemon.run(max_events=sent["records"], timeout_s=args.timeout)
+                seconds = time.perf_counter() - t0
+                gc.collect()
+                after = rss_mb()
+                result = _models_result(args, daemon, summary, per_model, baseline, after, seconds)
+            finally:
+                daemon.sink.close()
+                daemon.source.close()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    return {**result, "produced": sent["records"], "partitions": args.partitions}
+
+
+def produce(args: argparse.Namespace) -> dict[str, Any]:
+    """The models part's events, keyed by model, to ``--topics`` on ``--bootstrap`` (run by
+    :func:`kafka_models` in a child interpreter)."""
+    from kafka import KafkaProducer
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    topics = json.loads(args.topics)
+    admin = KafkaAdminClient(bootstrap_servers=args.bootstrap, client_id="bench-memory-admin")
+    try:
+        admin.create_topics(
+            [NewTopic(topics[k], args.partitions, 1) for k in ("predictions", "labels")]
+            + [NewTopic(topics[k], 1, 1) for k in ("dlq", "decisions", "windows", "alerts")]
+        )
+    finally:
+        admin.close()
+    events, _, total, _ = _models_workload(args)
+    keys = [n.encode() for n in events.names]
+    producer = KafkaProducer(
+        bootstrap_servers=args.bootstrap,
+        client_id="bench-memory-producer",
+        linger_ms=20,
+        batch_size=512 * 1024,
+        acks="all",
+    )
+    sent = size = 0
+    try:
+        for block in events.blocks():
+            for k, is_label, value in block[: total - sent]:
+                producer.send(topics["labels" if is_label else "predictions"], value, keys[k])
+                size += len(value)
+            sent += min(len(block), total - sent)
+            if sent >= total:
+                break
+        producer.flush(timeout=300)
+    finally:
+        producer.close()
+    return {"part": "produce", "records": sent, "mb": size / 1e6}
+
+
 def parse_result(text: str) -> list[dict[str, Any]]:
     """The ``RESULT {json}`` lines of this script's output, in order."""
     return [json.loads(line[7:]) for line in text.splitlines() if line.startswith("RESULT {")]
+
+
+def _own_args(args: argparse.Namespace) -> list[str]:
+    """The workload's arguments, for a part run in a child interpreter."""
+    return [
+        f"--events={args.events}",
+        f"--sample-every={args.sample_every}",
+        f"--growth-models={args.growth_models}",
+        f"--models={args.models}",
+        f"--windows={args.windows}",
+        f"--window={args.window}",
+        f"--label-share={args.label_share}",
+        f"--rate={args.rate}",
+        f"--join-ttl={args.join_ttl}",
+        f"--partitions={args.partitions}",
+        f"--seed={args.seed}",
+        f"--timeout={args.timeout}",
+        *([f"--bootstrap={args.bootstrap}"] if args.bootstrap else []),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the parts (each in a fresh interpreter unless ``--part`` names one)."""
     doc = __doc__ or ""
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
-    ap.add_argument("--part", choices=["growth", "models", "store", "all"], default="all")
+    ap.add_argument(
+        "--part", choices=["growth", "models", "store", "kafka", "produce", "all"], default="all"
+    )
     ap.add_argument("--events", type=int, default=2_000_000, help="growth: records in total")
     ap.add_argument("--sample-every", type=int, default=100_000, help="growth: records per RSS")
     ap.add_argument("--growth-models", type=int, default=4, help="growth: models")
@@ -597,6 +760,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--bootstrap", help="kafka part: use this cluster instead of a broker of its own"
+    )
+    ap.add_argument("--timeout", type=float, default=900.0, help="kafka part: bound on the run (s)")
+    ap.add_argument("--topics", help=argparse.SUPPRESS)  # produce: the kafka part's topics (JSON)
     args = ap.parse_args(argv)
     if args.events < 2 * args.sample_every:
         ap.error("--events must be at least twice --sample-every.")
@@ -604,21 +772,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--models and --windows must be at least 1 and --window at least 100.")
 
     if args.part == "all":
-        own = [
-            f"--events={args.events}",
-            f"--sample-every={args.sample_every}",
-            f"--growth-models={args.growth_models}",
-            f"--models={args.models}",
-            f"--windows={args.windows}",
-            f"--window={args.window}",
-            f"--label-share={args.label_share}",
-            f"--rate={args.rate}",
-            f"--join-ttl={args.join_ttl}",
-            f"--partitions={args.partitions}",
-            f"--seed={args.seed}",
-        ]
+        own = _own_args(args)
         status = 0
-        for part in ("growth", "models", "store"):
+        for part in ("growth", "models", "store", "kafka"):
             proc = subprocess.run(
                 [sys.executable, "-m", "bench.memory", *own, "--part", part],
                 cwd=ROOT,
@@ -628,6 +784,9 @@ def main(argv: list[str] | None = None) -> int:
         return status
 
     configure_logs("warning")
+    if args.part == "produce":
+        print("RESULT " + json.dumps(produce(args)), flush=True)
+        return 0
     if args.part == "growth":
         print(
             f"growth: {args.events:,} records, {args.growth_models} models, RSS every "
@@ -641,11 +800,20 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{args.part}: {args.models} models x {N_NUMERIC + N_CATEGORICAL} features, "
             f"{args.windows} windows of {args.window}"
-            + (", every model's labeled examples kept" if args.part == "store" else ""),
+            + (", every model's labeled examples kept" if args.part == "store" else "")
+            + (", read from a real Kafka broker" if args.part == "kafka" else ""),
             flush=True,
         )
-        result = models(args)
-        ok = True
+        if args.part == "kafka":
+            import logging
+
+            # kafka-python warns "No partition metadata" while a fresh group's metadata loads
+            logging.getLogger("kafka").setLevel(logging.ERROR)
+            result = kafka_models(args)
+            ok = result["valid"] == result["produced"]
+        else:
+            result = models(args)
+            ok = True
     print("RESULT " + json.dumps(result), flush=True)
     return 0 if ok else 1
 
