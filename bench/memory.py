@@ -607,9 +607,14 @@ def kafka_models(args: argparse.Namespace) -> dict[str, Any]:
     try:
         with kafka_cluster(args.bootstrap, base) as bootstrap:
             tag = os.urandom(4).hex()
+            # Every topic the daemon may write has a name of its own (a --bootstrap cluster's
+            # driftwarden.* topics are left alone).
             topics = {
                 k: f"bench-memory-{k}-{tag}"
-                for k in ("predictions", "labels", "dlq", "decisions", "windows", "alerts")
+                for k in (
+                    *("predictions", "labels", "dlq", "decisions", "windows", "alerts"),
+                    *("routing", "state", "silences", "labeled"),
+                )
             }
             t0 = time.perf_counter()
             child = subprocess.run(
