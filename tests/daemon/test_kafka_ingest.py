@@ -256,6 +256,8 @@ def uninterrupted(stream: dict[str, Any], kafka_bootstrap: str) -> dict[str, Any
     """One daemon, in-process, consuming everything without interruption."""
     settings = load_settings(_config(stream, kafka_bootstrap, "clean"), env={})
     daemon = build_daemon(settings)
+    # the setting reaches the consumer: its fetches are smaller than the oversized events
+    assert daemon.source._consumer.config["max_partition_fetch_bytes"] == FETCH_BYTES
     summary = daemon.run(idle_timeout_s=8, timeout_s=300)
     daemon.sink.close()
     daemon.source.close()

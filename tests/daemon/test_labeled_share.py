@@ -435,17 +435,22 @@ def test_the_retrain_command_draws_on_the_published_examples_on_any_replica(
 @pytest.mark.kafka
 def test_the_retrain_command_takes_no_stale_rows_for_a_model_with_none_published(
     tmp_path: Path,
-    replicas: Callable[[str], Settings],
+    kafka_bootstrap: str,
+    kafka_topic_factory: Callable[..., str],
     mlflow_tracking_uri: str,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """The model's checkpoint exists but its owner has published no rows yet (the stream's
-    first 4000 records hold no label): the command uses none, not the rows an earlier
-    ownership left in this machine's state.dir."""
-    sa = replicas("a")
+    """The model's checkpoint exists but its owner has published no rows yet (its stream has
+    held no label so far): the command uses none, not the rows an earlier ownership left in
+    this machine's state.dir."""
+    # Predictions only: whatever a fetch brings together, no label is joined.
+    topics = kafka_topics(kafka_topic_factory, 1)
+    _produce(kafka_bootstrap, topics, [e for e in _events(16_000) if e[0] == "predictions"][:4000])
+    policies = _policies(tmp_path, "pol", retrain=True)
+    group = f"labeled-share-{uuid.uuid4().hex[:8]}"
+    sa, sb = (replica_settings(tmp_path, n, kafka_bootstrap, topics, policies, group) for n in "ab")
     assert _run(sa, 4000) == 0
     assert _ids(sa) == []
-    sb = replicas("b")
     stale = labeled_store(sb)
     stale.append(
         "churn", [{"prediction_id": f"old-{i}", "features": {}, "label": 1} for i in range(50)]
