@@ -643,7 +643,7 @@ def kafka_models(args: argparse.Namespace) -> dict[str, Any]:
                 f"{args.partitions}-partition topics in {time.perf_counter() - t0:.0f} s",
                 flush=True,
             )
-            _, per_model, total, labeled = _models_workload(args)
+            _, per_model, _, labeled = _models_workload(args)
             config = {
                 "source": "kafka",
                 "kafka": {
