@@ -41,7 +41,6 @@ Each part ends with one ``RESULT {json}`` line that ``python -m bench`` reads.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import json
 import os
@@ -70,7 +69,7 @@ from driftwarden.daemon.events import LABEL_SCHEMA, PREDICTION_SCHEMA, format_ti
 from driftwarden.daemon.join import JoinBuffer
 from driftwarden.daemon.logs import configure as configure_logs
 from driftwarden.daemon.profiles import ProfileLoader
-from driftwarden.daemon.runner import Daemon, DaemonOptions
+from driftwarden.daemon.runner import Daemon, DaemonOptions, release_free_heap
 from driftwarden.daemon.settings import DEFAULTS, parse_duration
 from driftwarden.daemon.sinks import Sink
 from driftwarden.daemon.sources import RawRecord, Source
@@ -376,10 +375,7 @@ def waiting(daemon: Daemon) -> tuple[int, int, int]:
 def trimmed_rss_mb() -> float:
     """RSS after a full collection and glibc's ``malloc_trim`` (freed heap handed back)."""
     gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: RSS as it is
-        pass
+    release_free_heap()  # not glibc: RSS as it is
     return rss_mb()
 
 
@@ -653,7 +649,7 @@ def kafka_models(args: argparse.Namespace) -> dict[str, Any]:
                     "topics": topics,
                 },
                 "policies": str(_setup(base, args.window, labeled)),
-                "state": {"dir": str(base / "state")},
+                "state": {"dir": str(base / "state"), "backend": args.state_backend},
                 "join": {"ttl": f"{args.join_ttl:g}s"},
                 "http": {"enabled": False},
                 "log": {"level": "warning"},
@@ -673,9 +669,17 @@ def kafka_models(args: argparse.Namespace) -> dict[str, Any]:
             finally:
                 daemon.sink.close()
                 daemon.source.close()
+                daemon.store.close()  # state.backend kafka: its clients, before the broker goes
+                if daemon.labeled_share is not None:
+                    daemon.labeled_share.close()
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    return {**result, "produced": sent["records"], "partitions": args.partitions}
+    return {
+        **result,
+        "produced": sent["records"],
+        "partitions": args.partitions,
+        "state_backend": args.state_backend,
+    }
 
 
 def produce(args: argparse.Namespace) -> dict[str, Any]:
@@ -737,6 +741,7 @@ def _own_args(args: argparse.Namespace) -> list[str]:
         f"--partitions={args.partitions}",
         f"--seed={args.seed}",
         f"--timeout={args.timeout}",
+        f"--state-backend={args.state_backend}",
         *([f"--bootstrap={args.bootstrap}"] if args.bootstrap else []),
     ]
 
@@ -769,6 +774,12 @@ def main(argv: list[str] | None = None) -> int:
         "--bootstrap", help="kafka part: use this cluster instead of a broker of its own"
     )
     ap.add_argument("--timeout", type=float, default=900.0, help="kafka part: bound on the run (s)")
+    ap.add_argument(
+        "--state-backend",
+        choices=["local", "kafka"],
+        default="local",
+        help="kafka part: where the daemon checkpoints (kafka: the state topic, as replicas do)",
+    )
     ap.add_argument("--topics", help=argparse.SUPPRESS)  # produce: the kafka part's topics (JSON)
     args = ap.parse_args(argv)
     if args.events < 2 * args.sample_every:
