@@ -47,7 +47,6 @@ from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Protocol
 
 import orjson
@@ -210,9 +209,13 @@ class _Chains:
 
 def job_model(job: Any) -> str | None:
     """The model a job acts for (``None``: a daemon-wide job, e.g. a refused policy edit)."""
-    if str(job.key).startswith("config/"):
+    return _model_of(job.key, job.payload)
+
+
+def _model_of(key: Any, payload: Mapping[str, Any]) -> str | None:
+    """:func:`job_model` of a job's key and payload (a job as its state stores it, too)."""
+    if str(key).startswith("config/"):
         return None
-    payload = job.payload
     if "model" in payload:
         return str(payload["model"])
     decision = payload.get("decision")
@@ -793,7 +796,7 @@ class ActionExecutor:
                 )
             self.book.take_models(models, state["alerts"])
             for job in state["jobs"]:
-                if job_model(SimpleNamespace(key=job["key"], payload=job["payload"])) not in models:
+                if _model_of(job["key"], job["payload"]) not in models:
                     continue  # another model's: its own partition hands it over
                 if self.outbox.adopt(job, now):
                     n += 1
