@@ -187,6 +187,7 @@ def options_from(settings: Settings) -> DaemonOptions:
         topics=dict(d["kafka"]["topics"]),
         join_ttl_s=parse_duration(d["join"]["ttl"]),
         join_max_entries=int(d["join"]["max_entries"]),
+        join_compress=bool(d["join"]["compress"]),
         max_message_bytes=int(d["limits"]["max_message_bytes"]),
         max_poll_records=int(d["kafka"]["max_poll_records"]),
         poll_timeout_s=int(d["kafka"]["poll_timeout_ms"]) / 1000.0,

@@ -95,11 +95,14 @@ class ModelMonitor:
         *,
         join_ttl_s: float,
         join_max_entries: int,
+        join_compress: bool = True,
     ) -> None:
         self.model = model
         self.policy = policy
         self._profile_loader = profile_loader
-        self.join = JoinBuffer(ttl_s=join_ttl_s, max_entries=join_max_entries)
+        self.join = JoinBuffer(
+            ttl_s=join_ttl_s, max_entries=join_max_entries, compress=join_compress
+        )
         pred_spec, lab_spec = _specs(policy)
         self.pred_windows = Windower(pred_spec)
         self.lab_windows = Windower(lab_spec)
@@ -306,8 +309,10 @@ class ModelMonitor:
 
     # -- state -----------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        """JSON-ready state (versioned); queued rows are given to the detectors first."""
+        """JSON-ready state (versioned); queued rows are given to the detectors first, and
+        the predictions still waiting for a label are compressed (:meth:`JoinBuffer.compact`)."""
         self._flush_all()
+        self.join.compact()
         return {
             "version": STATE_VERSION,
             "model": self.model,
@@ -340,7 +345,10 @@ class ModelMonitor:
         for stream in self._pending:
             self._drop_pending(stream)  # a restored state has every row in its detectors
         self.join = JoinBuffer.from_state(
-            state["join"], ttl_s=self.join.ttl_s, max_entries=self.join.max_entries
+            state["join"],
+            ttl_s=self.join.ttl_s,
+            max_entries=self.join.max_entries,
+            compress=self.join.compress,
         )
         self.pred_windows = Windower.from_state(self.pred_windows.spec, state["pred_windows"])
         self.lab_windows = Windower.from_state(self.lab_windows.spec, state["lab_windows"])

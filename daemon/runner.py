@@ -137,6 +137,7 @@ class DaemonOptions:
     topics: Mapping[str, str]
     join_ttl_s: float = 7 * 86400.0
     join_max_entries: int = 200_000
+    join_compress: bool = True
     max_message_bytes: int = 1_048_576
     max_poll_records: int = 2000
     poll_timeout_s: float = 0.5
@@ -481,6 +482,7 @@ class Daemon:
             self.profile_loader,
             join_ttl_s=self.opts.join_ttl_s,
             join_max_entries=self.opts.join_max_entries,
+            join_compress=self.opts.join_compress,
         )
         mon.muter = self.muter
         return mon

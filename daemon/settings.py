@@ -85,7 +85,7 @@ DEFAULTS: dict[str, Any] = {
     # max_share: at most this share of the time goes to count- or time-triggered checkpoints
     # (their cost grows with the state, e.g. predictions waiting for labels).
     "checkpoint": {"every_events": 50000, "every": "30s", "max_share": 0.1},
-    "join": {"ttl": "7d", "max_entries": 200000},
+    "join": {"ttl": "7d", "max_entries": 200000, "compress": True},
     "limits": {"max_message_bytes": 1048576},
     "http": {"enabled": True, "host": "127.0.0.1", "port": 9308},
     "mlflow": {"tracking_uri": None},
@@ -326,8 +326,9 @@ def _check(data: dict[str, Any], errors: list[str], where: Callable[[str], str])
             parse_duration(data[section][key], f"{where(dotted)}: {dotted}")
         except ConfigError as exc:
             errors.append(str(exc))
-    if not isinstance(data["kafka"]["create_topics"], bool):
-        bad("kafka.create_topics", f"must be true or false, got {data['kafka']['create_topics']!r}")
+    for section, key in (("kafka", "create_topics"), ("join", "compress")):
+        if not isinstance(data[section][key], bool):
+            bad(f"{section}.{key}", f"must be true or false, got {data[section][key]!r}")
     share = data["checkpoint"]["max_share"]
     if isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share <= 1:
         bad("checkpoint.max_share", f"must be a number in (0, 1], got {share!r}")

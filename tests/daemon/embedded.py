@@ -3,8 +3,12 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 from typing import Any
+
+import orjson
+import zstandard
 
 ROOT = Path(__file__).resolve().parents[2]
 EVENTS = ROOT / "config/examples/events.jsonl.gz"
@@ -29,3 +33,21 @@ def embedded_daemon(tmp: Path, **kw: Any) -> Any:
     from driftwarden.daemon.sinks import MemorySink
 
     return build_daemon(load_settings(embedded_config(tmp, **kw), env={}), sink=MemorySink())
+
+
+def comparable_state(state: dict[str, Any]) -> Any:
+    """A model's state as its checkpoint holds it (parts of it are pre-encoded JSON), with the
+    join's compressed predictions as the JSON they hold: two runs compress at their own
+    checkpoints, each with a dictionary of its own."""
+    doc = orjson.loads(orjson.dumps(state, option=orjson.OPT_SERIALIZE_NUMPY))
+    join = doc["join"]
+    if join["dictionary"] is not None:
+        inflate = zstandard.ZstdDecompressor(
+            dict_data=zstandard.ZstdCompressionDict(base64.b64decode(join["dictionary"]))
+        ).decompress
+        join["predictions"] = [
+            [pid, ts, orjson.loads(inflate(base64.b64decode(d))) if isinstance(d, str) else d]
+            for pid, ts, d in join["predictions"]
+        ]
+    join["dictionary"] = None
+    return doc

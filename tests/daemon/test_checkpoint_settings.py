@@ -69,7 +69,7 @@ def test_settings_errors_name_the_line_or_the_variable(tmp_path: Path) -> None:
         f"{cfg}:5: checkpoint.max_share: must be a number in (0, 1], got 2",
         f"{cfg}: file.events: the file source needs an events file (JSONL)",
         "environment (DRIFTWARDEN_JOIN__TTLL): join.ttll: unknown key (known here: "
-        "max_entries, ttl)",
+        "compress, max_entries, ttl)",
         "environment (DRIFTWARDEN_HTTP__PORT): http.port: must be a port number 0-65535 "
         "(0: any free port), got 70000",
     ]
@@ -200,4 +200,18 @@ def test_group_instance_id_is_null_or_a_legal_id(tmp_path: Path) -> None:
     assert load_settings(cfg, env=env)["kafka"]["group_instance_id"] == "driftwarden-0"
     cfg.write_text("kafka:\n  group_id: dw\n  group_instance_id: 'host:/var/lib/dw'\n")
     with pytest.raises(ConfigError, match=rf"{cfg}:3: kafka\.group_instance_id: must be null or"):
+        load_settings(cfg, env={})
+
+
+def test_join_compress_is_true_or_false(tmp_path: Path) -> None:
+    """``join.compress`` defaults to true, takes false, and a string is refused at its line."""
+    cfg = tmp_path / "driftwarden.yaml"
+    cfg.write_text("log: {level: info}\n")
+    assert load_settings(cfg, env={})["join"]["compress"] is True
+    cfg.write_text("join: {compress: false}\n")
+    assert load_settings(cfg, env={})["join"]["compress"] is False
+    cfg.write_text("log: {level: info}\njoin:\n  compress: 'yes'\n")
+    with pytest.raises(
+        ConfigError, match=r"driftwarden\.yaml:3.*join\.compress: must be true or false"
+    ):
         load_settings(cfg, env={})

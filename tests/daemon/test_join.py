@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import orjson
 import pytest
+import zstandard
 
-from driftwarden.daemon.join import JoinBuffer
+from driftwarden.daemon.join import COMPACT_MIN, JoinBuffer
 
 
 def rec(pid: str, ts: float) -> dict:
@@ -120,3 +121,127 @@ def test_version_2_state_still_loads() -> None:
     state["version"] = 1
     with pytest.raises(ValueError, match="version 1 is unknown"):
         JoinBuffer.from_state(state, ttl_s=100, max_entries=10)
+
+
+def _wide_event(i: int) -> bytes:
+    """A prediction event as producers send it: 20 numeric and 5 categorical features."""
+    feats: dict[str, object] = {
+        f"num_{k}": round((i * 7919 + k * 104729) % 10007 / 997.0, 4) for k in range(20)
+    }
+    feats.update({f"cat_{k}": ("a", "b", "c", "d")[(i + k) % 4] for k in range(5)})
+    return orjson.dumps(
+        {
+            "schema": "driftwarden.prediction/v1",
+            "prediction_id": f"p{i}",
+            "model": "m",
+            "model_version": "3",
+            "timestamp": "2026-11-26T10:15:00Z",
+            "features": feats,
+            "prediction": {"score": round(i % 97 / 97, 4), "label": i % 2},
+            "segment": {"tier": ("free", "pro", "enterprise")[i % 3]},
+        }
+    )
+
+
+def _feed(j: JoinBuffer, lo: int, hi: int) -> None:
+    for i in range(lo, hi):
+        raw = _wide_event(i)
+        doc = orjson.loads(raw)
+        record = {
+            "prediction_id": doc["prediction_id"],
+            "model_version": doc["model_version"],
+            "timestamp": float(i),
+            "features": doc["features"],
+            "prediction": doc["prediction"],
+            "segment": doc["segment"],
+        }
+        j.add_prediction(f"p{i}", record, raw)
+
+
+def _held_bytes(j: JoinBuffer) -> int:
+    return sum(len(blob) for _, blob in j._predictions.values())
+
+
+def test_compacted_predictions_join_exactly_as_before_and_take_a_third_of_the_bytes() -> None:
+    """compact() compresses what waits; every later match gives the same record as a buffer
+    that never compressed, and the held bytes fall below 40 %. Predictions added afterwards
+    stay as they are until the next compaction, which takes only them."""
+    plain, packed = JoinBuffer(ttl_s=1e9, compress=False), JoinBuffer(ttl_s=1e9)
+    for j in (plain, packed):
+        _feed(j, 0, 300)
+    assert plain.compact() == 0 and plain.compressed_predictions == 0
+    assert packed.compact() == 300 and packed.compressed_predictions == 300
+    assert _held_bytes(packed) < 0.4 * _held_bytes(plain)
+    assert packed.compact() == 0  # nothing new
+    for j in (plain, packed):
+        _feed(j, 300, 350)
+    assert packed.compressed_predictions == 300 and packed.compact() == 50
+    for i in (0, 1, 299, 300, 349, 150):
+        got = packed.add_label(f"p{i}", i % 2, 1000.0 + i)
+        assert got is not None and got == plain.add_label(f"p{i}", i % 2, 1000.0 + i)
+    assert packed.counters == plain.counters and packed.pending_predictions == 344
+
+
+def test_compaction_waits_for_enough_predictions_to_train_on() -> None:
+    """Fewer than COMPACT_MIN waiting: nothing is compressed (no dictionary from too few)."""
+    j = JoinBuffer(ttl_s=1e9)
+    _feed(j, 0, COMPACT_MIN - 1)
+    assert j.compact() == 0 and j.compressed_predictions == 0 and j.state()["dictionary"] is None
+    _feed(j, COMPACT_MIN - 1, COMPACT_MIN)
+    assert j.compact() == COMPACT_MIN and j.state()["dictionary"] is not None
+
+
+def test_compacted_state_round_trips_and_is_smaller() -> None:
+    """A state with compressed predictions survives a JSON round trip (and an in-memory
+    hand-over): the restored buffer matches and compacts as the original; its JSON is less
+    than half the size of the uncompressed state's. A buffer restored with compress=False
+    still reads the compressed ones; compressed predictions without a dictionary are refused."""
+    a, plain = JoinBuffer(ttl_s=1e9), JoinBuffer(ttl_s=1e9, compress=False)
+    for j in (a, plain):
+        _feed(j, 0, 200)
+    a.compact()
+    _feed(a, 200, 210)  # some not compressed yet
+    _feed(plain, 200, 210)
+    text = orjson.dumps(a.state())
+    assert len(text) < 0.5 * len(orjson.dumps(plain.state()))
+    plain_state = orjson.loads(orjson.dumps(plain.state()))
+    for restored in (
+        JoinBuffer.from_state(orjson.loads(text), ttl_s=1e9, max_entries=a.max_entries),
+        JoinBuffer.from_state(a.state(), ttl_s=1e9, max_entries=a.max_entries),
+        JoinBuffer.from_state(
+            orjson.loads(text), ttl_s=1e9, max_entries=a.max_entries, compress=False
+        ),
+    ):
+        assert restored.compressed_predictions == 200
+        assert orjson.dumps(restored.state()) == text
+        twin = JoinBuffer.from_state(plain_state, ttl_s=1e9, max_entries=10**6, compress=False)
+        for i in (5, 205):
+            got = restored.add_label(f"p{i}", 1, 500.0)
+            assert got is not None and got == twin.add_label(f"p{i}", 1, 500.0)
+        assert restored.compact() == (9 if restored.compress else 0)
+    broken = orjson.loads(text)
+    broken["dictionary"] = None
+    with pytest.raises(ValueError, match="compressed predictions but no dictionary"):
+        JoinBuffer.from_state(broken, ttl_s=1e9, max_entries=10)
+
+
+def test_a_dictionary_zstd_cannot_train_falls_back_to_raw_content(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """When zstd refuses to train on the samples, the samples' own text is the dictionary:
+    compaction still shrinks the buffer and every match is unchanged, across a round trip."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise zstandard.ZstdError("cannot train dict")
+
+    monkeypatch.setattr(zstandard, "train_dictionary", refuse)
+    plain, packed = JoinBuffer(ttl_s=1e9, compress=False), JoinBuffer(ttl_s=1e9)
+    for j in (plain, packed):
+        _feed(j, 0, 100)
+    assert packed.compact() == 100
+    assert _held_bytes(packed) < 0.5 * _held_bytes(plain)
+    restored = JoinBuffer.from_state(
+        orjson.loads(orjson.dumps(packed.state())), ttl_s=1e9, max_entries=10**6
+    )
+    for i in range(100):
+        assert restored.add_label(f"p{i}", 0, 1e4) == plain.add_label(f"p{i}", 0, 1e4)

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 
 from driftwarden.daemon import runner
@@ -23,7 +22,7 @@ from driftwarden.daemon.cli import main
 from driftwarden.daemon.runner import Unit
 from driftwarden.daemon.settings import Settings
 from driftwarden.daemon.sources import RawRecord
-from tests.daemon.embedded import EVENTS
+from tests.daemon.embedded import EVENTS, comparable_state
 from tests.daemon.embedded import embedded_daemon as _embedded
 
 with gzip.open(EVENTS, "rb") as _fh:
@@ -61,11 +60,6 @@ def _moved(daemon: Any, direction: str) -> float:
     return value or 0.0
 
 
-def _comparable(state: dict[str, Any]) -> Any:
-    """The state as its checkpoint holds it (parts of it are pre-encoded JSON)."""
-    return orjson.loads(orjson.dumps(state, option=orjson.OPT_SERIALIZE_NUMPY))
-
-
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> dict[str, float]:
     now = {"t": 1_000.0}
@@ -90,7 +84,7 @@ def test_a_moved_model_goes_on_as_if_it_had_not_moved(
     mon = moved.units[1].models["churn"]
     assert mon.events > before
     assert _moved(moved, "adopted") == 1
-    assert _comparable(mon.state()) == _comparable(ref.units[0].models["churn"].state())
+    assert comparable_state(mon.state()) == comparable_state(ref.units[0].models["churn"].state())
     assert moved.summary.decisions == ref.summary.decisions
     assert moved.units[0].models["churn"].events == before  # the old copy, idle
 
@@ -135,7 +129,7 @@ def test_a_model_moved_to_another_replica_takes_the_old_checkpoint_and_the_old_c
     assert sorted(b.units) == [1]
     assert _moved(b, "adopted") == 1
     state = b.units[1].models["churn"].state()
-    assert _comparable(state) == _comparable(ref.units[0].models["churn"].state())
+    assert comparable_state(state) == comparable_state(ref.units[0].models["churn"].state())
     b.checkpoint()
 
     clock["t"] += 500
