@@ -18,6 +18,8 @@ records per second from the first non-empty poll to the last record handled (the
 final checkpoint included); "wall" adds consumer start-up and the group join. The best of
 ``--repeat`` rounds is reported and the ratio (b)/(a) is the number to watch (target ≥ 0.8).
 ``--profile`` adds one cProfile'd run of (b) and prints the top functions.
+``--compare-join-compress`` adds (c) to every round: (b) with ``join.compress: false``, to
+price the join buffer's compression (the order of (b) and (c) alternates between rounds).
 
 Default data: 200 000 predictions for 4 models (25 features: 20 numeric, 5 categorical; 3
 segments), labels for half of them, published a little after their prediction.
@@ -393,7 +395,9 @@ def bare_consumer(
     return Measurement("bare", seen, end - (first or end), end - began, note)
 
 
-def _daemon_config(base: Path, bootstrap: str, work: Workload, name: str) -> Path:
+def _daemon_config(
+    base: Path, bootstrap: str, work: Workload, name: str, join_compress: bool = True
+) -> Path:
     cfg = {
         "source": "kafka",
         "kafka": {
@@ -404,6 +408,7 @@ def _daemon_config(base: Path, bootstrap: str, work: Workload, name: str) -> Pat
         },
         "policies": str(base / "policies"),
         "state": {"dir": str(base / f"state-{name}")},
+        "join": {"compress": join_compress},
         "http": {"enabled": False},
         "log": {"level": "warning"},
     }
@@ -419,10 +424,12 @@ def daemon_ingest(
     name: str,
     timeout_s: float,
     profiler: cProfile.Profile | None = None,
+    join_compress: bool = True,
 ) -> Measurement:
     """(b) ``build_daemon(...).run(...)`` until it has consumed every record."""
     began = time.perf_counter()
-    settings = load_settings(_daemon_config(base, bootstrap, work, name), env={})
+    config = _daemon_config(base, bootstrap, work, name, join_compress)
+    settings = load_settings(config, env={})
     daemon = build_daemon(settings)
     first: list[float] = []
     poll = daemon.source.poll
@@ -458,7 +465,8 @@ def daemon_ingest(
     notes.append(f"{summary.windows} windows, {summary.decisions} decisions")
     notes.append(meter.note(end - began))
     start = first[0] if first else end
-    return Measurement("daemon", summary.valid, end - start, end - began, "; ".join(notes))
+    path = "daemon" if join_compress else "plain"
+    return Measurement(path, summary.valid, end - start, end - began, "; ".join(notes))
 
 
 # --------------------------------------------------------------------------- Kafka-free stages
@@ -682,6 +690,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--stages-only", action="store_true", help="only the in-memory stages (no broker)"
     )
+    ap.add_argument(
+        "--compare-join-compress",
+        action="store_true",
+        help="each round also runs (c): the daemon with join.compress false, after (b)",
+    )
     ap.add_argument("--top", type=int, default=25, help="functions shown per profile listing")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per consumer run")
     ap.add_argument("--workdir", type=Path, help="keep the broker and state here (default: temp)")
@@ -732,14 +745,28 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
             runs: list[Measurement] = []
+            rounds: list[dict[str, Measurement]] = []
             for r in range(args.repeat):
-                for path in ("bare", "daemon"):
+                rounds.append({})
+                # (c) runs before (b) every other round: neither gains from going second.
+                paths = ("bare", "daemon")
+                if args.compare_join_compress:
+                    paths = ("bare", "plain", "daemon") if r % 2 else ("bare", "daemon", "plain")
+                for path in paths:
                     m = (
                         bare_consumer(bootstrap, work, args.max_poll_records, args.timeout)
                         if path == "bare"
-                        else daemon_ingest(base, bootstrap, work, f"r{r}", args.timeout)
+                        else daemon_ingest(
+                            base,
+                            bootstrap,
+                            work,
+                            f"r{r}{path}",
+                            args.timeout,
+                            join_compress=path == "daemon",
+                        )
                     )
                     runs.append(m)
+                    rounds[-1][path] = m
                     print(
                         f"  round {r + 1} {path:<6} {m.rate:>10,.0f} rec/s  "
                         f"({m.seconds:.2f} s steady, {m.wall:.2f} s wall) {m.note}",
@@ -767,7 +794,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ratio (b)/(a): {ratio:.3f} steady, {wall_ratio:.3f} wall  (target >= 0.8)")
         # The bare rate swings a lot between rounds on a shared machine; each round's own pair
         # (run back to back) and the medians are steadier than the ratio of the two bests.
-        pairs = [d.rate / r.rate for r, d in zip(runs[::2], runs[1::2], strict=True) if r.rate]
+        pairs = [rd["daemon"].rate / rd["bare"].rate for rd in rounds if rd["bare"].rate]
         med = {
             p: float(np.median([m.rate for m in runs if m.path == p])) for p in ("bare", "daemon")
         }
@@ -777,6 +804,17 @@ def main(argv: list[str] | None = None) -> int:
             + f"; median rates {med['bare']:,.0f} / {med['daemon']:,.0f} rec/s"
             + f" = {med['daemon'] / med['bare'] if med['bare'] else 0.0:.3f}"
         )
+        if args.compare_join_compress:
+            plain = [m.rate for m in runs if m.path == "plain"]
+            print(
+                f"(c) daemon with join.compress false: best {max(plain):,.0f} rec/s, median "
+                f"{float(np.median(plain)):,.0f}; (b)/(c) per round "
+                + ", ".join(
+                    f"{rd['daemon'].rate / rd['plain'].rate:.3f}"
+                    for rd in rounds
+                    if rd["plain"].rate
+                )
+            )
         incomplete = [m for m in runs if m.note.startswith("INCOMPLETE")]
         if profiler is not None:
             print(_profile_report(profiler, args.top))
