@@ -385,7 +385,7 @@ def backend_kafka(
 
 @pytest.mark.kafka
 def test_kafka_save_all_reports_broker_waits_and_names_a_unit_it_cannot_write(
-    kafka_bootstrap: str, fresh_topic: str
+    kafka_bootstrap: str, fresh_topic: str, tmp_path: Path
 ) -> None:
     """The time spent sending and waiting for acknowledgements is counted in ``waited_s`` (the
     daemon leaves it out of its checkpoint pacing); a local store never waits for anyone. A
@@ -393,7 +393,7 @@ def test_kafka_save_all_reports_broker_waits_and_names_a_unit_it_cannot_write(
     are acknowledged before the error is raised (nothing of the call is left in flight)."""
     from driftwarden.daemon.checkpoint_kafka import KafkaCheckpointStore
 
-    local = LocalCheckpointStore(Path(fresh_topic))
+    local = LocalCheckpointStore(tmp_path / "local")
     assert local.waited_s == 0.0
     store = KafkaCheckpointStore(kafka_bootstrap, fresh_topic, max_bytes=256 * 1024)
     try:
