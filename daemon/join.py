@@ -78,7 +78,7 @@ class JoinBuffer:
     # memory with 25 features, its JSON ~0.5 KB; it is decoded only when its label arrives.
     # (Measured with bench/memory.py.) The JSON is the event's own bytes when the caller has
     # them (no second encoding on the hot path) or the encoded record; :func:`_waiting_record`
-    # reads both.
+    # reads both. Once :meth:`compact` has run, the oldest are :class:`_Packed` zstd frames.
     _predictions: OrderedDict[str, tuple[float, bytes]] = field(default_factory=OrderedDict)
     _labels: OrderedDict[str, tuple[float, Any]] = field(default_factory=OrderedDict)
     # The zstd dictionary of the compressed waiting predictions (None until the first
@@ -219,7 +219,8 @@ class JoinBuffer:
 
     def state(self) -> dict[str, Any]:
         """State for orjson (versioned): each waiting prediction's JSON is an
-        ``orjson.Fragment``, so the checkpoint embeds it without encoding it again."""
+        ``orjson.Fragment``, so the checkpoint embeds it without encoding it again; a
+        compressed one is the base64 text of its zstd frame, beside the buffer's dictionary."""
         b64 = base64.b64encode
         return {
             "version": STATE_VERSION,
@@ -262,8 +263,8 @@ class JoinBuffer:
 
 def _train(samples: list[bytes]) -> bytes:
     """A zstd dictionary for these JSON documents: trained when zstd can (it refuses some
-    sample sets, e.g. too small or too alike), else their own text as a raw-content
-    dictionary (its last :data:`_DICT_BYTES`), which works as well for one model's events."""
+    sample sets), else their own text as a raw-content dictionary (its last
+    :data:`_DICT_BYTES`): measured on 25-feature events, ~190 B per event against ~160 B."""
     try:
         return bytes(zstandard.train_dictionary(_DICT_BYTES, samples).as_bytes())
     except zstandard.ZstdError:
