@@ -230,14 +230,26 @@ def _group(config: Path) -> str:
 
 
 def _wait(what: str, cond: Callable[[], bool], procs: list[subprocess.Popen[bytes]]) -> float:
-    """Poll ``cond`` until true; fail naming ``what`` (with stderr of a dead daemon) after WAIT_S."""
+    """Poll ``cond`` until true; fail naming ``what`` (with stderr of a dead daemon) after WAIT_S.
+
+    On a timeout the daemons are stopped and what each wrote is in the failure: its size tells
+    a daemon blocked on a full pipe (64 KiB unread) from one that had nothing to say."""
     t0 = time.monotonic()
     while not cond():
         for proc in procs:
             if proc.poll() is not None:
                 err = proc.stderr.read().decode()[-3000:] if proc.stderr else ""
                 pytest.fail(f"a daemon exited ({proc.returncode}) while waiting for {what}: {err}")
-        assert time.monotonic() - t0 < WAIT_S, f"timed out after {WAIT_S} s waiting for {what}"
+        if time.monotonic() - t0 >= WAIT_S:
+            said = []
+            for proc in procs:
+                proc.kill()
+                out, err = proc.communicate()
+                said.append(
+                    f"daemon pid {proc.pid}: {len(out or b'')} B on stdout, {len(err or b'')} B on "
+                    f"stderr, ending: {(err or b'').decode(errors='replace')[-2000:]}"
+                )
+            pytest.fail(f"timed out after {WAIT_S} s waiting for {what}; " + "; ".join(said))
         time.sleep(0.3)
     return time.monotonic() - t0
 
