@@ -17,6 +17,8 @@ from typing import Any
 import orjson
 import structlog
 
+from .kafka_rejoin import keep_pending_rejoins
+
 __all__ = ["FileSource", "KafkaSource", "RawRecord", "Source", "SourceFenced"]
 
 log = structlog.get_logger(__name__)
@@ -204,6 +206,7 @@ class KafkaSource(Source):
             **static,
             **security,
         )
+        keep_pending_rejoins(self._consumer)  # else a rebalance can be lost: see kafka_rejoin
         source = self
 
         class _Listener(ConsumerRebalanceListener):
