@@ -31,6 +31,12 @@ class Metrics:
             ["topic", "partition"],
             registry=r,
         )
+        self.assigned_partitions = Gauge(
+            "driftwarden_assigned_partitions",
+            "Input partitions this replica holds (the sum over replicas is the topics' "
+            "partition count once a rebalance has completed).",
+            registry=r,
+        )
         self.windows = Counter(
             "driftwarden_windows_total", "Windows closed.", ["model", "stream"], registry=r
         )

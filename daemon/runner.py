@@ -247,6 +247,7 @@ class Daemon:
                 # The restored offsets may be ahead of the group's commit (a commit lost to a
                 # crash or an outage): commit them at the next checkpoint even with no new input.
                 self._since_checkpoint += 1
+        self.metrics.assigned_partitions.set(len(self.units))
         log.info("partitions assigned", partitions=partitions, seek=len(seek))
         return seek
 
@@ -264,6 +265,7 @@ class Daemon:
                 self.executor.release(set(unit.models))
             if self.labeled_share is not None:
                 self.labeled_share.forget(p)
+        self.metrics.assigned_partitions.set(len(self.units))
         log.info("partitions revoked", partitions=partitions)
 
     def _forget_series(self, model: str, keep: Iterable[str] = (), *, join: bool = True) -> None:

@@ -1,5 +1,6 @@
 """The consumer-lag gauge: per owned (topic, partition), the records between the next one the
-daemon will process and the partition's end as the source last saw it."""
+daemon will process and the partition's end as the source last saw it. And the gauge of the
+partitions a replica holds."""
 
 from __future__ import annotations
 
@@ -50,3 +51,26 @@ def test_lag_is_the_distance_to_the_end_and_leaves_with_the_partition(
     daemon.revoke([0])  # the partition went to another replica: its series goes too
     daemon.report_lag()
     assert _lag(daemon, "file", 0) is None
+
+
+def test_the_assigned_partitions_gauge_follows_assignments_and_revocations(
+    tmp_path: Path,
+) -> None:
+    cfg = tmp_path / "driftwarden.yaml"
+    cfg.write_text(
+        f"source: file\nfile: {{events: {ROOT / 'config/examples/events.jsonl.gz'}}}\n"
+        f"policies: {ROOT / 'config/embedded/policies'}\nstate: {{dir: {tmp_path / 'state'}}}\n"
+        "http: {enabled: false}\n"
+    )
+    daemon = build_daemon(load_settings(cfg, env={}), sink=MemorySink())
+
+    def held() -> float | None:
+        return daemon.metrics.registry.get_sample_value("driftwarden_assigned_partitions")
+
+    held_at_start = held()
+    daemon.assign([1, 2])
+    assert held() == held_at_start + 2
+    daemon.revoke([1])
+    assert held() == held_at_start + 1
+    daemon.revoke([0, 2])
+    assert held() == 0

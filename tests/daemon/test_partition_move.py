@@ -431,6 +431,8 @@ def test_input_topics_gain_a_partition_while_the_daemon_runs(
         _checkpoint(daemon)  # the model's examples published to partition 1 of the labeled topic
         assert daemon.summary.records == 12_000
         assert _moved(daemon, "adopted") == 1
+        held = daemon.metrics.registry.get_sample_value("driftwarden_assigned_partitions")
+        assert held == 2  # the one replica holds both partitions after the rebalance
         failed = daemon.metrics.labeled_shared.labels("failed")._value.get()
         assert failed == 0  # the labeled topic gained the partition too
     finally:
