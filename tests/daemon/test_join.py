@@ -162,7 +162,7 @@ def _held_bytes(j: JoinBuffer) -> int:
     return sum(len(blob) for _, blob in j._predictions.values())
 
 
-def test_compacted_predictions_join_exactly_as_before_and_take_a_third_of_the_bytes() -> None:
+def test_compacted_predictions_join_as_before_in_under_40_percent_of_the_bytes() -> None:
     """compact() compresses what waits; every later match gives the same record as a buffer
     that never compressed, and the held bytes fall below 40 %. Predictions added afterwards
     stay as they are until the next compaction, which takes only them."""
