@@ -6,13 +6,12 @@ out while JoinGroup/SyncGroup are in flight (kafka-python 3.0 lost it: see
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable
 
 import pytest
 
 from driftwarden.daemon.kafka_rejoin import keep_pending_rejoins
-from driftwarden.daemon.sources import KafkaSource
+from tests.daemon.kafka_sources import kafka_source
 
 
 def test_a_consumer_without_kafka_python_3_coordinator_is_left_as_it_was() -> None:
@@ -43,17 +42,9 @@ def test_a_rebalance_for_a_new_partition_completes_with_short_polls(
         events.append(("assigned", parts))
         return {}
 
-    src = KafkaSource(
-        bootstrap_servers=kafka_bootstrap,
-        group_id=f"rejoin-test-{uuid.uuid4().hex[:8]}",
-        client_id="rejoin-test",
-        topics=topics,
-        security={},
-        auto_offset_reset="earliest",
-        session_timeout_ms=10_000,
-        max_poll_interval_ms=300_000,
-        max_partition_fetch_bytes=1_048_576,
-        fetch_max_wait_ms=100,
+    src = kafka_source(
+        kafka_bootstrap,
+        topics,
         on_assign=on_assign,
         on_revoke=lambda parts: events.append(("revoked", parts)),
         metadata_max_age_ms=500,

@@ -7,7 +7,6 @@ consumer-lag gauge from the fetches it already made.
 from __future__ import annotations
 
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import pytest
 
 from driftwarden.daemon.sources import KafkaSource, RawRecord
+from tests.daemon.kafka_sources import kafka_source
 
 pytestmark = pytest.mark.kafka
 
@@ -45,20 +45,7 @@ def topics(kafka_bootstrap: str, kafka_topic_factory: Callable[..., str]) -> dic
 
 @pytest.fixture
 def source(kafka_bootstrap: str, topics: dict[str, str]) -> Iterator[KafkaSource]:
-    src = KafkaSource(
-        bootstrap_servers=kafka_bootstrap,
-        group_id=f"source-test-{uuid.uuid4().hex[:8]}",
-        client_id="source-test",
-        topics=topics,
-        security={},
-        auto_offset_reset="earliest",
-        session_timeout_ms=10_000,
-        max_poll_interval_ms=300_000,
-        max_partition_fetch_bytes=1_048_576,
-        fetch_max_wait_ms=100,
-        on_assign=lambda parts: {},  # nothing restored: the group's start is used
-        on_revoke=lambda parts: None,
-    )
+    src = kafka_source(kafka_bootstrap, topics)
     try:
         yield src
     finally:

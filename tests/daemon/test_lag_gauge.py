@@ -5,6 +5,7 @@ partitions a replica holds."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,17 +23,22 @@ def _lag(daemon: object, topic: str, partition: int) -> float | None:
     )
 
 
-def test_lag_is_the_distance_to_the_end_and_leaves_with_the_partition(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(runner, "LAG_EVERY_S", 0.0)  # the run loop reports at every turn
+def _daemon(tmp_path: Path) -> Any:
+    """The embedded daemon on the example events (file source, one partition)."""
     cfg = tmp_path / "driftwarden.yaml"
     cfg.write_text(
         f"source: file\nfile: {{events: {ROOT / 'config/examples/events.jsonl.gz'}}}\n"
         f"policies: {ROOT / 'config/embedded/policies'}\nstate: {{dir: {tmp_path / 'state'}}}\n"
         "http: {enabled: false}\n"
     )
-    daemon = build_daemon(load_settings(cfg, env={}), sink=MemorySink())
+    return build_daemon(load_settings(cfg, env={}), sink=MemorySink())
+
+
+def test_lag_is_the_distance_to_the_end_and_leaves_with_the_partition(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runner, "LAG_EVERY_S", 0.0)  # the run loop reports at every turn
+    daemon = _daemon(tmp_path)
     ends = {("file", 0): 12_345}
     daemon.source.end_offsets = lambda: dict(ends)  # type: ignore[method-assign]
     daemon.report_lag()
@@ -56,13 +62,7 @@ def test_lag_is_the_distance_to_the_end_and_leaves_with_the_partition(
 def test_the_assigned_partitions_gauge_follows_assignments_and_revocations(
     tmp_path: Path,
 ) -> None:
-    cfg = tmp_path / "driftwarden.yaml"
-    cfg.write_text(
-        f"source: file\nfile: {{events: {ROOT / 'config/examples/events.jsonl.gz'}}}\n"
-        f"policies: {ROOT / 'config/embedded/policies'}\nstate: {{dir: {tmp_path / 'state'}}}\n"
-        "http: {enabled: false}\n"
-    )
-    daemon = build_daemon(load_settings(cfg, env={}), sink=MemorySink())
+    daemon = _daemon(tmp_path)
 
     def held() -> float | None:
         return daemon.metrics.registry.get_sample_value("driftwarden_assigned_partitions")

@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from driftwarden.daemon.sources import FileSource, KafkaSource, SourceFenced
+from driftwarden.daemon.sources import FileSource, SourceFenced
+from tests.daemon.kafka_sources import kafka_source
 
 
 class Member:
@@ -23,18 +24,14 @@ class Member:
     def __init__(self, bootstrap: str, group: str, topics: dict[str, str], instance: str) -> None:
         self.assigned: list[list[int]] = []
         self.revoked: list[list[int]] = []
-        self.source = KafkaSource(
-            bootstrap_servers=bootstrap,
+        self.source = kafka_source(
+            bootstrap,
+            topics,
             group_id=group,
             client_id=f"static-{instance}",
-            topics=topics,
-            security={},
-            auto_offset_reset="earliest",
             session_timeout_ms=20_000,
             # The rebalance timeout too: a join that waits on a slow member ends within it.
             max_poll_interval_ms=30_000,
-            max_partition_fetch_bytes=1_048_576,
-            fetch_max_wait_ms=100,
             on_assign=lambda parts: self.assigned.append(parts) or {},
             on_revoke=self.revoked.append,
             group_instance_id=instance,
