@@ -5,7 +5,9 @@ Labels may arrive before their prediction or days after it. Both sides wait in i
 (its watermark), so replays give the same matches as live runs. Entries older than the TTL
 behind the watermark expire and are counted: an unmatched prediction as ``expired_unlabeled``,
 an unmatched label as ``orphan_labels``. Past ``max_entries`` a side evicts its oldest entry and
-counts it the same way, so memory stays bounded whatever producers do.
+counts it the same way, so memory stays bounded whatever producers do. A waiting prediction
+whose kept copy cannot be read back when its label comes (a damaged checkpoint) is dropped with
+its label and counted as ``unreadable_predictions``: the model's other events go on.
 
 A waiting prediction is kept as its JSON (about 0.65 KB with 25 features). At each checkpoint
 (:meth:`JoinBuffer.compact`) the ones still waiting are compressed with zstd and a dictionary
@@ -59,6 +61,8 @@ class JoinCounters:
     orphan_labels: int = 0
     duplicate_predictions: int = 0
     duplicate_labels: int = 0
+    #: matched, but the kept copy of the prediction could not be read (both dropped)
+    unreadable_predictions: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -122,11 +126,16 @@ class JoinBuffer:
             self._advance(ts)
         waiting = self._predictions.pop(pid, None)
         if waiting is not None:
-            self.counters.matched += 1
             pts, blob = waiting
-            if type(blob) is _Packed:
-                blob = self._inflate(blob)
-            return _joined(_waiting_record(pid, pts, blob), label, ts)
+            try:
+                record = _waiting_record(
+                    pid, pts, self._inflate(blob) if type(blob) is _Packed else blob
+                )
+            except (zstandard.ZstdError, orjson.JSONDecodeError, KeyError, TypeError):
+                self.counters.unreadable_predictions += 1
+                return None
+            self.counters.matched += 1
+            return _joined(record, label, ts)
         if pid in self._labels:
             self.counters.duplicate_labels += 1
             return None
@@ -160,7 +169,7 @@ class JoinBuffer:
         deflate = zstandard.ZstdCompressor(
             level=_ZSTD_LEVEL,
             dict_data=_zstd_dict(self._dictionary),
-            write_checksum=False,
+            write_checksum=True,  # 4 bytes: a damaged frame is refused, not misread
             write_dict_id=False,
         ).compress
         for pid in fresh:

@@ -245,3 +245,35 @@ def test_a_dictionary_zstd_cannot_train_falls_back_to_raw_content(
     )
     for i in range(100):
         assert restored.add_label(f"p{i}", 0, 1e4) == plain.add_label(f"p{i}", 0, 1e4)
+
+
+def test_a_damaged_kept_prediction_is_dropped_with_its_label_and_counted() -> None:
+    """A checkpoint whose kept copy of a waiting prediction is damaged (a compressed frame
+    with a flipped byte, or an uncompressed one that is no longer the event's JSON) still
+    loads; when that prediction's label comes, both are dropped and counted as
+    ``unreadable_predictions``, and every other prediction joins as before."""
+    import base64
+
+    plain, packed = JoinBuffer(ttl_s=1e9, compress=False), JoinBuffer(ttl_s=1e9)
+    for j in (plain, packed):
+        _feed(j, 0, 100)
+    packed.compact()
+    state = orjson.loads(orjson.dumps(packed.state()))
+    for entry in state["predictions"]:
+        if entry[0] == "p7":
+            frame = bytearray(base64.b64decode(entry[2]))
+            frame[len(frame) // 2] ^= 0xFF
+            entry[2] = base64.b64encode(bytes(frame)).decode()
+        if entry[0] == "p50":
+            entry[2] = {"features": {}}  # kept uncompressed, and not a prediction event
+    restored = JoinBuffer.from_state(state, ttl_s=1e9, max_entries=200_000)
+
+    assert restored.add_label("p7", 1, 2000.0) is None
+    assert restored.add_label("p50", 1, 2000.0) is None
+    assert restored.counters.unreadable_predictions == 2
+    for i in (0, 6, 8, 99):
+        got = restored.add_label(f"p{i}", i % 2, 1000.0 + i)
+        assert got is not None and got == plain.add_label(f"p{i}", i % 2, 1000.0 + i)
+    assert restored.counters.matched == plain.counters.matched == 4
+    assert restored.add_label("p7", 1, 2001.0) is None  # its prediction is gone: the label waits
+    assert restored.pending_predictions == 100 - 6
