@@ -38,7 +38,8 @@ class Member:
         )
         # The topics' metadata before the first poll joins the group: a leader that assigns
         # without it gives the topics to nobody until a later rebalance (seen once: the group
-        # took 120 s to settle, under the full suite's load).
+        # took 120 s to settle, under the full suite's load; that later rebalance was being
+        # lost, the kafka-python bug driftwarden.daemon.kafka_rejoin patches).
         for topic in topics.values():
             assert self.source._consumer.partitions_for_topic(topic), topic
 
