@@ -10,10 +10,10 @@ import gzip
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import orjson
 import structlog
 
@@ -29,9 +29,9 @@ class SourceFenced(RuntimeError):
     daemon must stop at once, without a checkpoint, since its partitions are someone else's."""
 
 
-@dataclass(frozen=True, slots=True)
-class RawRecord:
-    """One record as it came from the source."""
+class RawRecord(msgspec.Struct, frozen=True):
+    """One record as it came from the source (a frozen msgspec struct: one is made per
+    record, about 6x faster than a frozen dataclass)."""
 
     topic: str
     partition: int

@@ -158,3 +158,41 @@ def test_raw_bytes_are_an_exact_copy() -> None:
     for given in (memoryview(raw), bytearray(raw)):
         ev = decode(given)
         assert isinstance(ev, PredictionEvent) and type(ev.raw) is bytes and ev.raw == raw
+
+
+def test_events_are_immutable_and_compare_without_their_raw_bytes() -> None:
+    """Events cannot be changed after decoding; two events with the same fields are equal
+    whatever bytes they were decoded from, and ``raw`` stays out of their repr."""
+    raw = orjson.dumps(GOOD)
+    ev = decode(raw)
+    assert isinstance(ev, PredictionEvent)
+    with pytest.raises(AttributeError):
+        ev.model = "other"  # type: ignore[misc]
+    same = PredictionEvent(
+        ev.prediction_id,
+        ev.model,
+        ev.model_version,
+        ev.timestamp,
+        ev.features,
+        ev.prediction,
+        ev.segment,
+    )
+    assert same == ev and same.raw is None and ev.raw == raw
+    assert ev != PredictionEvent(
+        **{**{f: getattr(ev, f) for f in ev.__struct_fields__}, "model": "x"}
+    )
+    assert "raw" not in repr(ev) and "c0a8-1" in repr(ev) and "enterprise" in repr(ev)
+    label = decode(label_event("churn", "c0a8-1", 0, timestamp="2026-12-20T00:00:00Z"))
+    assert label == LabelEvent("c0a8-1", "churn", parse_time("2026-12-20T00:00:00Z"), 0)
+    assert label != ev and ev != label
+
+
+@pytest.mark.parametrize(
+    "text", ["2026-11-26T10:15:00Z", "2026-11-26T10:15:00z", "2026-11-26T10:15:00+00:00"]
+)
+def test_a_utc_time_parses_with_z_lower_z_or_an_offset(text: str) -> None:
+    """``Z``, ``z`` and ``+00:00`` are the same instant; a date with a ``Z`` and no time is
+    refused for having no time zone, as before."""
+    assert parse_time(text) == 1795688100.0
+    with pytest.raises(InvalidEvent, match="has no time zone"):
+        parse_time("2026-11-26Z")
