@@ -200,10 +200,6 @@ def snapshot_hash(frame: pd.DataFrame) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
-def _isnan(v: Any) -> bool:
-    return isinstance(v, float) and v != v
-
-
 # numpy columns orjson writes exactly as the same values as Python objects (float NaN and
 # ±inf as null, like ``None``): they go to it as arrays, without a Python object per value.
 _NATIVE_DTYPES = (np.dtype("float64"), np.dtype("int64"), np.dtype("bool"))
@@ -225,14 +221,24 @@ def _hash_values(column: pd.Series) -> list[Any] | np.ndarray:
         # None is kept as it is: only the other missing values are looked at one by one
         candidates = candidates[np.not_equal(values[candidates], np.array(None))]
     if candidates.size:
-        values = values.copy()
-        for i in candidates:
-            if _isnan(values[i]):
-                values[i] = None
+        # Missing and of a float type (float NaN, np.float64 NaN): their types are compared
+        # in C, one pass per distinct type, not one Python call per value.
+        kinds = np.fromiter(map(type, values[candidates]), dtype=object, count=candidates.size)
+        floats = np.zeros(candidates.size, dtype=bool)
+        for kind in set(kinds.tolist()):
+            if issubclass(kind, float):
+                scalar = np.empty((), dtype=object)
+                scalar[()] = kind
+                floats |= np.equal(kinds, scalar)
+        if floats.any():
+            values = values.copy()
+            values[candidates[floats]] = None
     return values.tolist()
 
 
+@cache
 def _driftwarden_version() -> str:
+    """The installed distribution's version (read once: its metadata is parsed each time)."""
     try:
         return metadata.version("driftwarden")
     except metadata.PackageNotFoundError:

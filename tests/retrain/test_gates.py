@@ -256,6 +256,11 @@ def test_snapshot_hash_equals_value_by_value_definition() -> None:
             "o": np.array(
                 [np.nan, "s", None, 1.5, True, np.float32("nan")] * (n // 6), dtype=object
             ),
+            # float NaN of a float subclass, pd.NA and NaT among strings (object dtype)
+            "m": np.array(
+                [np.float64("nan"), "s", pd.NA, pd.NaT, float("nan"), None] * (n // 6),
+                dtype=object,
+            ),
             "b": rng.random(n) < 0.5,
             "ni": pd.array([1, None, 3] * (n // 3), dtype="Int64"),
             "t": pd.to_datetime(np.where(rng.random(n) < 0.1, None, "2024-01-01")),
