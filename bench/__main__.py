@@ -137,12 +137,16 @@ def _num(text: str) -> float:
 def throughput_section(run: Run) -> Section:
     """Bare consumer vs the daemon's ingest path; target ratio >= 0.8."""
     s = Section("Throughput: daemon ingest path vs a bare Kafka consumer", run)
-    s.header = ["path", "records", "steady s", "rec/s", "wall s"]
+    s.header = ["path", "records", "steady s", "rec/s", "wall s", "cpu s", "rec/cpu-s"]
+    row = re.compile(
+        r"^(\([ab]\) [^\d]+?)\s+(\d+)\s+([\d.]+)\s+([\d,]+)\s+([\d.]+)"
+        r"(?:\s+([\d.]+)\s+([\d,]+))?\s*$"
+    )
     for line in run.output.splitlines():
-        m = re.match(r"^(\([ab]\) [^\d]+?)\s+(\d+)\s+([\d.]+)\s+([\d,]+)\s+([\d.]+)\s*$", line)
+        m = row.match(line)
         if m:
-            s.rows.append([m[1], m[2], m[3], m[4], m[5]])
-        elif line.startswith(("code:", "kafka-python CRC check:")):
+            s.rows.append([m[1], m[2], m[3], m[4], m[5], m[6] or "—", m[7] or "—"])
+        elif line.startswith(("code:", "kafka-python CRC check:", "per-round CPU ratios")):
             s.notes.append(line)
     m = re.search(r"ratio \(b\)/\(a\): ([\d.]+) steady, ([\d.]+) wall", run.output)
     ratio = float(m[1]) if m else None

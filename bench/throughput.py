@@ -15,7 +15,8 @@ size and broker-side fetch wait the daemon asks for) and the collector settings 
 
 Each reads every record (predictions and labels) once, in its own consumer group. Rates are
 records per second from the first non-empty poll to the last record handled (the daemon's
-final checkpoint included); "wall" adds consumer start-up and the group join. The best of
+final checkpoint included); "wall" adds consumer start-up and the group join; "cpu" is the
+CPU time the process spent over the same steady part (all threads). The best of
 ``--repeat`` rounds is reported and the ratio (b)/(a) is the number to watch (target ≥ 0.8).
 ``--profile`` adds one cProfile'd run of (b) and prints the top functions.
 ``--compare-join-compress`` adds (c) to every round: (b) with ``join.compress: false``, to
@@ -339,18 +340,28 @@ class GcMeter:
 
 @dataclass(frozen=True)
 class Measurement:
-    """One consumer run: records read, seconds from first data to the end, and wall seconds."""
+    """One consumer run: records read, seconds from first data to the end, wall seconds, and
+    the CPU seconds this process spent over the steady part (every thread: the Kafka client's
+    I/O thread too; the broker is another process and is not counted)."""
 
     path: str
     records: int
     seconds: float
     wall: float
     note: str = ""
+    cpu: float = 0.0
 
     @property
     def rate(self) -> float:
         """Records per second over the steady part (first data → done)."""
         return self.records / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def cpu_rate(self) -> float:
+        """Records per CPU second over the steady part. Beside :attr:`rate` it says whether a
+        path waited (CPU seconds well under the steady seconds) or was busy on a core the
+        whole time (about equal: one Python thread doing the work)."""
+        return self.records / self.cpu if self.cpu > 0 else 0.0
 
 
 def bare_consumer(
@@ -376,23 +387,25 @@ def bare_consumer(
     deadline = time.monotonic() + timeout_s
     seen = 0
     first: float | None = None
+    first_cpu = 0.0
     try:
         with GcMeter() as meter:
             while seen < work.records and time.monotonic() < deadline:
                 batches = consumer.poll(timeout_ms=500, max_records=max_poll_records)
                 if batches and first is None:
-                    first = time.perf_counter()
+                    first, first_cpu = time.perf_counter(), time.process_time()
                 for recs in batches.values():
                     for r in recs:
                         orjson.loads(r.value)
                     seen += len(recs)
-        end = time.perf_counter()
+        end, end_cpu = time.perf_counter(), time.process_time()
     finally:
         consumer.close(autocommit=False)
     note = meter.note(end - began)
     if seen != work.records:
         note = f"INCOMPLETE: read {seen} of {work.records}; {note}"
-    return Measurement("bare", seen, end - (first or end), end - began, note)
+    cpu = end_cpu - first_cpu if first is not None else 0.0
+    return Measurement("bare", seen, end - (first or end), end - began, note, cpu)
 
 
 def _daemon_config(
@@ -432,12 +445,14 @@ def daemon_ingest(
     settings = load_settings(config, env={})
     daemon = build_daemon(settings)
     first: list[float] = []
+    first_cpu: list[float] = []
     poll = daemon.source.poll
 
     def timed_poll(max_records: int, timeout: float) -> list[Any]:
         records = poll(max_records, timeout)
         if records and not first:
             first.append(time.perf_counter())
+            first_cpu.append(time.process_time())
         return records
 
     # Instrumented from outside: the daemon's code is measured as it is.
@@ -452,7 +467,7 @@ def daemon_ingest(
             summary = daemon.run(max_events=work.records, timeout_s=timeout_s)
             if profiler is not None:
                 profiler.disable()
-        end = time.perf_counter()
+        end, end_cpu = time.perf_counter(), time.process_time()
     finally:
         gc.unfreeze()
         daemon.sink.close()
@@ -466,7 +481,8 @@ def daemon_ingest(
     notes.append(meter.note(end - began))
     start = first[0] if first else end
     path = "daemon" if join_compress else "plain"
-    return Measurement(path, summary.valid, end - start, end - began, "; ".join(notes))
+    cpu = end_cpu - first_cpu[0] if first_cpu else 0.0
+    return Measurement(path, summary.valid, end - start, end - began, "; ".join(notes), cpu)
 
 
 # --------------------------------------------------------------------------- Kafka-free stages
@@ -769,7 +785,8 @@ def main(argv: list[str] | None = None) -> int:
                     rounds[-1][path] = m
                     print(
                         f"  round {r + 1} {path:<6} {m.rate:>10,.0f} rec/s  "
-                        f"({m.seconds:.2f} s steady, {m.wall:.2f} s wall) {m.note}",
+                        f"({m.seconds:.2f} s steady, {m.wall:.2f} s wall, "
+                        f"{m.cpu_rate:,.0f} rec/cpu-s) {m.note}",
                         flush=True,
                     )
             profiler = None
@@ -786,9 +803,15 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(f"code: {_git_rev()}; load average {os.getloadavg()[0]:.2f}; {os.cpu_count()} cores")
         print(f"kafka-python CRC check: {_crc_mode(args.no_crc_check)}")
-        print(f"{'path':<34} {'records':>9} {'steady s':>9} {'rec/s':>10} {'wall s':>8}")
+        print(
+            f"{'path':<34} {'records':>9} {'steady s':>9} {'rec/s':>10} {'wall s':>8} "
+            f"{'cpu s':>7} {'rec/cpu-s':>10}"
+        )
         for label, m in (("(a) bare consumer + orjson.loads", a), ("(b) daemon ingest path", b)):
-            print(f"{label:<34} {m.records:>9} {m.seconds:>9.2f} {m.rate:>10,.0f} {m.wall:>8.2f}")
+            print(
+                f"{label:<34} {m.records:>9} {m.seconds:>9.2f} {m.rate:>10,.0f} {m.wall:>8.2f} "
+                f"{m.cpu:>7.2f} {m.cpu_rate:>10,.0f}"
+            )
         ratio = b.rate / a.rate if a.rate else 0.0
         wall_ratio = a.wall / b.wall if b.wall else 0.0
         print(f"ratio (b)/(a): {ratio:.3f} steady, {wall_ratio:.3f} wall  (target >= 0.8)")
@@ -803,6 +826,20 @@ def main(argv: list[str] | None = None) -> int:
             + ", ".join(f"{x:.3f}" for x in pairs)
             + f"; median rates {med['bare']:,.0f} / {med['daemon']:,.0f} rec/s"
             + f" = {med['daemon'] / med['bare'] if med['bare'] else 0.0:.3f}"
+        )
+        # CPU per record: what each path costs this process (the broker is not counted).
+        cpu_pairs = [
+            rd["daemon"].cpu_rate / rd["bare"].cpu_rate for rd in rounds if rd["bare"].cpu_rate
+        ]
+        cpu_med = {
+            p: float(np.median([m.cpu_rate for m in runs if m.path == p]))
+            for p in ("bare", "daemon")
+        }
+        print(
+            "per-round CPU ratios (rec/cpu-s): "
+            + ", ".join(f"{x:.3f}" for x in cpu_pairs)
+            + f"; median {cpu_med['bare']:,.0f} / {cpu_med['daemon']:,.0f} rec/cpu-s"
+            + f" = {cpu_med['daemon'] / cpu_med['bare'] if cpu_med['bare'] else 0.0:.3f}"
         )
         if args.compare_join_compress:
             plain = [m.rate for m in runs if m.path == "plain"]
