@@ -370,3 +370,36 @@ def test_model_outputs_other_classifiers_use_their_predict() -> None:
     out = model_outputs(model, frame, ["x"])
     assert out.predicted.tolist() == model.predict(frame).tolist()
     assert out.predicted.sum() < (out.proba[:, 1] > 0.5).sum()
+
+
+def test_single_threaded_limits_openmp_and_keeps_its_controller() -> None:
+    """Inside the context the calling thread's OpenMP runs one thread, after it as before; the
+    library lookup is kept between calls and made again once a module has been imported."""
+    import sys
+    import types
+
+    import sklearn.ensemble  # noqa: F401 - loads scikit-learn's OpenMP runtime
+    from threadpoolctl import threadpool_info
+
+    from driftwarden.retrain import gates
+
+    def openmp_threads() -> list[int]:
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "openmp"]
+
+    before = openmp_threads()
+    assert before
+    with gates._single_threaded():
+        assert openmp_threads() == [1] * len(before)
+    assert openmp_threads() == before
+    assert gates._controller is not None
+    kept = gates._controller[1]
+    with gates._single_threaded():
+        pass
+    assert gates._controller[1] is kept
+    sys.modules["_driftwarden_test_new_module"] = types.ModuleType("_driftwarden_test_new_module")
+    try:
+        with gates._single_threaded():
+            assert openmp_threads() == [1] * len(before)
+        assert gates._controller[1] is not kept
+    finally:
+        del sys.modules["_driftwarden_test_new_module"]
