@@ -183,3 +183,115 @@ def test_features_subset_and_bad_params(profile: ReferenceProfile) -> None:
         DataQuality("q", profile, max_null_rate_increase=2.0)
     with pytest.raises(ValueError, match="needs a reference profile"):
         DataQuality("q", None)
+
+
+def _reference_update_feature(chk: Any, acc: dict[str, Any], col: Any) -> None:
+    """The accumulators' definition: ``DataQuality._update_feature`` as it was written with
+    pandas (value_counts, get_indexer, isin), kept here to check the faster one against."""
+    from driftwarden.detectors.data_quality import _SKETCH, _merge_sketch
+    from driftwarden.detectors.stats import categorical_keys, numeric_keys
+
+    acc["absent"] += int(col.absent.sum())
+    acc["null"] += int(col.null.sum())
+    if chk.fp.type == "numeric":
+        has_num = ~np.isnan(col.numeric)
+        acc["wrong_type"] += int(pd.notna(col.text).sum())
+        x = col.numeric[has_num]
+        if x.size == 0:
+            return
+        acc["values"] += int(x.size)
+        if chk.low is not None and chk.high is not None:
+            acc["out_of_range"] += int(np.sum((x < chk.low) | (x > chk.high)))
+        lo_key, hi_key = float(x.min()), float(x.max())
+        uniq, counts = np.unique(x, return_counts=True)
+        kn = chk.known_numbers
+        pos = np.clip(np.searchsorted(uniq, kn), 0, max(uniq.size - 1, 0))
+        hit = uniq[pos] == kn
+        for key, c in zip(chk.known, np.where(hit, counts[pos], 0).tolist(), strict=True):
+            acc["known"][key] += c
+        counts = counts.copy()
+        counts[pos[hit]] = 0
+        top = np.argsort(-counts, kind="stable")[: _SKETCH + 1]
+        top = top[counts[top] > 0]
+        _merge_sketch(acc["sketch"], list(numeric_keys(uniq[top])), counts[top].tolist())
+    else:
+        keys_arr, wrong = categorical_keys(col.numeric, col.text, chk.numbers_are_categories)
+        acc["wrong_type"] += wrong
+        if keys_arr.size == 0:
+            return
+        acc["values"] += int(keys_arr.size)
+        categories = pd.Index(sorted(chk.category_set), dtype=object)
+        acc["new_category"] += int(np.sum(categories.get_indexer(keys_arr) < 0))
+        vc = pd.Series(keys_arr, dtype=object).value_counts()
+        for key in chk.known:
+            acc["known"][key] += int(vc.get(key, 0))
+        rest = vc[~vc.index.isin(chk.known)]
+        head = rest.iloc[: _SKETCH + 1]
+        _merge_sketch(acc["sketch"], [str(k) for k in head.index], head.tolist())
+        lo_key, hi_key = str(min(vc.index)), str(max(vc.index))
+    acc["lo"] = lo_key if acc["lo"] is None else min(acc["lo"], lo_key)
+    acc["hi"] = hi_key if acc["hi"] is None else max(acc["hi"], hi_key)
+
+
+def test_accumulators_equal_the_pandas_definition_batch_by_batch() -> None:
+    """Every counter, the exact counts of known values, the heavy-hitter sketch and the
+    smallest/largest key come out as the pandas definition gives them, over batches with
+    nulls, absent values, wrong types, unseen categories, numeric-like categories, many
+    distinct values with tied counts (past the sketch's 33), integral and continuous
+    numbers, and a constant feature."""
+    import copy
+
+    rng = np.random.default_rng(11)
+    n_ref = 4000
+    ref = pd.DataFrame(
+        {
+            "cont": rng.normal(size=n_ref),
+            "ints": rng.integers(0, 6, n_ref).astype(float),
+            "const": np.zeros(n_ref),
+            "plan": rng.choice(["free", "pro", "team", "enterprise"], n_ref),
+            "code": rng.choice(["10", "20", "30"], n_ref),  # numeric-like categories
+            "ids": [f"id{i % 400}" for i in range(n_ref)],
+        }
+    )
+    prof = build_profile(ref, "m")
+    fast = DataQuality("dq", prof)
+    slow = DataQuality("dq", prof)
+    slow_accs = copy.deepcopy(slow._accs)
+
+    def value(kind: str, i: int) -> Any:
+        r = rng.random()
+        if r < 0.04:
+            return None
+        if r < 0.06:
+            return "oops" if kind in ("cont", "ints", "const") else 7.5
+        if kind == "cont":
+            return float(rng.normal()) if rng.random() < 0.7 else float(rng.integers(-3, 3))
+        if kind == "ints":
+            return float(rng.integers(0, 9))
+        if kind == "const":
+            return 0.0
+        if kind == "plan":
+            return str(rng.choice(["free", "pro", "team", "enterprise", "trial", "gold"]))
+        if kind == "code":
+            return str(rng.choice(["10", "20", "30", "40"])) if rng.random() < 0.8 else 20
+        return f"id{int(rng.integers(0, 60)) + (i % 3) * 1000}"  # > 33 distinct, ties
+
+    kinds = ["cont", "ints", "const", "plan", "code", "ids"]
+    for size in (1, 7, 200, 1024, 3000, 64):
+        rows = []
+        for i in range(size):
+            feats = {k: value(k, i) for k in kinds if rng.random() > 0.02}  # some absent
+            rows.append({"features": feats})
+        batch = Batch.from_records(rows)
+        fast.update(batch)
+        for f in slow.features:
+            acc = slow_accs[f]
+            acc["rows"] += batch.n
+            col = batch.features.get(f)
+            if col is None:
+                acc["absent"] += batch.n
+                continue
+            _reference_update_feature(slow._checks[f], acc, col)
+        for f in kinds:
+            assert fast._accs[f] == slow_accs[f], (size, f)
+            assert list(fast._accs[f]["sketch"]) == list(slow_accs[f]["sketch"]), (size, f)
