@@ -526,7 +526,9 @@ def build_profile(
         metrics["overall"] = compute(np.arange(df.shape[0]))
         slices: dict[str, dict[str, Any]] = {}
         for seg in segments:
-            groups = df.groupby(df[seg].map(value_key, na_action="ignore"), dropna=True).indices
+            # value_key per distinct value (object_keys), not per row; None: no slice
+            keys = pd.Series(object_keys(df[seg].to_numpy(dtype=object)), index=df.index)
+            groups = df.groupby(keys, dropna=True).indices
             # sorted: the order in which the groupby yields its groups
             slices[str(seg)] = {str(k): compute(groups[k]) for k in sorted(groups)}
         metrics["slices"] = slices

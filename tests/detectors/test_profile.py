@@ -247,3 +247,27 @@ def test_str_keys_equal_value_key_map(
         want = series.map(value_key).astype(str).to_numpy()
         assert got.dtype == object and want.dtype == object
         assert got.tolist() == want.tolist(), dtype
+
+
+def test_slices_of_a_mixed_type_segment_follow_value_key() -> None:
+    """A segment column holding bools, ints, floats, numeric strings and nulls is sliced by
+    each value's key (``1``, ``1.0`` and ``"1"`` one slice; ``True`` its own, ``"true"``;
+    nulls in none), as ``map(value_key)`` defines it."""
+    from driftwarden.detectors.profile import _classification_metrics
+    from driftwarden.detectors.stats import value_key
+
+    df = _table(1200, seed=8)
+    rng = np.random.default_rng(9)
+    pool = [True, False, 1, 1.0, "1", 2.5, np.int64(3), 3.0, None, np.nan, "x", "true", 10**17]
+    seg = np.empty(len(df), dtype=object)
+    seg[:] = [pool[i] for i in rng.integers(0, len(pool), len(df))]
+    df["mixed"] = seg
+    p = build_profile(df, "churn", target="churned", prediction="pred", segments=["mixed"])
+    keys = df["mixed"].map(value_key, na_action="ignore")
+    want = {
+        str(k): _classification_metrics(g["churned"], g["pred"], None, p.positive_label)
+        for k, g in df.groupby(keys, dropna=True)
+    }
+    assert set(want) == {"true", "false", "1", "2.5", "3", "x", "100000000000000000"}
+    assert p.metrics["slices"]["mixed"] == want
+    assert list(p.metrics["slices"]["mixed"]) == sorted(want)
