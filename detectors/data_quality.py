@@ -316,25 +316,25 @@ class DataQuality(Detector):
             acc["values"] += int(keys_arr.size)
             # Counted per distinct key with a Counter (keys are strings; a batch holds few
             # distinct ones): 10x less than pandas' value_counts / get_indexer / isin here.
-            counts = Counter(keys_arr.tolist())
+            per_key: Counter[str] = Counter(keys_arr.tolist())
             cats = chk.category_set
-            acc["new_category"] += sum(c for k, c in counts.items() if k not in cats)
+            acc["new_category"] += sum(c for k, c in per_key.items() if k not in cats)
             known = acc["known"]
             for key in chk.known:
-                known[key] += counts.get(key, 0)
-            # Every other key goes to the merge: its Misra-Gries step keeps what exceeds the
-            # (_SKETCH+1)-th largest count, the same whether it sees all of them or the top
-            # _SKETCH+1 (whichever of equal counts those are).
-            # Most frequent first, as value_counts lists them (the sketch's key order).
+                known[key] += per_key.get(key, 0)
+            # Every other key goes to the merge, most frequent first (as value_counts listed
+            # them: the sketch's key order). Its Misra-Gries step keeps what exceeds the
+            # (_SKETCH+1)-th largest count: the same whether it sees all of them or only the
+            # top _SKETCH+1 (whichever of equal counts those are).
             rest = sorted(
-                ((k, c) for k, c in counts.items() if k not in chk.known_set),
+                ((k, c) for k, c in per_key.items() if k not in chk.known_set),
                 key=itemgetter(1),
                 reverse=True,
             )
             if rest:
                 _merge_sketch(acc["sketch"], [k for k, _ in rest], [c for _, c in rest])
             # Only equality matters for "constant": the smallest and largest key suffice.
-            lo_key, hi_key = str(min(counts)), str(max(counts))
+            lo_key, hi_key = str(min(per_key)), str(max(per_key))
         acc["lo"] = lo_key if acc["lo"] is None else min(acc["lo"], lo_key)
         acc["hi"] = hi_key if acc["hi"] is None else max(acc["hi"], hi_key)
 
