@@ -218,7 +218,7 @@ def _hash_values(column: pd.Series) -> list[Any] | np.ndarray:
     values = column.astype(object).to_numpy()
     candidates = np.flatnonzero(pd.isna(values))
     if candidates.size:
-        # None is kept as it is: only the other missing values are looked at one by one
+        # None is kept as it is: only the other missing values are looked at (by type, below)
         candidates = candidates[np.not_equal(values[candidates], np.array(None))]
     if candidates.size:
         # Missing and of a float type (float NaN, np.float64 NaN): their types are compared
