@@ -221,15 +221,13 @@ def _hash_values(column: pd.Series) -> list[Any] | np.ndarray:
         # None is kept as it is: only the other missing values are looked at (by type, below)
         candidates = candidates[np.not_equal(values[candidates], np.array(None))]
     if candidates.size:
-        # Missing and of a float type (float NaN, np.float64 NaN): their types are compared
-        # in C, one pass per distinct type, not one Python call per value.
-        kinds = np.fromiter(map(type, values[candidates]), dtype=object, count=candidates.size)
-        floats = np.zeros(candidates.size, dtype=bool)
-        for kind in set(kinds.tolist()):
-            if issubclass(kind, float):
-                scalar = np.empty((), dtype=object)
-                scalar[()] = kind
-                floats |= np.equal(kinds, scalar)
+        # Missing and of a float type (float NaN, np.float64 NaN): issubclass runs once per
+        # distinct type, and each value's type is looked up in C, not tested in Python.
+        found = values[candidates]
+        is_float = {kind: issubclass(kind, float) for kind in set(map(type, found))}
+        floats = np.fromiter(
+            map(is_float.__getitem__, map(type, found)), dtype=bool, count=found.size
+        )
         if floats.any():
             values = values.copy()
             values[candidates[floats]] = None
