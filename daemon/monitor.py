@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import structlog
@@ -151,8 +151,16 @@ class ModelMonitor:
                 model=self.model,
                 dropped=self.pred_windows.count + self.lab_windows.count,
             )
-            self.pred_windows = Windower(new_specs[0])
-            self.lab_windows = Windower(new_specs[1])
+            self._restart_windows(new_specs)
+
+    def _restart_windows(self, specs: tuple[WindowSpec, WindowSpec]) -> None:
+        """Fresh windowers for ``specs``. Their indexes count on another scale (a count
+        window's from 0, a duration window's as event time / duration), so the evaluator's
+        replay guard starts afresh too: else every window would count as one decided before
+        until the new indexes passed the old ones (forever, for a longer duration)."""
+        self.pred_windows = Windower(specs[0])
+        self.lab_windows = Windower(specs[1])
+        self.policy_state = replace(self.policy_state, last_window=None)
 
     # -- detectors -------------------------------------------------------------------------
     def _ensure_detectors(self, model_version: str | None) -> None:
@@ -325,6 +333,8 @@ class ModelMonitor:
             "join": self.join.state(),
             "pred_windows": self.pred_windows.state(),
             "lab_windows": self.lab_windows.state(),
+            # What the window states count in: a restore under another spec starts afresh.
+            "window_specs": [asdict(self.pred_windows.spec), asdict(self.lab_windows.spec)],
             "detectors": {k: d.state_dict() for k, d in sorted(self.detectors.items())},
             "profile": self._profile_json if self.detectors else None,
             "last_labeled": {k: r.to_dict() for k, r in sorted(self.last_labeled.items())},
@@ -350,15 +360,28 @@ class ModelMonitor:
             max_entries=self.join.max_entries,
             compress=self.join.compress,
         )
-        self.pred_windows = Windower.from_state(self.pred_windows.spec, state["pred_windows"])
-        self.lab_windows = Windower.from_state(self.lab_windows.spec, state["lab_windows"])
+        specs = (self.pred_windows.spec, self.lab_windows.spec)
+        pred = Windower.from_state(specs[0], state["pred_windows"])
+        lab = Windower.from_state(specs[1], state["lab_windows"])
+        self.policy_state = PolicyState.from_dict(state["policy_state"])
         self.profile_version = state.get("profile_version")
+        if not _same_windows(state.get("window_specs"), specs, pred, lab):
+            # The policy's window changed while the daemon was stopped: the saved windows (and
+            # the detectors' accumulators of them) count in other units; new ones start.
+            log.warning(
+                "window spec changed since the checkpoint; open windows restart",
+                model=self.model,
+                dropped=pred.count + lab.count,
+            )
+            self._restart_windows(specs)
+            self.last_labeled = {}
+            return
+        self.pred_windows, self.lab_windows = pred, lab
         if state["detectors"]:
             self._restore_detectors(state)
         self.last_labeled = {
             k: DetectorResult.from_dict(v) for k, v in state["last_labeled"].items()
         }
-        self.policy_state = PolicyState.from_dict(state["policy_state"])
 
     def _restore_detectors(self, state: Mapping[str, Any]) -> None:
         """Rebuild the detectors of a saved state and load their accumulators.
@@ -415,6 +438,27 @@ class ModelMonitor:
                     error=str(exc),
                 )
                 self.detectors[name] = self.policy.build_detectors(profile)[name]
+
+
+def _same_windows(
+    saved: Any, specs: tuple[WindowSpec, WindowSpec], pred: Windower, lab: Windower
+) -> bool:
+    """Whether restored window states fit ``specs``: the specs the checkpoint recorded, or
+    for a checkpoint that recorded none (written before it did), states the specs could have
+    produced (a count window not over its size, a duration window not ahead of its
+    watermark)."""
+    if saved is not None:
+        try:
+            return (WindowSpec(**saved[0]), WindowSpec(**saved[1])) == specs
+        except (TypeError, ValueError, IndexError, KeyError):
+            return False
+    for w in (pred, lab):
+        if w.spec.events is not None and w.count >= w.spec.events:
+            return False
+        d = w.spec.duration_s
+        if d is not None and w.started and w.index * d > w.watermark:
+            return False
+    return True
 
 
 def _finite(x: float) -> float | None:
