@@ -17,6 +17,7 @@ depends on how far the other topic had been read (processing time, not event tim
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -51,7 +52,14 @@ class _Queued:
 
 
 class ProfileMissing(RuntimeError):
-    """The model's reference profile cannot be found; ``str()`` says where it was looked for."""
+    """The model's reference profile cannot be found; ``str()`` says where it was looked for.
+
+    Raised by :meth:`ModelMonitor.process` with ``output`` set to what the events produced
+    before the detectors were needed: the join took them, so its matches are in ``labeled``
+    (for the labeled store) although no window judges them.
+    """
+
+    output: MonitorOutput | None = None
 
 
 class ProfileMismatch(ProfileMissing):
@@ -257,10 +265,14 @@ class ModelMonitor:
         self.events += len(preds)
         self.labels += n_labels
         self.pred_watermark, self.label_watermark = pred_wm, label_wm
-        if preds:
-            self._ensure_detectors(preds[0]["model_version"])
-        elif labeled and not self.detectors:
-            self._ensure_detectors(labeled[0].get("model_version"))
+        try:
+            if preds:
+                self._ensure_detectors(preds[0]["model_version"])
+            elif labeled and not self.detectors:
+                self._ensure_detectors(labeled[0].get("model_version"))
+        except ProfileMissing as exc:
+            exc.output = MonitorOutput(labeled=labeled)
+            raise
         # Labeled first, so a prediction window closing now sees the freshest labeled verdict.
         both = min(self.pred_watermark, self.label_watermark)
         for feed, closed in self.lab_windows.add_many(labeled, watermark=both):
@@ -276,8 +288,12 @@ class ModelMonitor:
                 out.windows.append(self._summary("predictions", closed, results))
                 out.decisions.extend(self._evaluate(closed, results))
                 if preds:
-                    # A new model version switches reference at the window boundary.
-                    self._ensure_detectors(preds[-1]["model_version"])
+                    # A new model version switches reference at the window boundary. A profile
+                    # that does not load yet must not take this window's decisions with it
+                    # (the policy state has moved on): the next batch's first call tries
+                    # again and reports it.
+                    with contextlib.suppress(ProfileMissing):
+                        self._ensure_detectors(preds[-1]["model_version"])
         out.labeled = labeled
         return out
 

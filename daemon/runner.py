@@ -994,6 +994,11 @@ class Daemon:
         except ProfileMissing as exc:
             # Without a reference its detectors fit, a model cannot be judged: say so once,
             # keep counting (the join and alert state stay; detectors are built once it loads).
+            # The labels the join matched still go to the labeled store: they left the join.
+            if exc.output is not None and exc.output.labeled and self.on_labeled is not None:
+                self.on_labeled(model, exc.output.labeled, unit.partition)
+            for counter, value in mon.join.counters.as_dict().items():
+                self.metrics.join.labels(model, counter).set(value)
             unit.unmonitored[model] = unit.unmonitored.get(model, 0) + len(events)
             self.metrics.unmonitored.labels(model, "no_reference").inc(len(events))
             if f"profile:{model}" not in self._warned:
