@@ -200,7 +200,7 @@ def _decode_prediction(obj: dict[str, Any], raw: bytes | None = None) -> Predict
         features=_flat_object(obj, "features", required=True),
         prediction=pred,
         segment=_flat_object(obj, "segment", required=False),
-        raw=raw,
+        raw=_kept(obj, raw),
     )
 
 
@@ -227,6 +227,21 @@ def _decode_label(obj: dict[str, Any]) -> LabelEvent:
 _LEAF = frozenset({str, int, float, bool, type(None)})
 _NUMBER = frozenset({int, float})
 _LABEL_TYPES = frozenset({str, int, float, bool})
+
+
+#: The prediction event's own fields: an event with others keeps no raw bytes (see _kept).
+_PREDICTION_FIELDS = frozenset(
+    ("schema", "prediction_id", "model", "model_version", "timestamp", "features")
+    + ("prediction", "segment")
+)
+
+
+def _kept(obj: dict[str, Any], raw: bytes | None) -> bytes | None:
+    """``raw`` for the join buffer to keep while the prediction waits for its label, or None
+    when the event carries fields of its own beyond the contract's (a request log, a trace):
+    accepted and ignored, they would otherwise wait with it, unbounded in size, and go into
+    every checkpoint (the join then keeps the decoded record instead)."""
+    return raw if obj.keys() <= _PREDICTION_FIELDS else None
 
 
 def _fast_prediction(obj: dict[str, Any], raw: bytes) -> PredictionEvent | None:
@@ -260,7 +275,9 @@ def _fast_prediction(obj: dict[str, Any], raw: bytes) -> PredictionEvent | None:
         or not _prediction_ok(pred)
     ):
         return None
-    return PredictionEvent(pid, model, version, parse_time(stamp), features, pred, segment, raw)
+    return PredictionEvent(
+        pid, model, version, parse_time(stamp), features, pred, segment, _kept(obj, raw)
+    )
 
 
 def _prediction_ok(pred: dict[str, Any]) -> bool:

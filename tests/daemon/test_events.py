@@ -141,7 +141,8 @@ def test_fast_path_decodes_like_the_detailed_validator(changes: dict[str, object
     raw = _mut(**changes)
     ev = decode(raw)
     assert ev == _decode_prediction(orjson.loads(raw))
-    assert isinstance(ev, PredictionEvent) and ev.raw == raw
+    # Kept for the join buffer only without fields beyond the contract's.
+    assert isinstance(ev, PredictionEvent) and ev.raw == (None if "extra" in changes else raw)
 
 
 def test_valid_label_fast_path_equals_detailed() -> None:
@@ -158,6 +159,30 @@ def test_raw_bytes_are_an_exact_copy() -> None:
     for given in (memoryview(raw), bytearray(raw)):
         ev = decode(given)
         assert isinstance(ev, PredictionEvent) and type(ev.raw) is bytes and ev.raw == raw
+
+
+@pytest.mark.parametrize("extra", [{}, {"segment": None}, {"request": "x" * 20_000}])
+def test_only_an_event_without_fields_of_its_own_keeps_its_raw_bytes(
+    extra: dict[str, object],
+) -> None:
+    """The join buffer keeps ``raw`` while the prediction waits (and checkpoints it): fields
+    beyond the contract are accepted and ignored, so they must not wait with it."""
+    from driftwarden.daemon.join import JoinBuffer
+
+    raw = orjson.dumps({**GOOD, **extra})
+    ev = decode(raw)
+    assert isinstance(ev, PredictionEvent)
+    assert ev.raw == (None if "request" in extra else raw)
+    buf = JoinBuffer(ttl_s=1e9, max_entries=10)
+    assert buf.add_prediction(ev.prediction_id, ev.record(), ev.raw) is None
+    assert len(orjson.dumps(buf.state())) < 2_000
+    joined = buf.add_label(ev.prediction_id, 1, ev.timestamp + 1)
+    # The same joined record either way (the one kept as decoded is encoded by the join).
+    plain = decode(orjson.dumps({k: v for k, v in {**GOOD, **extra}.items() if k != "request"}))
+    assert isinstance(plain, PredictionEvent) and plain.raw is not None
+    other = JoinBuffer(ttl_s=1e9, max_entries=10)
+    other.add_prediction(plain.prediction_id, plain.record(), plain.raw)
+    assert joined is not None and joined == other.add_label("c0a8-1", 1, ev.timestamp + 1)
 
 
 def test_events_are_immutable_and_compare_without_their_raw_bytes() -> None:
