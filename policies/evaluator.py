@@ -27,6 +27,12 @@ Semantics, per rule and window:
   window the fallback starts.
 * **silences** — a :class:`~.silences.Muter` may hold back a rule's alerts (status
   ``suppressed``, the reason names the silence); fallback and retrain still happen.
+* **withheld retrain** — a retrain that data quality or the rate limit removed when its rule
+  fired is issued in a later window where the rule still fires, its condition holds and
+  neither applies any more (once per firing).
+* **a rule that leaves the policy** (hot reload; a renamed rule is a new one) while firing
+  gets one ``resolved`` decision: its alerts are resolved and, if it put the model in
+  fallback, the model routes back. Nothing else would end them.
 
 The daemon executes the ``actions`` of every decision, whatever its status.
 """
@@ -64,6 +70,9 @@ class RuleState:
     fired_window: int | None = None
     notified: tuple[str, ...] = ()  # receivers actually alerted for the current firing
     held: bool = False  # this streak was already reported as held back by the cooldown
+    #: this firing's retrain was withheld (data quality, rate limit): issued once it is not
+    retrain_due: bool = False
+    severity: str | None = None  # of the current firing (a rule removed meanwhile resolves)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -75,6 +84,8 @@ class RuleState:
             "fired_window": self.fired_window,
             "notified": list(self.notified),
             "held": self.held,
+            "retrain_due": self.retrain_due,
+            "severity": self.severity,
         }
 
     @classmethod
@@ -88,6 +99,8 @@ class RuleState:
             fired_window=None if d.get("fired_window") is None else int(d["fired_window"]),
             notified=tuple(str(r) for r in d.get("notified") or ()),
             held=bool(d.get("held", False)),
+            retrain_due=bool(d.get("retrain_due", False)),
+            severity=None if d.get("severity") is None else str(d["severity"]),
         )
 
 
@@ -136,6 +149,9 @@ class PolicyState:
         return self.fallback is not None
 
 
+_LATER = " It follows in a later window where the rule still fires, once nothing withholds it."
+
+
 def _drift_type(rule: RuleSpec, kinds: Mapping[str, str]) -> bool:
     """Muted during fallback: rules no data-quality detector can make fire.
 
@@ -171,17 +187,24 @@ def evaluate(
     }
     dq_fired = sorted(n for n, k in kinds.items() if k == "data_quality" and triggered[n])
     # Forget rules that left the policy (hot reload), keep the others' memory.
+    names = {r.name for r in policy.rules}
+    left = {n: rs for n, rs in sorted(st.rules.items()) if n not in names}
     st.rules = {r.name: st.rules.get(r.name, RuleState()) for r in policy.rules}
     st.retrains = tuple(t for t in st.retrains if now - t < policy.retrain_limit.per_s)
 
     ctx = _Ctx(policy, model, window, results, st, now, muter, kinds, triggered, dq_fired)
+    # A rule that left while firing (removed, or renamed: a new rule to the evaluator) ends
+    # its firing here: nothing else would resolve its alerts or route the model back.
+    retired = [ctx.retire(n, rs) for n, rs in left.items() if rs.firing]
+    if st.fallback is not None and st.fallback["rule"] not in names:
+        retired.append(ctx.retire(str(st.fallback["rule"]), RuleState(firing=True)))
     order = sorted(range(len(policy.rules)), key=lambda i: not policy.rules[i].falls_back)
     out: dict[int, Decision] = {}
     for i in order:
         d = ctx.rule(policy.rules[i])
         if d is not None:
             out[i] = d
-    return [out[i] for i in sorted(out)], st
+    return retired + [out[i] for i in sorted(out)], st
 
 
 @dataclass
@@ -252,6 +275,7 @@ class _Ctx:
         reasons = list(muted)
         actions: list[Action] = []
         notified: list[str] = []
+        retrain_due = False
         for t, p in rule.actions:
             if t == "alert":
                 if not muted:
@@ -277,7 +301,8 @@ class _Ctx:
             elif t == "retrain":
                 why = self.retrain_withheld()
                 if why:
-                    reasons.append(why)
+                    reasons.append(why + _LATER)
+                    retrain_due = True
                     continue
                 self.st.retrains = (*self.st.retrains, self.now)
                 actions.append(self.action(rule, "retrain", dict(p), str(p.get("trainer"))))
@@ -286,6 +311,8 @@ class _Ctx:
         rs.fired_window = self.window.index
         rs.clean = 0
         rs.notified = tuple(notified)
+        rs.retrain_due = retrain_due
+        rs.severity = rule.severity
         return self.decision(rule, "suppressed" if muted else "firing", actions, reasons)
 
     def retrain_withheld(self) -> str | None:
@@ -305,18 +332,31 @@ class _Ctx:
         return None
 
     def pending(self, rule: RuleSpec, rs: RuleState) -> Decision | None:
-        """Still firing: send alerts that a silence or the fallback mute held back earlier."""
+        """Still firing (its condition holds): send alerts that a silence or the fallback mute
+        held back earlier, and the retrain that data quality or the rate limit withheld once
+        neither does any more."""
+        actions: list[Action] = []
+        reasons: list[str] = []
         todo = [r for r in rule.alert_receivers if r not in rs.notified]
-        if not todo or self.mutes(rule):
+        if todo and not self.mutes(rule):
+            rs.notified = (*rs.notified, *todo)
+            actions += [self.action(rule, "alert", {"receiver": r}, r) for r in todo]
+            reasons.append(
+                "still firing and no longer muted: sending the alerts held back earlier."
+            )
+        if rs.retrain_due and self.retrain_withheld() is None:
+            rs.retrain_due = False
+            for t, p in rule.actions:
+                if t == "retrain":
+                    self.st.retrains = (*self.st.retrains, self.now)
+                    actions.append(self.action(rule, "retrain", dict(p), str(p.get("trainer"))))
+            reasons.append(
+                "still firing, and the retrain withheld when it fired is no longer withheld: "
+                "retraining now."
+            )
+        if not actions:
             return None
-        rs.notified = (*rs.notified, *todo)
-        actions = [self.action(rule, "alert", {"receiver": r}, r) for r in todo]
-        return self.decision(
-            rule,
-            "firing",
-            actions,
-            ["still firing and no longer muted: sending the alerts held back earlier."],
-        )
+        return self.decision(rule, "firing", actions, reasons)
 
     def resolve(self, rule: RuleSpec, rs: RuleState) -> Decision:
         actions = [self.action(rule, "resolve", {"receiver": r}, r) for r in rs.notified]
@@ -329,7 +369,38 @@ class _Ctx:
         rs.firing = False
         rs.notified = ()
         rs.clean = 0
+        rs.retrain_due = False
         return self.decision(rule, "resolved", actions, reasons)
+
+    def retire(self, name: str, rs: RuleState) -> Decision:
+        """The ``resolved`` decision of a rule that left the policy while firing: its alerts
+        resolved, and the model routed back if that rule put it in fallback."""
+        key = f"{self.model}/{name}/{self.window.end}"
+        actions = [Action("resolve", {"receiver": r}, f"{key}/resolve/{r}") for r in rs.notified]
+        reasons = [
+            f"rule {name!r} is no longer in the policy (reloaded) and was firing: its firing ends "
+            "here."
+        ]
+        fb = self.st.fallback
+        if fb is not None and fb["rule"] == name:
+            actions.append(Action("route_back", {}, f"{key}/route_back/{fb['to']}"))
+            reasons.append(f"routing back from the fallback to {fb['to']!r} (since {fb['since']}).")
+            self.st.fallback = None
+        return Decision(
+            model=self.model,
+            rule=name,
+            severity=rs.severity or "info",
+            status="resolved",
+            window_start=self.window.start,
+            window_end=self.window.end,
+            window_index=self.window.index,
+            detectors=dict(sorted(self.triggered.items())),
+            actions=tuple(actions),
+            evidence={},
+            reasons=tuple(reasons),
+            fingerprint=fingerprint(self.model, name),
+            key=key,
+        )
 
     def action(self, rule: RuleSpec, kind: str, params: Mapping[str, Any], target: str) -> Action:
         key = f"{self.model}/{rule.name}/{self.window.end}/{kind}/{target}"

@@ -151,7 +151,8 @@ def test_data_quality_withholds_retrain_and_says_so() -> None:
     assert brief(ds) == [(0, "errors", "firing", ["alert"])]
     assert ds[0].reasons == (
         "retrain withheld: data-quality detector 'quality' fired in this window; driftwarden "
-        "never retrains on broken input.",
+        "never retrains on broken input. It follows in a later window where the rule still "
+        "fires, once nothing withholds it.",
     )
     assert st.retrains == ()  # a withheld retrain does not use up the rate limit
 
