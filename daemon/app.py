@@ -189,6 +189,9 @@ def options_from(settings: Settings) -> DaemonOptions:
         join_max_entries=int(d["join"]["max_entries"]),
         join_compress=bool(d["join"]["compress"]),
         max_message_bytes=int(d["limits"]["max_message_bytes"]),
+        max_future_skew_s=None
+        if d["limits"]["max_future_skew"] is None
+        else parse_duration(d["limits"]["max_future_skew"]),
         max_poll_records=int(d["kafka"]["max_poll_records"]),
         poll_timeout_s=int(d["kafka"]["poll_timeout_ms"]) / 1000.0,
         checkpoint_every_events=int(d["checkpoint"]["every_events"]),

@@ -120,11 +120,17 @@ def parse_time(value: Any, where: str = "timestamp") -> float:
 
 
 def format_time(ts: float) -> str:
-    """Epoch seconds → ``2026-11-26T10:15:00Z`` (milliseconds kept when present)."""
-    dt = datetime.fromtimestamp(ts, tz=UTC)
+    """Epoch seconds → ``2026-11-26T10:15:00Z`` (milliseconds kept when present).
+
+    Clamped to the years 1 to 9999: a window of an event near either end of the accepted range
+    can begin or end beyond it.
+    """
+    dt = datetime.fromtimestamp(min(max(ts, _MIN_TS), _MAX_TS), tz=UTC)
+    # not strftime("%Y"): glibc writes year 1 as "1", which no ISO-8601 parser reads back
+    text = dt.isoformat(timespec="seconds").removesuffix("+00:00")
     if dt.microsecond:
-        return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
-    return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+        return f"{text}.{dt.microsecond // 1000:03d}Z"
+    return text + "Z"
 
 
 def _text(obj: dict[str, Any], key: str, *, allow_int: bool = False) -> str:

@@ -33,6 +33,7 @@ from .events import (
     LabelEvent,
     PredictionEvent,
     decode,
+    format_time,
 )
 from .join import JoinCounters
 from .metrics import Metrics
@@ -130,6 +131,16 @@ def release_free_heap() -> bool:
     return True
 
 
+def _future(ts: float, timestamp_ms: int, skew_s: float) -> None:
+    """Refuse an event time too far ahead of its record's Kafka timestamp (deterministic:
+    both are in the record, so a replay refuses the same events)."""
+    raise InvalidEvent(
+        f"timestamp {format_time(ts)} is more than limits.max_future_skew ({skew_s:g} s) ahead "
+        f"of the record's Kafka timestamp {format_time(timestamp_ms / 1000.0)} (a producer "
+        "clock or a placeholder time?)"
+    )
+
+
 @dataclass(frozen=True)
 class DaemonOptions:
     """Tuning knobs (from settings)."""
@@ -139,6 +150,9 @@ class DaemonOptions:
     join_max_entries: int = 200_000
     join_compress: bool = True
     max_message_bytes: int = 1_048_576
+    #: an event whose time is further ahead of its record's Kafka timestamp is refused (None:
+    #: no check); one far-future time would otherwise move the model's watermarks years ahead
+    max_future_skew_s: float | None = 86400.0
     max_poll_records: int = 2000
     poll_timeout_s: float = 0.5
     checkpoint_every_events: int = 50_000
@@ -834,6 +848,7 @@ class Daemon:
         n_pred = n_label = 0
         units, roles = self.units, self.source.roles
         max_bytes = self.opts.max_message_bytes
+        skew = self.opts.max_future_skew_s
         keys: dict[str, bytes] = {}  # model name -> its expected message key
         labeled: set[str] = set()
         self.summary.records += len(records)
@@ -853,6 +868,13 @@ class Daemon:
                         f"message key {rec.key[:80]!r} does not match model {ev.model!r} "
                         "(producers must key events by model name)"
                     )
+                if (
+                    skew is not None
+                    and rec.timestamp_ms is not None
+                    and ev.timestamp > rec.timestamp_ms / 1000.0 + skew
+                    and rec.timestamp_ms > 0
+                ):
+                    _future(ev.timestamp, rec.timestamp_ms, skew)
             except InvalidEvent as exc:
                 self._dead_letter(unit, rec, str(exc))
                 continue
@@ -905,6 +927,14 @@ class Daemon:
                 )
             except InvalidEvent:
                 continue  # dead-lettered already
+            skew = self.opts.max_future_skew_s
+            if (
+                skew is not None
+                and rec.timestamp_ms is not None
+                and rec.timestamp_ms > 0
+                and ev.timestamp > rec.timestamp_ms / 1000.0 + skew
+            ):
+                continue  # dead-lettered already (too far ahead of its Kafka timestamp)
             if ev.model == model and (rec.key is None or rec.key == model.encode()):
                 self._dead_letter(self.units[partition], rec, reason, "ProcessingError")
                 n += 1

@@ -86,7 +86,9 @@ DEFAULTS: dict[str, Any] = {
     # (their cost grows with the state, e.g. predictions waiting for labels).
     "checkpoint": {"every_events": 50000, "every": "30s", "max_share": 0.1},
     "join": {"ttl": "7d", "max_entries": 200000, "compress": True},
-    "limits": {"max_message_bytes": 1048576},
+    # max_future_skew: an event whose time is further ahead of its Kafka record's timestamp
+    # goes to the dead-letter topic (null: no check).
+    "limits": {"max_message_bytes": 1048576, "max_future_skew": "1d"},
     "http": {"enabled": True, "host": "127.0.0.1", "port": 9308},
     "mlflow": {"tracking_uri": None},
     # The labeled store retrains draw their recent rows from (per model, newest kept).
@@ -320,6 +322,8 @@ def _check(data: dict[str, Any], errors: list[str], where: Callable[[str], str])
     ]
     if data["retrain"]["labeled_max_age"] is not None:
         durations.insert(0, ("retrain", "labeled_max_age"))
+    if data["limits"]["max_future_skew"] is not None:
+        durations.append(("limits", "max_future_skew"))
     for section, key in durations:
         dotted = f"{section}.{key}"
         try:

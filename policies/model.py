@@ -52,12 +52,21 @@ class PolicyError(ValueError):
         super().__init__("\n".join(self.errors))
 
 
+_MIN_TS = datetime(1, 1, 1, tzinfo=UTC).timestamp()
+_MAX_TS = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
+
+
 def iso_utc(ts: float) -> str:
-    """Epoch seconds → ISO-8601 UTC (``2026-11-26T10:15:00Z``; milliseconds only if needed)."""
+    """Epoch seconds → ISO-8601 UTC (``2026-11-26T10:15:00Z``; milliseconds only if needed),
+    clamped to the years 1 to 9999 (a window of an event near either end of the range events
+    may have can begin or end beyond it)."""
+    ts = min(max(ts, _MIN_TS), _MAX_TS)
     dt = datetime.fromtimestamp(ts, tz=UTC)
+    # not strftime("%Y"): glibc writes year 1 as "1", which no ISO-8601 parser reads back
+    text = dt.isoformat(timespec="seconds").removesuffix("+00:00")
     if ts == int(ts):
-        return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+        return text + "Z"
+    return f"{text}.{dt.microsecond // 1000:03d}Z"
 
 
 def parse_iso(text: str) -> float:

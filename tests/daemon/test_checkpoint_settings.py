@@ -85,6 +85,21 @@ def test_settings_bad_values_all_reported(tmp_path: Path) -> None:
     assert "join.ttl" in text and "http.port" in text and "source" in text
 
 
+def test_max_future_skew_is_a_duration_or_null(tmp_path: Path) -> None:
+    from driftwarden.daemon.app import options_from
+
+    cfg = tmp_path / "driftwarden.yaml"
+    cfg.write_text("limits:\n  max_future_skew: soonish\n")
+    with pytest.raises(ConfigError, match=r"driftwarden.yaml:2: limits.max_future_skew: "):
+        load_settings(cfg, env={})
+    cfg.write_text("limits: {max_future_skew: 2h}\n")
+    assert options_from(load_settings(cfg, env={})).max_future_skew_s == 7200
+    cfg.write_text("limits: {max_future_skew: null}\n")
+    assert options_from(load_settings(cfg, env={})).max_future_skew_s is None
+    cfg.write_text("limits: {max_message_bytes: 1000}\n")
+    assert options_from(load_settings(cfg, env={})).max_future_skew_s == 86400
+
+
 def test_durations() -> None:
     """Durations accept units and plain seconds."""
     assert parse_duration("30s") == 30 and parse_duration("2h") == 7200 and parse_duration(5) == 5

@@ -114,6 +114,20 @@ def test_client_refuses_nan_before_sending() -> None:
         prediction_event("churn", "1", {"x": 1}, {"score": math.nan})
 
 
+def test_window_bounds_beyond_the_years_1_to_9999_are_written_clamped_and_padded() -> None:
+    """A window of an event near either end of the accepted range can begin or end beyond it;
+    year 1 is written as 0001 (glibc's strftime writes "1", which no parser reads back)."""
+    from driftwarden.policies.model import iso_utc, parse_iso
+
+    first = parse_time("0001-01-01T00:00:00Z")
+    last = parse_time("9999-12-31T23:59:59Z")
+    for fmt in (format_time, iso_utc):
+        assert fmt(first - 7 * 86400) == "0001-01-01T00:00:00Z"
+        assert fmt(first + 86400.5) == "0001-01-02T00:00:00.500Z"
+        assert fmt(last + 7 * 86400) == "9999-12-31T23:59:59Z"
+        assert parse_iso(fmt(first + 3600)) == first + 3600
+
+
 def test_time_round_trip() -> None:
     """format_time and parse_time are inverse on whole and fractional seconds."""
     for ts in (0.0, 1795688100.0, 1795688100.25):
