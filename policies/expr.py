@@ -10,8 +10,14 @@ Grammar (lowest precedence first)::
     FIELD      := statistic | p_value | threshold | n
     OP         := > | >= | < | <= | == | !=
 
-A bare ``NAME`` is true when that detector triggered in the window. A comparison is false
-when the detector has no result or the field is ``None`` (no evidence never fires a rule).
+A bare ``NAME`` is true when that detector triggered in the window, false otherwise (also
+when it has no result: it did not trigger). A comparison is *unknown* when the detector has no
+result or the field is ``None`` or NaN, and the logic is three-valued (Kleene): ``not``
+unknown is unknown; ``and`` is false if any operand is false, else unknown if any is unknown;
+``or`` is true if any operand is true, else unknown if any is unknown. A rule fires only when
+its expression is definitely true, so no evidence never fires a rule, ``not`` included:
+``not recall.statistic <= 0.05`` is not true before the first labeled window closes, while
+``drift and not quality`` is true when ``drift`` triggered and ``quality`` has no result.
 The text is tokenised and parsed by hand: nothing is ever passed to ``eval``.
 
 >>> from driftwarden.detectors.base import DetectorResult
@@ -20,10 +26,13 @@ The text is tokenised and parsed by hand: nothing is ever passed to ``eval``.
 ['drift', 'quality', 'recall']
 >>> e.evaluate({"drift": DetectorResult("drift", "feature_drift", True)})
 True
+>>> parse("not recall.statistic < 0.5").evaluate({})  # unknown: no evidence
+False
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -108,7 +117,12 @@ class Expr:
         raise NotImplementedError
 
     def evaluate(self, results: Mapping[str, DetectorResult]) -> bool:
-        """The truth of the expression for one window's detector results."""
+        """Whether the expression is definitely true for one window's detector results
+        (unknown, for lack of evidence, is not true: see the module docstring)."""
+        return self._truth(results) is True
+
+    def _truth(self, results: Mapping[str, DetectorResult]) -> bool | None:
+        """Three-valued truth: ``True``, ``False`` or ``None`` for unknown (Kleene logic)."""
         raise NotImplementedError
 
 
@@ -122,7 +136,8 @@ class Name(Expr):
     def names(self) -> frozenset[str]:
         return frozenset({self.name})
 
-    def evaluate(self, results: Mapping[str, DetectorResult]) -> bool:
+    def _truth(self, results: Mapping[str, DetectorResult]) -> bool | None:
+        # Two-valued on purpose: no result means the detector did not trigger.
         r = results.get(self.name)
         return bool(r is not None and r.triggered)
 
@@ -143,14 +158,19 @@ class Compare(Expr):
     def names(self) -> frozenset[str]:
         return frozenset({self.name})
 
-    def evaluate(self, results: Mapping[str, DetectorResult]) -> bool:
+    def _truth(self, results: Mapping[str, DetectorResult]) -> bool | None:
+        # No result, no value or NaN is no evidence: unknown, so that `not` cannot turn it
+        # into a firing rule (and NaN != x, which Python calls true, does not fire either).
         r = results.get(self.name)
         if r is None:
-            return False
+            return None
         got = getattr(r, self.attr)
         if got is None:
-            return False
-        return bool(_OPS[self.op](float(got), self.value))
+            return None
+        x = float(got)
+        if math.isnan(x):
+            return None
+        return bool(_OPS[self.op](x, self.value))
 
     def __str__(self) -> str:
         return f"{self.name}.{self.attr} {self.op} {self.value:g}"
@@ -165,8 +185,9 @@ class Not(Expr):
     def names(self) -> frozenset[str]:
         return self.operand.names()
 
-    def evaluate(self, results: Mapping[str, DetectorResult]) -> bool:
-        return not self.operand.evaluate(results)
+    def _truth(self, results: Mapping[str, DetectorResult]) -> bool | None:
+        t = self.operand._truth(results)
+        return None if t is None else not t
 
     def __str__(self) -> str:
         return f"not {_wrap(self.operand)}"
@@ -181,8 +202,14 @@ class And(Expr):
     def names(self) -> frozenset[str]:
         return frozenset().union(*(o.names() for o in self.operands))
 
-    def evaluate(self, results: Mapping[str, DetectorResult]) -> bool:
-        return all(o.evaluate(results) for o in self.operands)
+    def _truth(self, results: Mapping[str, DetectorResult]) -> bool | None:
+        unknown = False
+        for o in self.operands:
+            t = o._truth(results)
+            if t is False:
+                return False
+            unknown = unknown or t is None
+        return None if unknown else True
 
     def __str__(self) -> str:
         return " and ".join(_wrap(o) for o in self.operands)
@@ -197,8 +224,14 @@ class Or(Expr):
     def names(self) -> frozenset[str]:
         return frozenset().union(*(o.names() for o in self.operands))
 
-    def evaluate(self, results: Mapping[str, DetectorResult]) -> bool:
-        return any(o.evaluate(results) for o in self.operands)
+    def _truth(self, results: Mapping[str, DetectorResult]) -> bool | None:
+        unknown = False
+        for o in self.operands:
+            t = o._truth(results)
+            if t is True:
+                return True
+            unknown = unknown or t is None
+        return None if unknown else False
 
     def __str__(self) -> str:
         return " or ".join(_wrap(o) for o in self.operands)

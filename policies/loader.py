@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -46,6 +47,7 @@ __all__ = [
     "load_policies",
     "load_policy_file",
     "parse_duration",
+    "read_yaml_file",
     "validate_paths",
 ]
 
@@ -63,18 +65,26 @@ _UNIT_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _URL_RECEIVERS = frozenset({"alertmanager", "webhook"})
 
 Path_ = tuple[str | int, ...]
+_MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 def parse_duration(value: Any) -> float:
     """``30s``/``5m``/``1h``/``2d``/``1h30m`` or a number of seconds → seconds (``ValueError``)."""
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a duration")
+    seconds: float | None = None
     if isinstance(value, (int, float)):
         if value < 0:
             raise ValueError(f"{value!r} is negative")
-        return float(value)
-    if isinstance(value, str) and _DURATION_RE.match(value.strip()):
-        return sum(float(n) * _UNIT_S[u] for n, u in _DURATION_PART.findall(value))
+        seconds = float(value)
+    elif isinstance(value, str) and _DURATION_RE.match(value.strip()):
+        seconds = sum(float(n) * _UNIT_S[u] for n, u in _DURATION_PART.findall(value))
+    if seconds is not None:
+        # YAML's .nan/.inf (and a string of digits too long for a float) pass the checks
+        # above (NaN < 0 is false) and would only fail later, in the daemon, on an event.
+        if not math.isfinite(seconds):
+            raise ValueError(f"{value!r} is not a duration (it must be a finite number of seconds)")
+        return seconds
     raise ValueError(
         f"{value!r} is not a duration (use e.g. 30s, 5m, 1h, 2d, 1h30m or a number of seconds)"
     )
@@ -95,6 +105,8 @@ class _Doc:
         self.lines: dict[Path_, int] = {}
         self.key_lines: dict[Path_, int] = {}
         self.errors: list[tuple[int, str]] = []
+        # id(mapping node) -> (node, how many of its pairs came from merge keys): see _flatten
+        self._merged: dict[int, tuple[yaml.MappingNode, int]] = {}
 
     def line(self, path: Path_, at_key: bool = False) -> int:
         if at_key and path in self.key_lines:
@@ -113,12 +125,39 @@ class _Doc:
         # Sorted by line (stable), so the report reads top to bottom like the file.
         return [f"{self.source}:{ln}: {m}" for ln, m in sorted(self.errors, key=lambda e: e[0])]
 
+    def _flatten(self, loader: yaml.SafeLoader, node: yaml.MappingNode) -> int:
+        """Resolve the YAML merge keys (``<<``) of ``node`` in place; how many of its pairs,
+        at the front, came from them (the rest were written in the mapping itself).
+
+        PyYAML's ``flatten_mapping`` rewrites the node (merged pairs first, then the explicit
+        ones) and cannot tell afterwards which were which, so the count is taken before and
+        kept for a node that is read again through an alias. Merged mappings are flattened
+        here first, so PyYAML's own recursion never flattens a node this has not counted.
+        """
+        if id(node) in self._merged:
+            return self._merged[id(node)][1]
+        for knode, vnode in node.value:
+            if knode.tag == _MERGE_TAG:
+                subs = vnode.value if isinstance(vnode, yaml.SequenceNode) else [vnode]
+                for sub in subs:
+                    if isinstance(sub, yaml.MappingNode):
+                        self._flatten(loader, sub)
+        explicit = sum(knode.tag != _MERGE_TAG for knode, _ in node.value)
+        loader.flatten_mapping(node)
+        merged = len(node.value) - explicit
+        self._merged[id(node)] = (node, merged)
+        return merged
+
     def to_python(self, loader: yaml.SafeLoader, node: yaml.Node, path: Path_) -> Any:
         self.lines[path] = node.start_mark.line + 1
         if isinstance(node, yaml.MappingNode):
-            loader.flatten_mapping(node)  # resolves YAML merge keys (<<)
-            out: dict[Any, Any] = {}
-            for knode, vnode in node.value:
+            n_merged = self._flatten(loader, node)
+            # YAML merge semantics: a key written in the mapping overrides a merged one, and
+            # among merged pairs the later one wins (PyYAML orders them so); only a key
+            # written twice in the mapping itself is a duplicate.
+            pairs: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+            explicit: dict[str, int] = {}
+            for i, (knode, vnode) in enumerate(node.value):
                 key = loader.construct_object(knode, deep=True)
                 if not isinstance(key, str):
                     self.errors.append(
@@ -128,15 +167,20 @@ class _Doc:
                         )
                     )
                     key = str(key)
-                if key in out:
-                    self.errors.append(
-                        (
-                            knode.start_mark.line + 1,
-                            f"{_fmt_path((*path, key))}: duplicate key {key!r} (first at line "
-                            f"{self.key_lines[(*path, key)]}).",
+                if i >= n_merged:
+                    if key in explicit:
+                        self.errors.append(
+                            (
+                                knode.start_mark.line + 1,
+                                f"{_fmt_path((*path, key))}: duplicate key {key!r} (first at "
+                                f"line {explicit[key]}).",
+                            )
                         )
-                    )
-                    continue
+                        continue
+                    explicit[key] = knode.start_mark.line + 1
+                pairs[key] = (knode, vnode)
+            out: dict[Any, Any] = {}
+            for key, (knode, vnode) in pairs.items():
                 self.key_lines[(*path, key)] = knode.start_mark.line + 1
                 out[key] = self.to_python(loader, vnode, (*path, key))
             return out
@@ -459,11 +503,23 @@ def _rules(
         )
         falls_back = any(t == "fallback" for t, _ in actions)
         recover = 3 if falls_back else 1
+        rule_recover: int | None = None
         if "recover_after" in r:
-            recover = _int(doc, r["recover_after"], (*p, "recover_after"), 1) or recover
+            rule_recover = _int(doc, r["recover_after"], (*p, "recover_after"), 1)
+            recover = rule_recover or recover
         for t, a in actions:
             if t == "fallback" and "recover_after" in a:
-                recover = int(a["recover_after"])
+                fb_recover = int(a["recover_after"])
+                # The rule's recover_after and its fallback's are the same setting: two
+                # different values would leave one silently ignored, so refuse instead.
+                if rule_recover is not None and fb_recover != rule_recover:
+                    ap: Path_ = (*p, "actions", _action_index(r["actions"], "fallback"), "fallback")
+                    doc.err(
+                        (*ap, "recover_after"),
+                        f"{fb_recover} conflicts with the rule's recover_after: {rule_recover} "
+                        f"(line {doc.line((*p, 'recover_after'))}); give it once.",
+                    )
+                recover = fb_recover
         if name is None or when is None or for_w is None or cooldown is None:
             continue
         out.append(
@@ -473,7 +529,11 @@ def _rules(
 
 
 _ACTION_TYPES = ("alert", "fallback", "retrain")
-_GATE_KEYS = ("min", "max", "max_regression", "slices")
+
+
+def _action_index(actions: list[Any], kind: str) -> int:
+    """Index in the rule's ``actions`` list of its (only) action of type ``kind``."""
+    return next(i for i, e in enumerate(actions) if isinstance(e, dict) and kind in e)
 
 
 def _actions(
@@ -562,13 +622,22 @@ def _retrain_data(doc: _Doc, v: Any, path: Path_) -> None:
 
 
 def _gates(doc: _Doc, v: Any, path: Path_) -> None:
+    # The gate keys and metric names are the retrain pipeline's own (retrain/gates.py runs
+    # validate_gates before every attempt): a policy that validates must not fail there. The
+    # import is here, not at the top, so only policies with gates pay for it.
+    from driftwarden.retrain.gates import GATE_KEYS, METRICS, SLICE_GATE_KEYS
+
     g = _mapping(doc, v, path)
     if g is None:
         return
-    _keys(doc, g, path, _GATE_KEYS)
-    for k in ("min", "max", "max_regression"):
+    _keys(doc, g, path, GATE_KEYS)
+    for k in ("min", "max_regression"):
         if k in g:
-            _metric_map(doc, g[k], (*path, k), minimum=0.0 if k == "max_regression" else None)
+            _metric_map(
+                doc, g[k], (*path, k), METRICS, minimum=0.0 if k == "max_regression" else None
+            )
+    if "min_holdout" in g:
+        _int(doc, g["min_holdout"], (*path, "min_holdout"), 1)
     if "slices" in g:
         sl = _mapping(doc, g["slices"], (*path, "slices"))
         for seg, spec in (sl or {}).items():
@@ -576,16 +645,25 @@ def _gates(doc: _Doc, v: Any, path: Path_) -> None:
             s = _mapping(doc, spec, sp)
             if s is None:
                 continue
-            _keys(doc, s, sp, ("max_drop", "min_samples"))
+            _keys(doc, s, sp, SLICE_GATE_KEYS)
             if "max_drop" in s:
-                _metric_map(doc, s["max_drop"], (*sp, "max_drop"), minimum=0.0)
+                _metric_map(doc, s["max_drop"], (*sp, "max_drop"), METRICS, minimum=0.0)
             if "min_samples" in s:
                 _int(doc, s["min_samples"], (*sp, "min_samples"), 1)
 
 
-def _metric_map(doc: _Doc, v: Any, path: Path_, minimum: float | None) -> None:
+def _metric_map(
+    doc: _Doc, v: Any, path: Path_, metrics: Sequence[str], minimum: float | None
+) -> None:
     m = _mapping(doc, v, path)
     for metric, x in (m or {}).items():
+        if metric not in metrics:
+            doc.err(
+                (*path, metric),
+                f"unknown metric {metric!r} ({_hint(metric, metrics)}).",
+                at_key=True,
+            )
+            continue
         _number(doc, x, (*path, metric), minimum=minimum)
 
 
@@ -806,13 +884,31 @@ def _types(detector_types: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return registry()
 
 
-def _load(path: Path, types: Mapping[str, Any]) -> tuple[Policy | None, list[str]]:
-    doc = _Doc(str(path))
+def _read(path: Path, doc: _Doc) -> Any:
+    """The plain data of a YAML file; read and YAML problems (duplicate keys included) go to
+    ``doc.errors``."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        return None, [f"{path}:1: cannot read the file: {e}."]
-    data = _compose(text, doc)
+        doc.errors.append((1, f"cannot read the file: {e}."))
+        return None
+    return _compose(text, doc)
+
+
+def read_yaml_file(path: str | Path) -> Any:
+    """A YAML file's plain data, read as strictly as a policy file: a duplicate key (which
+    ``yaml.safe_load`` would silently drop) or invalid YAML raises :class:`PolicyError` with
+    every problem at ``file:line``. For the other YAML files about policies (policy tests)."""
+    doc = _Doc(str(path))
+    data = _read(Path(path), doc)
+    if doc.errors:
+        raise PolicyError(doc.formatted())
+    return data
+
+
+def _load(path: Path, types: Mapping[str, Any]) -> tuple[Policy | None, list[str]]:
+    doc = _Doc(str(path))
+    data = _read(path, doc)
     if doc.errors:
         return None, doc.formatted()
     policy = _check_policy(doc, data, path, types)

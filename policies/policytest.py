@@ -38,7 +38,7 @@ import yaml
 from driftwarden.detectors.base import DetectorResult
 
 from .evaluator import PolicyState, evaluate
-from .loader import load_policy_file, parse_duration
+from .loader import load_policy_file, parse_duration, read_yaml_file
 from .model import Decision, Policy, PolicyError, WindowInfo, parse_iso
 from .silences import Silence, SilenceSet
 
@@ -219,7 +219,9 @@ def run_policy_tests(
     """Run a policy test file; a broken test file or policy is reported as a failure."""
     p = Path(path)
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+        # Not yaml.safe_load: it keeps the last of two equal keys, so a second `tests:` block
+        # would silently drop the first one's cases. Duplicates are errors at file:line.
+        raw = read_yaml_file(p)
         spec = _check_keys(raw, _FILE_KEYS, str(p))
         if "policy" not in spec or "tests" not in spec:
             raise _fail(str(p), "needs 'policy' (a policy file) and 'tests'.")

@@ -33,9 +33,11 @@ from driftwarden.detectors.stats import binary_roc_auc
 
 __all__ = [
     "DEFAULT_MIN_HOLDOUT",
+    "GATE_KEYS",
     "GateResult",
     "METRICS",
     "ModelOutputs",
+    "SLICE_GATE_KEYS",
     "check_gates",
     "evaluate",
     "model_outputs",
@@ -44,6 +46,11 @@ __all__ = [
 
 DEFAULT_MIN_HOLDOUT = 100
 METRICS = ("roc_auc", "recall", "precision", "f1", "accuracy", "log_loss", "brier")
+# The keys of a policy's ``retrain.gates`` and of one of its ``slices``. The policy loader
+# checks policies against these (and METRICS), so what `driftwarden validate` accepts is what
+# validate_gates accepts at retrain time: extend them here, where check_gates implements them.
+GATE_KEYS = ("min", "max_regression", "slices", "min_holdout")
+SLICE_GATE_KEYS = ("max_drop", "min_samples")
 # Metrics where lower is better (a "drop" is an increase).
 _LOWER_IS_BETTER = frozenset({"log_loss", "brier"})
 
@@ -78,11 +85,10 @@ class GateResult:
 
 def validate_gates(gates: Mapping[str, Any]) -> None:
     """Refuse unknown gate keys and metrics with a plain sentence (policies are operator input)."""
-    known = {"min", "max_regression", "slices", "min_holdout"}
     for key in gates:
-        if key not in known:
+        if key not in GATE_KEYS:
             raise ValueError(
-                f"unknown retrain gate {key!r}; known gates: {', '.join(sorted(known))}."
+                f"unknown retrain gate {key!r}; known gates: {', '.join(sorted(GATE_KEYS))}."
             )
     for key in ("min", "max_regression"):
         for metric in gates.get(key) or {}:
@@ -92,8 +98,10 @@ def validate_gates(gates: Mapping[str, Any]) -> None:
                 )
     for col, spec in (gates.get("slices") or {}).items():
         for k in spec:
-            if k not in ("max_drop", "min_samples"):
-                raise ValueError(f"gate slices.{col}.{k}: unknown key (max_drop, min_samples).")
+            if k not in SLICE_GATE_KEYS:
+                raise ValueError(
+                    f"gate slices.{col}.{k}: unknown key ({', '.join(SLICE_GATE_KEYS)})."
+                )
         for metric in spec.get("max_drop") or {}:
             if metric not in METRICS:
                 raise ValueError(

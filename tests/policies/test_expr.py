@@ -127,4 +127,6 @@ def test_never_calls_eval(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("eval", "exec", "compile"):
         monkeypatch.setattr(builtins, name, boom)
     e = parse("(a or b) and not c.statistic > 1")
-    assert e.evaluate(results(a=True, b=False)) is True
+    # c needs a statistic: without one `not c.statistic > 1` is unknown, never true.
+    c = DetectorResult("c", "x", False, statistic=0.5)
+    assert e.evaluate({**results(a=True, b=False), "c": c}) is True
