@@ -93,7 +93,10 @@ class _FeatureCheck:
         low = high = None
         if fp.type == "numeric" and fp.min is not None and fp.max is not None:
             # Widen the reference range a little: a validation split rarely holds the extremes.
-            pad = margin * max(fp.max - fp.min, abs(fp.max), abs(fp.min), 1e-12)
+            # By its width, not by the values' size, which would switch the check off for values
+            # far from 0 (kelvins); a constant reference has no width: its value's size then.
+            width = fp.max - fp.min
+            pad = margin * (width if width > 0 else max(abs(fp.max), 1e-12))
             low, high = fp.min - pad, fp.max + pad
         cats = [c for c in fp.categories if c != OTHER]
         # Values counted exactly (the reference's listed values and the usual stand-ins for
@@ -157,7 +160,8 @@ class DataQuality(Detector):
         Allowed rise of the null rate over the reference's (default 0.05).
     max_out_of_range_rate
         Allowed share of numbers outside the reference [min, max] widened by ``range_margin``
-        times its width (defaults 0.01 and 0.05).
+        times its width (times the value's size when the reference is constant; defaults 0.01
+        and 0.05).
     max_new_category_rate
         Allowed share of categories the reference never saw (default 0.01).
     max_absent_rate, max_type_error_rate

@@ -89,7 +89,9 @@ class _Binner:
     def from_profile(cls, fp: FeatureProfile) -> _Binner:
         n_ref = float(fp.n) if fp.n > 0 else None
         if fp.type == "numeric":
-            grid, cdf = grid_cdf(fp.quantiles)
+            # Profiles written before quantile_cdf was stored fall back to the grid's
+            # probabilities (approximate where ties repeat a value).
+            grid, cdf = grid_cdf(fp.quantiles, fp.quantile_cdf or None)
             return cls(
                 kind="numeric",
                 ref_freqs=np.asarray(fp.bin_freqs or [1.0], dtype=np.float64),
@@ -220,7 +222,7 @@ class _Binner:
             w = wasserstein_from_grid(
                 self.grid, self.grid_cdf, np.asarray(acc["fine"]), acc["low"], acc["high"]
             )
-            return w / self.std if self.std else w, p
+            return (min(w / self.std, _FLOAT_MAX) if self.std else w), p
         if method in ("chi2", "ks"):
             # Cramér's V of the 2 x k table: an effect size that does not grow with n.
             total = float(acc["n"]) + (self.n_ref or float(acc["n"]))

@@ -77,9 +77,12 @@ class FeatureProfile:
     reference's sample size in two-sample tests); ``null_rate`` is the share of rows that were
     null. Numeric: ``bin_edges`` are inner quantile edges of right-closed bins, ``bin_freqs``
     the reference share per bin (``len(bin_edges) + 1``), ``quantiles`` a 101-point quantile
-    grid. Categorical: ``categories`` maps each category (string form) to its share.
-    ``value_shares`` lists the most common exact values (string form, see
-    :func:`~driftwarden.detectors.stats.value_key`) with their shares among non-null values.
+    grid and ``quantile_cdf`` the exact share of values at or below each quantile (where ties
+    repeat a value it differs from the grid's probabilities; empty in profiles written before
+    it was stored, which then use those probabilities). Categorical: ``categories`` maps each
+    category (string form) to its share. ``value_shares`` lists the most common exact values
+    (string form, see :func:`~driftwarden.detectors.stats.value_key`) with their shares among
+    non-null values.
     """
 
     type: Literal["numeric", "categorical"]
@@ -92,6 +95,7 @@ class FeatureProfile:
     bin_edges: list[float] = field(default_factory=list)
     bin_freqs: list[float] = field(default_factory=list)
     quantiles: list[float] = field(default_factory=list)
+    quantile_cdf: list[float] = field(default_factory=list)
     categories: dict[str, float] = field(default_factory=dict)
     value_shares: dict[str, float] = field(default_factory=dict)
 
@@ -108,6 +112,7 @@ class FeatureProfile:
             "bin_edges": list(self.bin_edges),
             "bin_freqs": list(self.bin_freqs),
             "quantiles": list(self.quantiles),
+            "quantile_cdf": list(self.quantile_cdf),
             "categories": dict(self.categories),
             "value_shares": dict(self.value_shares),
         }
@@ -122,6 +127,13 @@ class FeatureProfile:
             )
         if "n" not in d or "null_rate" not in d:
             raise ValueError(f"profile entry {where!r} lacks 'n' or 'null_rate'.")
+        quantiles = [float(x) for x in d.get("quantiles") or []]
+        quantile_cdf = [float(x) for x in d.get("quantile_cdf") or []]
+        if quantile_cdf and len(quantile_cdf) != len(quantiles):
+            raise ValueError(
+                f"profile entry {where!r} has {len(quantile_cdf)} quantile_cdf values for "
+                f"{len(quantiles)} quantiles."
+            )
         return cls(
             type=kind,
             n=int(d["n"]),
@@ -132,7 +144,8 @@ class FeatureProfile:
             std=_clean(d.get("std")),
             bin_edges=[float(x) for x in d.get("bin_edges") or []],
             bin_freqs=[float(x) for x in d.get("bin_freqs") or []],
-            quantiles=[float(x) for x in d.get("quantiles") or []],
+            quantiles=quantiles,
+            quantile_cdf=quantile_cdf,
             categories={str(k): float(v) for k, v in (d.get("categories") or {}).items()},
             value_shares={str(k): float(v) for k, v in (d.get("value_shares") or {}).items()},
         )
@@ -287,6 +300,8 @@ def _numeric_profile(s: pd.Series, bins: int) -> FeatureProfile:
     edges = quantile_edges(v, bins)
     freqs = bin_counts(v, edges) / n
     uniq, counts = np.unique(v, return_counts=True)
+    quantiles = np.quantile(v, np.linspace(0, 1, QUANTILE_POINTS))
+    at_or_below = np.r_[0, np.cumsum(counts)][np.searchsorted(uniq, quantiles, side="right")]
     return FeatureProfile(
         type="numeric",
         n=n,
@@ -297,7 +312,8 @@ def _numeric_profile(s: pd.Series, bins: int) -> FeatureProfile:
         std=float(v.std(ddof=1)) if n > 1 else 0.0,
         bin_edges=[float(e) for e in edges],
         bin_freqs=[float(f) for f in freqs],
-        quantiles=[float(q) for q in np.quantile(v, np.linspace(0, 1, QUANTILE_POINTS))],
+        quantiles=[float(q) for q in quantiles],
+        quantile_cdf=[float(c) for c in at_or_below / n],
         value_shares=_numeric_top_shares(uniq, counts, n),
     )
 
@@ -407,19 +423,27 @@ def _keyed_classification_metrics(
     yk: np.ndarray, pk: np.ndarray | None, score: np.ndarray | None, positive: str | None
 ) -> dict[str, Any]:
     """:func:`_classification_metrics` of targets and predictions already keyed
-    (:func:`value_key` as ``str``): a table is keyed once, then sliced."""
+    (:func:`value_key` as ``str``): a table is keyed once, then sliced.
+
+    A row without a prediction (``None`` in ``pk``) or without a score (NaN) is left out of
+    the metrics that need it, as slice_performance leaves such events out; metrics with no
+    row left are left out (no baseline)."""
 
     out: dict[str, Any] = {"n": int(yk.shape[0])}
     if pk is not None:
-        fast = _binary_counts(yk, pk, positive)
+        has = pd.notna(pk)
+        yp, pp = (yk, pk) if has.all() else (yk[has], pk[has])
+        fast = _binary_counts(yp, pp, positive)
         if fast is not None:
             out.update(fast)
-        else:
-            out.update(_sklearn_label_metrics(pd.Series(yk), pd.Series(pk), positive))
+        elif yp.size:
+            out.update(_sklearn_label_metrics(pd.Series(yp), pd.Series(pp), positive))
     if score is not None and positive is not None:
-        truth = yk == positive
+        has = np.isfinite(score)
+        truth = yk[has] == positive
         # ROC AUC is undefined when the slice holds one class only.
-        out["roc_auc"] = binary_roc_auc(truth, score) if 0 < truth.sum() < truth.size else None
+        auc_ok = 0 < truth.sum() < truth.size
+        out["roc_auc"] = binary_roc_auc(truth, score[has]) if auc_ok else None
     return out
 
 
@@ -428,6 +452,8 @@ def _regression_metrics(y: pd.Series, pred: pd.Series) -> dict[str, Any]:
 
     yt = y.to_numpy(dtype=np.float64)
     yp = pred.to_numpy(dtype=np.float64)
+    if yt.size == 0:  # sklearn refuses no rows: no baseline
+        return {"n": 0}
     return {
         "n": int(yt.size),
         "mae": float(skm.mean_absolute_error(yt, yp)),
@@ -507,14 +533,22 @@ def build_profile(
         keyed = task != "regression"
         yk = _str_keys(df[target]) if keyed else None
         pk = _str_keys(df[prediction]) if keyed and prediction is not None else None
-        scores = None if score is None else df[score].to_numpy(dtype=np.float64)
+        if pk is not None:
+            pk[df[prediction].isna().to_numpy()] = None  # no prediction, not a class "nan"
+        scores = None if score is None else df[score].to_numpy(np.float64, na_value=np.nan)
+        # Regression rows without a prediction are left out, as rows without a target are.
+        predicted = (
+            np.isfinite(df[prediction].to_numpy(dtype=np.float64, na_value=np.nan))
+            if not keyed and prediction is not None
+            else None
+        )
 
         def compute(rows: np.ndarray) -> dict[str, Any]:
             rows = rows[labeled[rows]]
             if yk is None:
-                if prediction is None:
+                if predicted is None:
                     return {"n": int(rows.size)}
-                part = df.iloc[rows]
+                part = df.iloc[rows[predicted[rows]]]
                 return _regression_metrics(part[target], part[prediction])
             return _keyed_classification_metrics(
                 yk[rows],

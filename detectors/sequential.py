@@ -125,6 +125,12 @@ def cusum_path(x: np.ndarray, s0: float, k: float, h: float) -> tuple[list[int],
     # 0/1 errors put S on a lattice where S == h exactly happens; the cumulative sums carry
     # rounding (~1e-12) the one-step recursion does not, so "equal within rounding" is no alarm.
     tol = 1e-9 * max(1.0, abs(h))
+    # A step above h + k alarms by itself and one below -(h + k) empties S, however large they
+    # are: capped beyond that, alarms and S are unchanged (only the largest S reported is
+    # capped), and valid numbers near the float limit no longer overflow the cumulative sums
+    # to inf (S to NaN, for good) or drown the later steps in their rounding.
+    cap = 2.0 * (abs(h) + abs(k)) + 1.0
+    x = np.clip(x, -cap, cap)
     while start < x.size:
         cum = np.cumsum(x[start:] - k)
         path = cum - np.minimum(np.minimum.accumulate(cum), -s)
@@ -231,7 +237,8 @@ class _CusumBase(Detector):
         x = x[np.isfinite(x)]
         if x.size == 0:
             return
-        z = (x - self.mean) / self.std
+        with np.errstate(over="ignore"):
+            z = (x - self.mean) / self.std  # ±inf past the float limit: cusum_path caps it
         for si, sign in enumerate(self._signs):
             for ki, (k, h) in enumerate(zip(self.ks, self.hs, strict=True)):
                 alarms, s_end, s_max = cusum_path(sign * z, self._s[si][ki], k, h)

@@ -117,7 +117,8 @@ class SlicePerformance(Detector):
     max_scores
         ``roc_auc`` only: the most recent scores kept per slice and window (bounds memory).
     positive_label
-        The positive class for precision/recall/f1/roc_auc, overriding the profile's.
+        The positive class for precision/recall/f1/roc_auc. With a profile it can only be
+        the profile's own (its baselines are of that class; another is refused).
 
     Examples
     --------
@@ -213,13 +214,26 @@ class SlicePerformance(Detector):
         self.fdr = fdr
         self.max_scores = int(max_scores)
         pos = positive_label
-        if pos is None and profile is not None:
-            pos = getattr(profile, "positive_label", None)
-            if pos is None and metric in _NEEDS_POSITIVE and task == "classification":
+        ref_pos = getattr(profile, "positive_label", None) if profile is not None else None
+        if profile is not None and metric in _NEEDS_POSITIVE:
+            # The profile's baselines are of its positive class, or macro averages over the
+            # classes when it has none: one class's metric compares only with that class's.
+            if ref_pos is None and task == "classification":
                 raise ValueError(
                     f"{where}: metric {metric!r} needs a positive class, but the profile has "
-                    "none (a multi-class model); set positive_label."
+                    f"none (a multi-class model): its {metric} baselines are macro averages "
+                    "over the classes, which one class's metric cannot be tested against. "
+                    "Use metric 'accuracy'."
                 )
+            if ref_pos is not None and pos is not None and value_key(pos) != ref_pos:
+                raise ValueError(
+                    f"{where}: positive_label {pos!r} differs from the profile's positive "
+                    f"class {ref_pos!r}: the profile's {metric} baselines are of class "
+                    f"{ref_pos!r}, which class {pos!r}'s {metric} cannot be tested against; "
+                    f"remove positive_label (or set it to {ref_pos!r})."
+                )
+        if pos is None:
+            pos = ref_pos
         self.positive = value_key(pos) if pos is not None else "1"
         self._groups: dict[str, dict[str, Any]] = {}
 

@@ -48,6 +48,8 @@ __all__ = [
 #: errors apart.
 ERROR_CAP = 1e70
 
+_FLOAT_MAX = float(np.finfo(np.float64).max)
+
 
 def abs_errors(value: np.ndarray, label: np.ndarray) -> np.ndarray:
     """``|value - label|`` capped at :data:`ERROR_CAP` (NaN, a missing side, stays NaN)."""
@@ -152,22 +154,25 @@ def chi2_homogeneity(
     return stat, float(special.chdtrc(dof, stat)), dof
 
 
-def grid_cdf(quantiles: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+def grid_cdf(
+    quantiles: Sequence[float], cdf: Sequence[float] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Unique grid points of a quantile grid and the reference CDF at each of them.
 
-    ``quantiles`` are the values at probabilities ``0, 1/(k-1), ..., 1``; where ties repeat a
-    value, the CDF there is the highest probability mapped to it (an approximation good to one
-    grid step).
+    ``quantiles`` are the values at probabilities ``0, 1/(k-1), ..., 1``. ``cdf``, when given,
+    is the reference's exact share of values at or below each quantile (one per quantile, as
+    the profile stores it). Without it, where ties repeat a value the CDF there is the highest
+    probability mapped to it: an approximation good to one grid step, which a large window
+    tells apart from the exact CDF (a 0/1 feature with 30.95 % zeros reads as 30 %).
     """
     q = np.asarray(quantiles, dtype=np.float64)
     if q.size < 2:
         return q, np.ones_like(q)
-    probs = np.linspace(0.0, 1.0, q.size)
+    probs = np.linspace(0.0, 1.0, q.size) if cdf is None else np.asarray(cdf, dtype=np.float64)
     grid, last = np.unique(q[::-1], return_index=True)
     # np.unique on the reversed grid returns the first occurrence in reverse order, i.e. the
     # last (highest-probability) occurrence of each value in the original order.
-    cdf = probs[q.size - 1 - last]
-    return grid, cdf
+    return grid, probs[q.size - 1 - last]
 
 
 def _window_cdf(counts: np.ndarray) -> np.ndarray:
@@ -225,7 +230,9 @@ def wasserstein_from_grid(
     diff = _window_cdf(counts) - ref_cdf
     widths = np.diff(grid)
     inner = float(np.sum(_abs_linear_integral(diff[:-1], diff[1:]) * widths))
-    return inner + (low_sum + high_sum) / n
+    # Capped like the tail sums: values near the float limit on both sides (valid input)
+    # would make it inf, which a JSON result cannot hold.
+    return min(inner + (low_sum + high_sum) / n, _FLOAT_MAX)
 
 
 def value_key(v: object) -> str:
@@ -302,15 +309,18 @@ def _infinite(v: object) -> bool:
 
 
 def is_numeric_like(categories: Sequence[str]) -> bool:
-    """Whether every category key reads as a number (then numeric event values are keyed too)."""
-    if not categories:
-        return False
-    try:
-        for c in categories:
+    """Whether some category key reads as a number (then numeric event values are keyed too).
+
+    Some, not every: a code column with a stand-in (``1, 2, 3, "unknown"``) takes numbers,
+    and its numbers must be counted as its categories, not as values of the wrong type.
+    """
+    for c in categories:
+        try:
             float(c)
-    except ValueError:
-        return False
-    return True
+        except ValueError:
+            continue
+        return True
+    return False
 
 
 def categorical_keys(

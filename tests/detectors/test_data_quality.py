@@ -295,3 +295,41 @@ def test_accumulators_equal_the_pandas_definition_batch_by_batch() -> None:
         for f in kinds:
             assert fast._accs[f] == slow_accs[f], (size, f)
             assert list(fast._accs[f]["sketch"]) == list(slow_accs[f]["sketch"]), (size, f)
+
+
+def test_range_margin_is_a_share_of_the_reference_width() -> None:
+    """The reference range is widened by range_margin times its width, as documented — not
+    times the values' size, which for values far from 0 (kelvins) switched the check off."""
+    rng = np.random.default_rng(7)
+    prof = build_profile(
+        pd.DataFrame({"temp_k": rng.uniform(280.0, 310.0, 5000)}), "m", created_at="-"
+    )
+    fp = prof.features["temp_k"]
+    assert fp.min is not None and fp.max is not None
+    det = DataQuality("quality", prof)
+    pad = 0.05 * (fp.max - fp.min)
+    assert det._checks["temp_k"].low == pytest.approx(fp.min - pad)
+    assert det._checks["temp_k"].high == pytest.approx(fp.max + pad)
+    window = rng.uniform(280.0, 310.0, 1000)
+    window[:300] = rng.uniform(318.0, 325.0, 300)
+    det.update(Batch.from_records([{"features": {"temp_k": float(v)}} for v in window]))
+    assert ("temp_k", "out_of_range") in _checks(det.result())
+    # A constant reference has no width: its value's size sets the margin.
+    const = build_profile(pd.DataFrame({"k": np.full(100, 40.0)}), "m", created_at="-")
+    chk = DataQuality("quality", const)._checks["k"]
+    assert (chk.low, chk.high) == pytest.approx((38.0, 42.0))
+
+
+def test_mixed_number_and_string_categories_accept_numbers() -> None:
+    """A code column whose reference mixes numbers and a string stand-in (1, 2, 3, "unknown"):
+    numbers are its categories, not type errors, and a window equal to the reference passes."""
+    rng = np.random.default_rng(8)
+    vals = [int(v) if v != "unknown" else v for v in rng.choice([1, 2, 3, "unknown"], 3000)]
+    prof = build_profile(pd.DataFrame({"zip": pd.Series(vals, dtype=object)}), "m", created_at="-")
+    det = DataQuality("quality", prof)
+    det.update(Batch.from_records([{"features": {"zip": v}} for v in vals[:1000]]))
+    r = det.result()
+    assert not r.triggered and r.evidence["problems"] == []
+    det.reset()
+    det.update(Batch.from_records([{"features": {"zip": v}} for v in [7] * 100]))
+    assert _checks(det.result()) >= {("zip", "new_category")}

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from driftwarden.detectors.batch import FeatureColumn
+from driftwarden.detectors.batch import Batch, FeatureColumn
 from driftwarden.detectors.feature_drift import FeatureDrift, columns_batch
 from driftwarden.detectors.profile import FeatureProfile, ReferenceProfile, build_profile
-from driftwarden.detectors.stats import bin_counts, grid_cdf, psi
+from driftwarden.detectors.stats import bin_counts, grid_cdf, psi, wasserstein_from_grid
 
 N_FEATURES = 50
 
@@ -253,7 +253,7 @@ def test_ks_and_chi2_p_values_match_scipy_on_the_same_counts() -> None:
     det = FeatureDrift("drift", prof, method="ks", fdr="none", threshold=0.999)
     det.update(batch)
     p_of = {t["feature"]: t["p_value"] for t in det.result().evidence["top"]}
-    grid, cdf = grid_cdf(fp_x.quantiles)
+    grid, cdf = grid_cdf(fp_x.quantiles, fp_x.quantile_cdf)
     d = np.max(np.abs(np.cumsum(bin_counts(x, grid))[:-1] / n - cdf))
     en = round(n * fp_x.n / (n + fp_x.n))
     assert p_of["x"] == pytest.approx(sps.kstwo.sf(d, en), rel=1e-12, abs=1e-300)
@@ -309,3 +309,71 @@ def test_values_near_the_float_limit_keep_the_state_json(clean_profile: Referenc
     again.load_state(state)
     result = again.result()
     assert result.triggered and result.evidence["top"][0]["feature"] == "f5"
+
+
+def test_ks_on_a_discrete_feature_reads_the_exact_reference_cdf() -> None:
+    """A 0/1 feature with 30.95 % zeros: the quantile grid alone puts the reference CDF at 0
+    at 30 %, an error a large window of the same distribution finds "significant". The profile
+    stores the exact CDF at the grid points, and KS reads it."""
+    ref = np.r_[np.zeros(61_900), np.ones(138_100)]
+    prof = build_profile(pd.DataFrame({"flag": ref}), "m", created_at="-")
+    fp = prof.features["flag"]
+    assert sorted(set(fp.quantiles)) == [0.0, 1.0]
+    assert fp.quantile_cdf[0] == pytest.approx(0.3095) and fp.quantile_cdf[-1] == 1.0
+    det = FeatureDrift("drift", prof, method="ks")
+    det.update(columns_batch({"flag": np.r_[np.zeros(61_900), np.ones(138_100)]}))
+    r = det.result()
+    assert r.statistic == pytest.approx(0.0, abs=1e-12) and r.p_value == 1.0
+    assert not r.triggered
+
+
+def test_profiles_without_the_exact_cdf_still_use_the_quantile_grid() -> None:
+    """A profile written before quantile_cdf was stored loads and is read off the grid's
+    probabilities, as before."""
+    rng = np.random.default_rng(902)
+    prof = build_profile(pd.DataFrame({"x": rng.normal(size=3000).round(1)}), "m", created_at="-")
+    old = prof.to_dict()
+    del old["features"]["x"]["quantile_cdf"]
+    legacy = ReferenceProfile.from_dict(old)
+    assert legacy.features["x"].quantile_cdf == []
+    x = rng.normal(0.2, 1.0, 2000).round(1)
+    det = FeatureDrift("drift", legacy, method="ks", fdr="none", threshold=0.999)
+    det.update(columns_batch({"x": x}))
+    grid, cdf = grid_cdf(legacy.features["x"].quantiles)
+    d = np.max(np.abs(np.cumsum(bin_counts(x, grid))[:-1] / x.size - cdf))
+    assert det.result().statistic == pytest.approx(d, rel=1e-12)
+    bad = prof.to_dict()
+    bad["features"]["x"]["quantile_cdf"] = [0.5]
+    with pytest.raises(ValueError, match="1 quantile_cdf values for 101 quantiles"):
+        ReferenceProfile.from_dict(bad)
+
+
+def test_mixed_number_and_string_categories_count_numbers_as_categories() -> None:
+    """A code column with a string stand-in (1, 2, 3, "unknown"): events sent with the same
+    types are counted in full, and a window equal to the reference does not drift."""
+    rng = np.random.default_rng(903)
+    vals = [int(v) if v != "unknown" else v for v in rng.choice([1, 2, 3, "unknown"], 3000)]
+    prof = build_profile(pd.DataFrame({"zip": pd.Series(vals, dtype=object)}), "m", created_at="-")
+    det = FeatureDrift("drift", prof, method="psi")
+    det.update(Batch.from_records([{"features": {"zip": v}} for v in vals[:1000]]))
+    assert det.state_dict()["state"]["features"]["zip"]["n"] == 1000
+    assert not det.result().triggered
+
+
+def test_wasserstein_statistic_stays_finite_near_the_float_limit(
+    clean_profile: ReferenceProfile,
+) -> None:
+    """Values near the float limit on both sides of the reference: the statistic is capped at
+    the largest float (as the tail sums are), so the result stays JSON."""
+    det = FeatureDrift("drift", clean_profile, method="wasserstein", min_samples=1)
+    det.update(Batch.from_records([{"features": {"f0": v}} for v in (1e308, -1e308)]))
+    r = det.result()
+    assert r.statistic is not None and np.isfinite(r.statistic)
+    json.dumps(r.to_dict(), allow_nan=False)
+    big = float(np.finfo(np.float64).max)
+    assert (
+        wasserstein_from_grid(
+            np.array([0.0, 1.0]), np.array([0.5, 1.0]), np.array([1, 0, 1]), big, big
+        )
+        == big
+    )

@@ -271,3 +271,44 @@ def test_slices_of_a_mixed_type_segment_follow_value_key() -> None:
     assert set(want) == {"true", "false", "1", "2.5", "3", "x", "100000000000000000"}
     assert p.metrics["slices"]["mixed"] == want
     assert list(p.metrics["slices"]["mixed"]) == sorted(want)
+
+
+def test_rows_without_a_score_or_prediction_are_left_out_of_the_metrics() -> None:
+    """A NaN score or regression prediction aborted the profile (sklearn's "Input contains
+    NaN"); such rows are left out of the metrics that need them, as rows without a target are,
+    and a slice without a usable row has no baseline for them."""
+    rng = np.random.default_rng(31)
+    n = 2000
+    df = pd.DataFrame({"y": rng.integers(0, 2, n), "score": rng.random(n)})
+    df["pred"] = (df.score > 0.5).astype(int)
+    df["tier"] = np.where(np.arange(n) < 10, "tiny", "big")
+    df.loc[5, "score"] = np.nan
+    df.loc[:9, "pred"] = None  # the whole "tiny" slice lacks a predicted label
+    p = build_profile(
+        df,
+        "churn",
+        target="y",
+        prediction="pred",
+        score="score",
+        segments=["tier"],
+        created_at="-",
+    )
+    ok = df.score.notna()
+    assert p.metrics["overall"]["roc_auc"] == pytest.approx(
+        skm.roc_auc_score(df.y[ok], df.score[ok]), rel=1e-12
+    )
+    has = df.pred.notna()
+    assert p.metrics["overall"]["accuracy"] == pytest.approx(
+        skm.accuracy_score(df.y[has], df.pred[has].astype(int)), rel=1e-12
+    )
+    assert "accuracy" not in p.metrics["slices"]["tier"]["tiny"]
+
+    reg = pd.DataFrame({"y": rng.normal(size=n)})
+    reg["yhat"] = reg.y + rng.normal(size=n) * 0.1
+    reg.loc[3, "yhat"] = np.nan
+    p = build_profile(reg, "price", target="y", prediction="yhat", created_at="-")
+    keep = reg.yhat.notna()
+    assert p.metrics["overall"]["n"] == n - 1
+    assert p.metrics["overall"]["mae"] == pytest.approx(
+        skm.mean_absolute_error(reg.y[keep], reg.yhat[keep]), rel=1e-12
+    )

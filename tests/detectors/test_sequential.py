@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import doctest
 import json
+import math
 from fractions import Fraction
 
 import jsonschema
@@ -227,3 +228,34 @@ def test_measured_false_alarm_rate_matches_arl0(kind):
                 alarms += len(found)
     # The union bound makes arl0 a floor of the run length: at most ~n / arl0 alarms.
     assert 0.5 * n / arl0 < alarms < 1.3 * n / arl0
+
+
+def test_values_near_the_float_limit_keep_the_statistics_finite():
+    """Two valid numbers near the float limit overflowed the cumulative sums: S became NaN for
+    good (blind to a later shift) and the checkpoint (orjson writes NaN as null) did not load.
+    Capped steps keep S finite, and the later shift still alarms."""
+    import orjson
+
+    big = 1.7976931348623157e308
+    det = Cusum("c", feature="x", mean=0.0, std=1.0, k=0.5, h=8.0, direction="both")
+    det.update(feature_batch(np.array([big, big, -big, -big])))
+    assert all(math.isfinite(v) for row in det.result().evidence["statistic_now"] for v in row)
+    json.dumps(det.state_dict(), allow_nan=False)
+    restored = Cusum("c", feature="x", mean=0.0, std=1.0, k=0.5, h=8.0, direction="both")
+    restored.load_state(orjson.loads(orjson.dumps(det.state_dict())))
+    restored.reset()
+    restored.update(feature_batch(np.full(100, -5.0)))
+    assert any(a["direction"] == "down" for a in restored.result().evidence["alarms"])
+
+
+def test_capped_steps_give_the_recursion_s_alarms():
+    """Steps far beyond h + k (capped inside cusum_path) alarm and reset exactly as the
+    uncapped recursion does."""
+    rng = np.random.default_rng(5)
+    for _ in range(50):
+        x = rng.normal(0.0, 1.0, 500)
+        x[rng.random(500) < 0.02] = rng.choice([-1e12, 1e12])
+        s0, k, h = rng.uniform(0, 5), rng.uniform(0, 1), rng.uniform(1, 20)
+        alarms, s, _ = cusum_path(x, s0, k, h)
+        e_alarms, e_s, _ = naive_cusum(x, s0, k, h)
+        assert alarms == e_alarms and s == pytest.approx(e_s, abs=1e-9)

@@ -451,3 +451,29 @@ def test_errors_near_the_float_limit_keep_the_state_json_and_trigger(metric):
     again.load_state(state)
     assert again.state_dict() == det.state_dict()
     assert again.result().triggered
+
+
+def test_positive_label_other_than_the_baselines_class_is_refused():
+    """A class's precision/recall/f1/roc_auc is compared only with a baseline of that class:
+    positive_label on a multi-class profile (macro baselines) or naming the other class of a
+    binary profile is refused at construction, and the refusal does not advise it."""
+    rng = np.random.default_rng(12)
+    y = rng.choice(["a", "b", "c"], 600)
+    multi = build_profile(
+        pd.DataFrame({"y": y, "p": y}), "m", target="y", prediction="p", created_at="-"
+    )
+    with pytest.raises(ValueError, match="macro averages") as err:
+        SlicePerformance("s", multi, metric="recall", positive_label="a")
+    assert "set positive_label" not in str(err.value)
+    with pytest.raises(ValueError, match="macro averages"):
+        SlicePerformance("s", multi, metric="recall")
+    SlicePerformance("s", multi, metric="accuracy", positive_label="a")
+    yb = rng.integers(0, 2, 600)
+    binary = build_profile(
+        pd.DataFrame({"y": yb, "p": yb}), "m", target="y", prediction="p", created_at="-"
+    )
+    for metric in ("precision", "recall", "f1", "roc_auc"):
+        with pytest.raises(ValueError, match="differs from the profile's positive class '1'"):
+            SlicePerformance("s", binary, metric=metric, positive_label=0)
+    assert SlicePerformance("s", binary, metric="recall", positive_label=1).positive == "1"
+    assert SlicePerformance("s", binary, metric="recall").positive == "1"

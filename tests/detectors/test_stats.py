@@ -16,6 +16,7 @@ from driftwarden.detectors.stats import (
     categorical_keys,
     chi2_homogeneity,
     grid_cdf,
+    is_numeric_like,
     js_distance,
     ks_from_grid,
     numeric_keys,
@@ -192,6 +193,14 @@ def test_categorical_keys_count_numbers_as_wrong_type() -> None:
     assert keys.tolist() == ["pro"] and wrong == 1
     keys, wrong = categorical_keys(numeric, text, numbers_are_categories=True)
     assert sorted(keys.tolist()) == ["3", "pro"] and wrong == 0
+
+
+def test_numbers_are_categories_when_some_reference_category_is_a_number() -> None:
+    """A code column with a string stand-in (1, 2, 3, "unknown") takes numbers; one whose
+    categories are all words does not."""
+    assert is_numeric_like(["1", "2", "3", "unknown"])
+    assert is_numeric_like(["1.5", "2"])
+    assert not is_numeric_like(["free", "pro"]) and not is_numeric_like([])
 
 
 def test_sorted_bin_counts_equal_bin_counts() -> None:
