@@ -277,7 +277,9 @@ def evaluate(
         score = out.proba[:, col].astype(np.float64)
     pred = (out.predicted == positive).astype(int)
     result: dict[str, Any] = {"overall": _metric_set(y, score, pred), "slices": {}}
-    for col in slices:
+    # A slice column the holdout lacks has no entry: a gate on it fails closed (check_gates),
+    # one only reported is left out (as the candidate's profile leaves it out).
+    for col in (c for c in slices if c in holdout.columns):
         # One string key per row (None for nulls), then one mask per distinct value.
         keys = holdout[col].astype(object).where(holdout[col].notna(), None).to_numpy()
         keys = np.array([None if v is None else str(v) for v in keys], dtype=object)
@@ -344,9 +346,11 @@ def check_gates(
             continue
         min_samples = int(spec.get("min_samples", 1))
         champ_slices = (champion or {}).get("slices", {}).get(col, {})
+        judged = False
         for value, cand_m in cand_slices.items():
             if cand_m.get("n", 0) < min_samples:
                 continue  # too few rows to judge; the policy's min_samples says so
+            judged = True
             for metric, allowed in (spec.get("max_drop") or {}).items():
                 results.append(
                     _compare(
@@ -359,6 +363,18 @@ def check_gates(
                         {col: value},
                     )
                 )
+        if not judged and spec.get("max_drop"):
+            # Not one value to judge (the column null in every holdout row, or every value
+            # under min_samples): the per-slice gate would pass on no evidence at all.
+            results.append(
+                GateResult(
+                    "slice",
+                    False,
+                    f"no value of slice column {col!r} has {min_samples} or more holdout rows "
+                    "with it (missing evidence)",
+                    slice={col: "*"},
+                )
+            )
     return results
 
 

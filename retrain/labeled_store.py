@@ -535,7 +535,7 @@ class LabeledStore:
         for no in numbers:
             path = directory / _segment_name(no)
             data = path.read_bytes()
-            scan = _scan(data)
+            scan = _scan(data, path)
             if scan.end < len(data) and not self.read_only:  # read-only: the writer's append
                 log.warning("labeled_store.torn_tail", path=str(path), bytes=len(data) - scan.end)
                 if no == numbers[-1] and not self.read_only:
@@ -849,10 +849,12 @@ class _Scan:
     lines: list[bytes] | None
 
 
-def _scan(data: bytes) -> _Scan:
+def _scan(data: bytes, path: Path | None = None) -> _Scan:
     """Index a segment's data. Usually in one typed pass that builds only each line's id and
     time; else line by line as the original reader did: a blank line or a header is no row,
-    and an unparseable line is a torn write (nothing after it was acknowledged)."""
+    unparseable lines at the end are a torn write (nothing after them was acknowledged), and
+    an unparseable line with rows after it is damage: it is left out (logged), not the rows
+    after it."""
     first_nl = data.find(b"\n")
     header = _header_of(data[:first_nl]) if first_nl >= 0 else None
     start = first_nl + 1 if header is not None else 0
@@ -868,13 +870,16 @@ def _scan(data: bytes) -> _Scan:
         return _Scan(start, end, ids, stamps, evicted, None)
     ids, stamps, lines = [], [], []
     pos = good_end = start
+    damaged: list[int] = []  # offsets of unparseable lines (damage if rows follow them)
     while (nl := data.find(b"\n", pos)) >= 0:
         line = data[pos:nl]
         if line.strip():
             try:
                 obj = orjson.loads(line)
             except orjson.JSONDecodeError:
-                break
+                damaged.append(pos)
+                pos = nl + 1
+                continue
             if _HEADER_KEY in obj:
                 evicted.append(_header_evicted(obj))
             else:
@@ -883,6 +888,15 @@ def _scan(data: bytes) -> _Scan:
                 stamps.append(math.nan if ts is None else float(ts))
                 lines.append(line)
         pos = good_end = nl + 1
+    skipped = [at for at in damaged if at < good_end]
+    if skipped:
+        log.warning(
+            "labeled_store.damaged_lines",
+            path=str(path),
+            lines=len(skipped),
+            offsets=skipped[:10],
+            note="unreadable lines with rows after them are left out; the rows are kept",
+        )
     one_to_one = len(lines) == data.count(b"\n", start, good_end)
     return _Scan(start, good_end, ids, stamps, evicted, None if one_to_one else lines)
 

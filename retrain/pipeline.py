@@ -495,7 +495,9 @@ def _finish_aliases(
                 pretagged=challenger is not None,
             ).to_dict()
         )
-    if request.promote == "auto" and "driftwarden.alias.champion.set_by" not in tags:
+    if request.promote == "auto":
+        # Also when an earlier attempt moved the champion: approve() then completes what it
+        # may have left undone (the challenger's removal) and changes nothing otherwise.
         moves += [
             m.to_dict()
             for m in registry.approve(

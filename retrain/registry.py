@@ -478,13 +478,16 @@ class Registry:
         """Make ``version`` the champion; the old champion becomes ``previous``.
 
         A ``challenger`` alias on the approved version is removed (it is no challenger any
-        more). Approving the current champion again changes nothing and returns ``[]``.
+        more). Approving the current champion again changes nothing and returns ``[]`` —
+        unless an earlier approval was cut short after the alias moved (MLflow unreachable):
+        then what it left undone is done, the move's tags and the challenger's removal, and
+        returned.
         """
         version = str(version)
-        self.model_version(model, version)
+        mv = self.model_version(model, version)
         current = self.version_by_alias(model, "champion")
         if current == version:
-            return []
+            return self._finish_approval(model, version, mv, actor, reason, decision_key)
         moves: list[AliasMove] = []
         if current is not None:
             moves.append(
@@ -509,6 +512,42 @@ class Registry:
                 check_version=False,
             )
         )
+        if self.version_by_alias(model, "challenger") == version:
+            removed = self.delete_alias(
+                model, "challenger", actor=actor, reason=f"promoted to champion: {reason}"
+            )
+            if removed is not None:
+                moves.append(removed)
+        return moves
+
+    def _finish_approval(
+        self,
+        model: str,
+        version: str,
+        mv: ModelVersion,
+        actor: str,
+        reason: str,
+        decision_key: str | None,
+    ) -> list[AliasMove]:
+        """The rest of an approval of ``version``, already the champion (see :meth:`approve`).
+
+        Its ``.set_by`` tag is written last of a move's tags: without it, the champion alias
+        moved but its who/why/when were never written.
+        """
+        moves: list[AliasMove] = []
+        if f"driftwarden.alias.champion{_SET_BY}" not in (mv.tags or {}):
+            moves.append(
+                self.set_alias(
+                    model,
+                    "champion",
+                    version,
+                    actor=actor,
+                    reason=reason,
+                    decision_key=decision_key,
+                    check_version=False,
+                    before=version,
+                )
+            )
         if self.version_by_alias(model, "challenger") == version:
             removed = self.delete_alias(
                 model, "challenger", actor=actor, reason=f"promoted to champion: {reason}"

@@ -87,6 +87,44 @@ def test_min_holdout_and_missing_slice_column_fail() -> None:
     assert [r.passed for r in res] == [False, False]
 
 
+class _ByScore:
+    """A classifier that predicts 1 from the column ``s`` above ``t`` (its proba is ``s``)."""
+
+    classes_ = np.array([0, 1])
+
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def predict_proba(self, x: pd.DataFrame) -> np.ndarray:
+        p = x["s"].to_numpy(float)
+        return np.column_stack([1 - p, p])
+
+    def predict(self, x: pd.DataFrame) -> np.ndarray:
+        return (x["s"].to_numpy() >= self.t).astype(int)
+
+
+@pytest.mark.parametrize("tier", ["absent", "null", "too-few"])
+def test_a_slice_gate_without_one_value_to_judge_fails_closed(tier: str) -> None:
+    """The gate column missing from the holdout (the events stopped carrying it), null in
+    every holdout row, or every value under min_samples: the candidate's per-slice
+    performance was never checked, so the gate fails (it raised KeyError, or passed)."""
+    holdout = pd.DataFrame({"s": np.linspace(0, 1, 200), "y": [0, 1] * 100})
+    if tier == "null":
+        holdout["tier"] = None
+    elif tier == "too-few":
+        holdout["tier"] = [f"t{i % 10}" for i in range(200)]  # 20 rows each
+    gates = {"slices": {"tier": {"max_drop": {"recall": 0.0}, "min_samples": 30}}}
+    kw: dict[str, Any] = {"target": "y", "features": ["s"], "slices": ["tier", "region"]}
+    cand = evaluate(_ByScore(0.9), holdout, **kw)
+    champ = evaluate(_ByScore(0.1), holdout, **kw)
+    assert "region" not in cand["slices"]  # only reported, and not there: left out
+    [res] = [r for r in check_gates(gates, cand, champ, holdout_n=200) if r.gate == "slice"]
+    assert not res.passed and "missing evidence" in res.reason and res.slice == {"tier": "*"}
+    if tier != "absent":  # without a max_drop there is nothing to judge the values on
+        gates = {"slices": {"tier": {"min_samples": 30}}}
+        assert [r.gate for r in check_gates(gates, cand, champ, holdout_n=200)] == ["min_holdout"]
+
+
 def test_validate_gates_refuses_unknown_keys() -> None:
     """Unknown gate names and metrics are refused with a sentence naming them."""
     with pytest.raises(ValueError, match="maximum"):

@@ -108,6 +108,23 @@ def test_torn_last_line_is_dropped_and_repaired(tmp_path: Path) -> None:
     assert [r["prediction_id"] for r in LabeledStore(tmp_path).rows("churn")][-2:] == ["p5", "p6"]
 
 
+def test_a_damaged_line_with_rows_after_it_loses_only_itself(tmp_path: Path) -> None:
+    """One bad byte in an acknowledged row (disk damage, a hand edit) is no torn write: the
+    rows after it were written and synced after it, so only that line is left out (it used to
+    cut the segment there, rows and all)."""
+    store = LabeledStore(tmp_path)
+    store.append("churn", _rows(0, 10))
+    seg = sorted((tmp_path / "churn").glob("seg-*.jsonl"))[-1]
+    lines = seg.read_bytes().split(b"\n")
+    lines[2] = lines[2][:10] + b"\xff" + lines[2][11:]
+    seg.write_bytes(b"\n".join(lines))
+    reopened = LabeledStore(tmp_path)
+    ids = [r["prediction_id"] for r in reopened.rows("churn")]
+    assert ids == [f"p{i}" for i in range(10) if i != 2]
+    assert reopened.append("churn", _rows(10, 1)) == 1
+    assert len(LabeledStore(tmp_path).rows("churn")) == 10
+
+
 def test_row_bound_keeps_newest_and_survives_reopen(tmp_path: Path) -> None:
     """Over the row bound the newest rows are kept, on disk too, and evicted ids stay out."""
     store = LabeledStore(tmp_path, max_rows_per_model=100)

@@ -495,6 +495,54 @@ def test_failure_between_registering_and_moving_the_alias(
     assert tags["driftwarden.alias.challenger.reason"] == move["reason"]
 
 
+@pytest.mark.parametrize("cut", ["after the champion moved", "before the challenger left"])
+def test_an_auto_promotion_cut_short_is_completed_by_the_retry(
+    registry: Registry, store: LabeledStore, monkeypatch: pytest.MonkeyPatch, cut: str
+) -> None:
+    """promote: auto and MLflow gone right after the champion alias moved (its who/why/when
+    not written) or before the challenger alias left the new champion: the retry under the
+    same action key writes the champion's tags, removes the challenger, and records both."""
+    model = _model_name("promote")
+    _champion(registry, store, model)
+    store.append(model, to_rows(generate(600, seed=4), start=10_000, t0=1_900_000_000.0))
+    request = _request(model, "k-promote", promote="auto")
+    kw: dict[str, Any] = {
+        "registry": registry,
+        "store": store,
+        "reference_data": generate(1500, seed=1),
+        "code_version": "t",
+    }
+    set_alias, delete_alias = Registry.set_alias, Registry.delete_alias
+
+    def champion_moves_then_down(self: Registry, model: str, alias: str, *a: Any, **k: Any) -> Any:
+        if alias == "champion":
+            self._reg.set_registered_model_alias(model, alias, str(a[0]))  # moved, untagged
+            raise Unavailable("mlflow went away")
+        return set_alias(self, model, alias, *a, **k)
+
+    def down(*args: Any, **kwargs: Any) -> Any:
+        raise Unavailable("mlflow went away")
+
+    with monkeypatch.context() as m:
+        if cut == "after the champion moved":
+            m.setattr(Registry, "set_alias", champion_moves_then_down)
+        else:
+            m.setattr(Registry, "delete_alias", down)
+        with pytest.raises(Unavailable):
+            run_retrain(request, **kw)
+    assert Registry.delete_alias is delete_alias
+    out = run_retrain(request, **kw)
+    assert out.status == "registered"
+    assert registry.version_by_alias(model, "champion") == out.version
+    assert registry.version_by_alias(model, "challenger") is None
+    tags = registry.model_version(model, out.version).tags
+    assert tags["driftwarden.alias.champion.set_by"] == "driftwarden.retrain"
+    assert tags["driftwarden.alias.champion.decision_key"] == "k-promote"
+    moved = [(mv["alias"], mv["version"]) for mv in out.alias_moves]
+    assert ("challenger", None) in moved
+    assert (("champion", out.version) in moved) == (cut == "after the champion moved")
+
+
 def test_worker_runs_off_thread_and_dedupes(
     registry: Registry, store: LabeledStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
