@@ -688,6 +688,13 @@ class Daemon:
             # The partitions are another replica's: closing must not checkpoint over its state.
             self._closed = True
             raise
+        except BaseException:
+            # Anything else ends the loop mid-batch (the state holds part of it, its offsets
+            # all of it) or mid-checkpoint: closing the source revokes its partitions, and a
+            # checkpoint then would commit input the state never took. The last checkpoint
+            # stands; a restart reads on from it.
+            self._closed = True
+            raise
         finally:
             self.ready = False
         return self.summary

@@ -8,6 +8,7 @@ before a checkpoint is written (the checkpoint ordering: sinks, then state, then
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import threading
 from abc import ABC, abstractmethod
@@ -17,7 +18,27 @@ from typing import Any
 
 import orjson
 
-__all__ = ["FileSink", "KafkaSink", "MemorySink", "Sink", "dead_letter"]
+__all__ = [
+    "DLQ_VALUE_MAX_BYTES",
+    "FileSink",
+    "KafkaSink",
+    "MemorySink",
+    "Sink",
+    "SinkError",
+    "dead_letter",
+]
+
+#: The most of an event's bytes a dead-letter record carries (base64 makes them 4/3 as large):
+#: Kafka's default record limit (producer and broker, 1 MiB) must hold the record, or the
+#: producer refuses it and the event's dead letter is lost. Longer values are cut, marked
+#: ``value_truncated``, with the whole value's size and SHA-256 (the whole value is still at
+#: its source topic/partition/offset, within that topic's retention).
+DLQ_VALUE_MAX_BYTES = 512 * 1024
+
+
+class SinkError(RuntimeError):
+    """The broker refused a record the daemon published: the checkpoint that flushes it fails,
+    so no offset is committed past its input."""
 
 
 class Sink(ABC):
@@ -68,6 +89,10 @@ class KafkaSink(Sink):
             **security,
         )
 
+        # The first send the broker refused since the last flush (set on the producer's IO
+        # thread): kafka-python's flush() waits for sends to complete, not to succeed.
+        self._refused: str | None = None
+
     def publish(
         self,
         topic: str,
@@ -75,12 +100,20 @@ class KafkaSink(Sink):
         value: bytes,
         headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
-        self._producer.send(
+        future = self._producer.send(
             topic, key=None if key is None else key.encode(), value=value, headers=headers or []
         )
+        future.add_errback(self._on_refused, topic, len(value))
+
+    def _on_refused(self, topic: str, size: int, exc: BaseException) -> None:
+        if self._refused is None:
+            self._refused = f"topic {topic!r}, a {size}-byte record: {type(exc).__name__}: {exc}"
 
     def flush(self) -> None:
         self._producer.flush()
+        refused, self._refused = self._refused, None
+        if refused is not None:
+            raise SinkError(f"kafka refused an output record ({refused}); nothing is committed")
 
     def close(self) -> None:
         self._producer.flush()
@@ -166,15 +199,21 @@ def dead_letter(
 
     Headers follow Kafka Connect's dead-letter convention so existing tooling reads them.
     """
+    kept = (
+        value if value is None or len(value) <= DLQ_VALUE_MAX_BYTES else value[:DLQ_VALUE_MAX_BYTES]
+    )
     value_doc = {
         "reason": reason,
         "error_class": error_class,
         "source": {"topic": topic, "partition": partition, "offset": offset},
         "timestamp_ms": timestamp_ms,
-        "key_b64": None if key is None else base64.b64encode(key).decode(),
-        "value_b64": None if value is None else base64.b64encode(value).decode(),
+        "key_b64": None if key is None else base64.b64encode(key[:DLQ_VALUE_MAX_BYTES]).decode(),
+        "value_b64": None if kept is None else base64.b64encode(kept).decode(),
         "value_bytes": 0 if value is None else len(value),
     }
+    if kept is not value and value is not None:
+        value_doc["value_truncated"] = True
+        value_doc["value_sha256"] = hashlib.sha256(value).hexdigest()
     headers = [
         ("__connect.errors.topic", topic.encode()),
         ("__connect.errors.partition", str(partition).encode()),
