@@ -209,17 +209,30 @@ class KafkaSource(Source):
         keep_pending_rejoins(self._consumer)  # else a rebalance can be lost: see kafka_rejoin
         source = self
 
+        # kafka-python wraps an error raised in a rebalance callback into a bare "User
+        # rebalance callback throws an error": it is kept here and raised as it is by the
+        # poll() that ran the callback, before any record of the new assignment is handed out.
+        self._callback_error: BaseException | None = None
+
         class _Listener(ConsumerRebalanceListener):
             def on_partitions_revoked(self, revoked: Any) -> None:
                 parts = sorted({tp.partition for tp in revoked})
                 if parts:
                     source._drop_ahead({(tp.topic, tp.partition) for tp in revoked})
-                    on_revoke(parts)
+                    try:
+                        on_revoke(parts)
+                    except Exception as exc:
+                        source._callback_error = source._callback_error or exc
+                        raise
 
             def on_partitions_assigned(self, assigned: Any) -> None:
                 parts = sorted({tp.partition for tp in assigned})
                 if parts:
-                    offsets = on_assign(parts)
+                    try:
+                        offsets = on_assign(parts)
+                    except Exception as exc:  # e.g. a checkpoint this build cannot read
+                        source._callback_error = source._callback_error or exc
+                        raise
                     source.seek(offsets)
 
         self._consumer.subscribe(topics=list(self.roles), listener=_Listener())
@@ -233,7 +246,17 @@ class KafkaSource(Source):
         return out
 
     def _read(self, max_records: int, timeout_s: float) -> list[RawRecord]:
-        batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        from kafka.errors import KafkaError
+
+        try:
+            batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        except KafkaError:
+            if self._callback_error is None:
+                raise
+            batches = {}
+        if self._callback_error is not None:
+            error, self._callback_error = self._callback_error, None
+            raise error
         out: list[RawRecord] = []
         # Predictions before labels within one read: fewer labels wait as "early".
         for tp in sorted(

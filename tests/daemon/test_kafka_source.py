@@ -117,3 +117,23 @@ def test_end_offsets_come_from_the_fetches(source: KafkaSource, topics: dict[str
     _poll_until(source, 2 * PARTITIONS * PER_PARTITION, 500)
     ends = source.end_offsets()
     assert ends == {(t, p): PER_PARTITION for t in topics.values() for p in range(PARTITIONS)}
+
+
+def test_an_error_in_the_assignment_callback_is_raised_as_itself(
+    kafka_bootstrap: str, topics: dict[str, str]
+) -> None:
+    """kafka-python wraps it into a bare 'User rebalance callback throws an error' (the CLI
+    then printed a traceback for a checkpoint this build cannot read); the poll that ran the
+    callback raises the error itself, and hands out no record of the assignment."""
+
+    def unreadable(parts: list[int]) -> dict[tuple[str, int], int]:
+        raise ValueError("checkpoint p0 has version 9; this driftwarden reads version 1.")
+
+    src = kafka_source(kafka_bootstrap, topics, on_assign=unreadable)
+    try:
+        deadline = time.monotonic() + 60
+        with pytest.raises(ValueError, match="version 9"):
+            while time.monotonic() < deadline:
+                assert src.poll(100, 0.5) == []
+    finally:
+        src.close()
