@@ -1,13 +1,26 @@
 """Prediction ⋈ label by ``prediction_id``, bounded in time and entries.
 
 Labels may arrive before their prediction or days after it. Both sides wait in insertion order
-(which follows event time closely); the buffer's clock is the largest event time it has seen
-(its watermark), so replays give the same matches as live runs. Entries older than the TTL
-behind the watermark expire and are counted: an unmatched prediction as ``expired_unlabeled``,
-an unmatched label as ``orphan_labels``. Past ``max_entries`` a side evicts its oldest entry and
+(which follows event time closely). Each side has its own clock, the largest event time seen on
+it (its watermark), and an entry waits for the *other* side's clock: a prediction expires once
+the labels have passed its event time plus the TTL (counted as ``expired_unlabeled``), a label
+once the predictions have (``orphan_labels``); a prediction and a label more than the TTL apart
+are not matched. So a prediction and its label are matched, or not, by their event times alone:
+replays, restarts and any interleaving of the two topics in which neither is read more than the
+TTL ahead of the other (a catch-up, a slow partition) give the same matches, as long as each
+topic keeps event-time order (disorder within a topic can still decide a pair whose delay is
+that close to the TTL). Beyond that, an entry also expires by its own side's clock, twice the
+TTL behind it: a model whose labels stop, or never come, holds two TTLs of predictions at
+most, not ``max_entries`` of them. Past ``max_entries`` a side evicts its oldest entry and
 counts it the same way, so memory stays bounded whatever producers do. A waiting prediction
-whose kept copy cannot be read back when its label comes (a damaged checkpoint) is dropped with
-its label and counted as ``unreadable_predictions``: the model's other events go on.
+whose kept copy cannot be read back when its label comes (a damaged checkpoint) is dropped
+with its label and counted as ``unreadable_predictions``: the model's other events go on.
+
+The ids of the most recent :data:`MATCHED_KEEP` matched pairs are remembered (about 0.17 KB
+each with UUIDs; until both clocks are the TTL past the pair): a copy of either side delivered
+again after the match (an at-least-once producer's retry) is counted as
+``duplicate_predictions`` / ``duplicate_labels``, as one that comes while the first copy waits
+is, and neither waits nor joins again. An older pair's copy is not recognised.
 
 A waiting prediction is kept as its JSON (about 0.65 KB with 25 features). At each checkpoint
 (:meth:`JoinBuffer.compact`) the ones still waiting are compressed with zstd and a dictionary
@@ -19,7 +32,7 @@ next checkpoint is never compressed.
 from __future__ import annotations
 
 import base64
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,14 +41,18 @@ import zstandard
 
 __all__ = ["JoinBuffer", "JoinCounters"]
 
-STATE_VERSION = 4
+STATE_VERSION = 5
 # Waiting predictions in the state: version 2 holds each as a JSON string of its record;
 # version 3 embeds its JSON (the record's or the event's own) as a nested object, written
 # as is by orjson (no re-encoding, no string escaping); version 4 as version 3, or, for one
 # compressed by :meth:`JoinBuffer.compact`, the base64 text of its zstd frame, with the
-# buffer's dictionary beside them. All three load.
-_READABLE_VERSIONS = (2, 3, 4)
+# buffer's dictionary beside them. Version 5 as version 4, with a watermark per side (before,
+# one for both: it loads as each side's) and the ids matched within the TTL. All four load.
+_READABLE_VERSIONS = (2, 3, 4, 5)
 
+#: Matched pairs whose ids are remembered at most (the newest; see the module docstring): a
+#: retry's copy comes soon after the original, and each id costs ~0.17 KB per model.
+MATCHED_KEEP = 20_000
 #: Fewest waiting predictions worth a dictionary: below it :meth:`JoinBuffer.compact` waits.
 COMPACT_MIN = 64
 #: Waiting predictions the dictionary is trained on (the newest; about 10-20 ms once).
@@ -76,7 +93,10 @@ class JoinBuffer:
     max_entries: int = 200_000
     #: compress the predictions still waiting at each checkpoint (:meth:`compact`)
     compress: bool = True
-    watermark: float = float("-inf")
+    #: the largest event time seen among the predictions; it expires the waiting labels
+    pred_watermark: float = float("-inf")
+    #: the largest event time seen among the labels; it expires the waiting predictions
+    label_watermark: float = float("-inf")
     counters: JoinCounters = field(default_factory=JoinCounters)
     # Waiting predictions as (event time, compact JSON): a dict per record costs ~3.7 KB of
     # memory with 25 features, its JSON ~0.5 KB; it is decoded only when its label arrives.
@@ -85,6 +105,14 @@ class JoinBuffer:
     # reads both. Once :meth:`compact` has run, the oldest are :class:`_Packed` zstd frames.
     _predictions: OrderedDict[str, tuple[float, bytes]] = field(default_factory=OrderedDict)
     _labels: OrderedDict[str, tuple[float, Any]] = field(default_factory=OrderedDict)
+    # Ids of matched pairs, so that a copy delivered again is a duplicate; beside them, in
+    # match order, each id and its joined record's event time (the later of the two): an id is
+    # forgotten once both watermarks are the TTL past that, or when more than max_entries
+    # (the oldest; not counted). A set and two deques: ~80 B per id besides the id itself
+    # (an OrderedDict ~115 B), a cheap look at the oldest, and no node to allocate.
+    _matched: set[str] = field(default_factory=set)
+    _matched_ids: deque[str] = field(default_factory=deque)
+    _matched_ts: deque[float] = field(default_factory=deque)
     # The zstd dictionary of the compressed waiting predictions (None until the first
     # compaction; kept for the buffer's life, in its state) and its decompressor (made when a
     # compressed prediction is first matched: about 45 KB).
@@ -101,13 +129,22 @@ class JoinBuffer:
         """
         self.counters.predictions += 1
         ts = record["timestamp"]
-        if ts > self.watermark:
-            self._advance(ts)
-        waiting = self._labels.pop(pid, None)
+        if ts > self.pred_watermark:
+            self._advance_predictions(ts)
+        waiting = self._labels.get(pid)
         if waiting is not None:
+            lts = waiting[0]
+            if ts < lts - self.ttl_s:
+                # Read before its label, this prediction would have expired when the labels
+                # reached it (as a label read after newer predictions does): not a match, in
+                # whichever order the topics are read. The label waits on.
+                self.counters.expired_unlabeled += 1
+                return None
+            del self._labels[pid]
             self.counters.matched += 1
-            return _joined(record, waiting[1], waiting[0])
-        if pid in self._predictions:
+            self._remember(pid, ts if ts > lts else lts)
+            return _joined(record, waiting[1], lts)
+        if pid in self._predictions or pid in self._matched:
             self.counters.duplicate_predictions += 1
             return None
         if raw is None:
@@ -122,11 +159,17 @@ class JoinBuffer:
     def add_label(self, pid: str, label: Any, ts: float) -> dict[str, Any] | None:
         """Add a label; returns the joined record if its prediction was waiting."""
         self.counters.labels += 1
-        if ts > self.watermark:
-            self._advance(ts)
-        waiting = self._predictions.pop(pid, None)
+        if ts > self.label_watermark:
+            self._advance_labels(ts)
+        waiting = self._predictions.get(pid)
         if waiting is not None:
             pts, blob = waiting
+            if ts < pts - self.ttl_s:
+                # The mirror of add_prediction's case: the prediction waits on.
+                self.counters.orphan_labels += 1
+                return None
+            del self._predictions[pid]
+            self._remember(pid, ts if ts > pts else pts)
             try:
                 record = _waiting_record(
                     pid, pts, self._inflate(blob) if type(blob) is _Packed else blob
@@ -136,7 +179,7 @@ class JoinBuffer:
                 return None
             self.counters.matched += 1
             return _joined(record, label, ts)
-        if pid in self._labels:
+        if pid in self._labels or pid in self._matched:
             self.counters.duplicate_labels += 1
             return None
         self._labels[pid] = (ts, label)
@@ -201,25 +244,60 @@ class JoinBuffer:
     def pending_labels(self) -> int:
         return len(self._labels)
 
-    def _advance(self, ts: float) -> None:
-        if ts <= self.watermark:
-            return
-        self.watermark = ts
+    def _remember(self, pid: str, ts: float) -> None:
+        self._matched.add(pid)
+        self._matched_ids.append(pid)
+        self._matched_ts.append(ts)
+        if len(self._matched_ids) > MATCHED_KEEP:
+            self._matched_ts.popleft()
+            self._matched.discard(self._matched_ids.popleft())
+
+    # Oldest first; insertion order tracks event time closely enough that each loop stops at
+    # the first entry still inside the TTL. Each side's entries expire by the other side's
+    # watermark: a topic read ahead of the other expires nothing its lagging partner still has
+    # to match.
+    def _advance_predictions(self, ts: float) -> None:
+        self.pred_watermark = ts
         horizon = ts - self.ttl_s
-        # Oldest first; insertion order tracks event time closely enough that we stop at the
-        # first entry still inside the TTL.
-        while self._predictions:
-            pid, (pts, _) = next(iter(self._predictions.items()))
-            if pts >= horizon:
-                break
-            del self._predictions[pid]
-            self.counters.expired_unlabeled += 1
-        while self._labels:
-            pid, (lts, _) = next(iter(self._labels.items()))
-            if lts >= horizon:
-                break
-            del self._labels[pid]
+        labels = self._labels
+        while labels and next(iter(labels.values()))[0] < horizon:
+            labels.popitem(last=False)
             self.counters.orphan_labels += 1
+        # The backstop: predictions whose labels stopped coming (or never come) go after two
+        # TTLs of the predictions' own time.
+        horizon -= self.ttl_s
+        preds = self._predictions
+        while preds and next(iter(preds.values()))[0] < horizon:
+            preds.popitem(last=False)
+            self.counters.expired_unlabeled += 1
+        # Matched ids wait for both watermarks.
+        horizon = (ts if ts < self.label_watermark else self.label_watermark) - self.ttl_s
+        if self._matched_ts and self._matched_ts[0] < horizon:
+            self._forget(horizon)
+
+    def _advance_labels(self, ts: float) -> None:
+        self.label_watermark = ts
+        horizon = ts - self.ttl_s
+        preds = self._predictions
+        while preds and next(iter(preds.values()))[0] < horizon:
+            preds.popitem(last=False)
+            self.counters.expired_unlabeled += 1
+        horizon -= self.ttl_s  # the backstop, as for predictions
+        labels = self._labels
+        while labels and next(iter(labels.values()))[0] < horizon:
+            labels.popitem(last=False)
+            self.counters.orphan_labels += 1
+        # Matched ids wait for both watermarks.
+        horizon = (ts if ts < self.pred_watermark else self.pred_watermark) - self.ttl_s
+        if self._matched_ts and self._matched_ts[0] < horizon:
+            self._forget(horizon)
+
+    def _forget(self, horizon: float) -> None:
+        """Forget the matched ids before ``horizon`` (the TTL behind the smaller watermark)."""
+        stamps, ids, matched = self._matched_ts, self._matched_ids, self._matched
+        while stamps and stamps[0] < horizon:
+            stamps.popleft()
+            matched.discard(ids.popleft())
 
     def _bound(self, side: OrderedDict[str, Any], counter: str) -> None:
         while len(side) > self.max_entries:
@@ -233,7 +311,8 @@ class JoinBuffer:
         b64 = base64.b64encode
         return {
             "version": STATE_VERSION,
-            "watermark": self.watermark if self.watermark != float("-inf") else None,
+            "pred_watermark": _finite(self.pred_watermark),
+            "label_watermark": _finite(self.label_watermark),
             "counters": self.counters.as_dict(),
             "dictionary": None if self._dictionary is None else b64(self._dictionary).decode(),
             "predictions": [
@@ -241,6 +320,9 @@ class JoinBuffer:
                 for pid, (ts, blob) in self._predictions.items()
             ],
             "labels": [[pid, ts, lab] for pid, (ts, lab) in self._labels.items()],
+            "matched": [
+                [pid, ts] for pid, ts in zip(self._matched_ids, self._matched_ts, strict=True)
+            ],
         }
 
     @classmethod
@@ -254,10 +336,17 @@ class JoinBuffer:
                 f"(this driftwarden reads version {STATE_VERSION})."
             )
         buf = cls(ttl_s=ttl_s, max_entries=max_entries, compress=compress)
-        wm = state.get("watermark")
-        buf.watermark = float("-inf") if wm is None else float(wm)
-        buf.counters = JoinCounters(**state["counters"])
         version = state["version"]
+        if version >= 5:
+            buf.pred_watermark = _from_finite(state["pred_watermark"])
+            buf.label_watermark = _from_finite(state["label_watermark"])
+            for pid, ts in state["matched"]:
+                buf._remember(pid, float(ts))
+        else:
+            # One watermark for both sides (the largest event time of either): every entry
+            # still waiting in it was inside the TTL of both.
+            buf.pred_watermark = buf.label_watermark = _from_finite(state.get("watermark"))
+        buf.counters = JoinCounters(**state["counters"])
         dictionary = state.get("dictionary") if version >= 4 else None
         if dictionary is not None:
             buf._dictionary = base64.b64decode(dictionary, validate=True)
@@ -268,6 +357,14 @@ class JoinBuffer:
             raise ValueError("join buffer state holds compressed predictions but no dictionary.")
         buf._labels = OrderedDict((pid, (ts, lab)) for pid, ts, lab in state["labels"])
         return buf
+
+
+def _finite(x: float) -> float | None:
+    return None if x == float("-inf") else x
+
+
+def _from_finite(x: float | None) -> float:
+    return float("-inf") if x is None else float(x)
 
 
 def _train(samples: list[bytes]) -> bytes:

@@ -148,8 +148,13 @@ class Windower:
                     self.held = []
                 steps.append((feed, self._close(self.index * d, (self.index + 1) * d)))
             feed = []
-            # Jump over empty windows straight to the next one that has records waiting.
-            self.index = min(self.future) if self.future else math.floor(self.watermark / d)
+            # Jump over empty windows: to the first one the watermark has not closed (a record
+            # within its lateness may still come), or to an earlier one that has records
+            # waiting. (At least one on: the division may round below the window just closed.)
+            still_open = max(
+                self.index + 1, math.floor((self.watermark - self.spec.lateness_s) / d)
+            )
+            self.index = min(min(self.future), still_open) if self.future else still_open
             waiting = self.future.pop(self.index, [])
             for w in waiting:
                 self._note(w["timestamp"])

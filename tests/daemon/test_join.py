@@ -33,14 +33,16 @@ def test_late_and_early_labels_match() -> None:
 
 
 def test_ttl_expires_unlabeled_predictions_and_orphan_labels() -> None:
-    """Entries older than the TTL behind the watermark expire and are counted once."""
+    """Entries older than the TTL behind the other side's watermark expire and are counted
+    once."""
     j = JoinBuffer(ttl_s=10)
     j.add_prediction("a", rec("a", 0.0))
     j.add_label("z", 1, 1.0)
-    j.add_prediction("b", rec("b", 20.0))  # watermark 20 → horizon 10
+    j.add_prediction("b", rec("b", 20.0))  # predictions at 20 → labels before 10 expire
     c = j.counters
-    assert (c.expired_unlabeled, c.orphan_labels) == (1, 1)
+    assert (c.expired_unlabeled, c.orphan_labels) == (0, 1)  # "a" waits for the labels
     assert j.add_label("a", 1, 21.0) is None  # too late: now an orphan-in-waiting
+    assert (c.expired_unlabeled, c.orphan_labels) == (1, 1)
     assert j.pending_predictions == 1 and j.pending_labels == 1
 
 
@@ -277,3 +279,167 @@ def test_a_damaged_kept_prediction_is_dropped_with_its_label_and_counted() -> No
     assert restored.counters.matched == plain.counters.matched == 4
     assert restored.add_label("p7", 1, 2001.0) is None  # its prediction is gone: the label waits
     assert restored.pending_predictions == 100 - 6
+
+
+def _within(a: list, b: list, lead: float, seeds: int = 10) -> list[list]:
+    """Merges of two time-ordered sequences (kind, id, time) in which neither is read more
+    than ``lead`` of event time ahead of the other: each in its own order, shifted by up to
+    ``lead`` either way, with some jitter."""
+    import random
+
+    out = []
+    for shift in (-0.95, -0.5, 0.0, 0.5, 0.95):
+        for seed in range(seeds):
+            rng = random.Random(seed)
+            jitter = 0.0 if seed == 0 else 0.04
+            keyed = [(e[2] + shift * lead + rng.uniform(-jitter, jitter) * lead, 0, e) for e in a]
+            keyed += [(e[2], 1, e) for e in b]
+            # Stable per sequence: a sequence's keys grow with its times (shifts are shared,
+            # the jitter is far below the spacing of the test's events).
+            out.append([e for _, _, e in sorted(keyed, key=lambda k: (k[0], k[1]))])
+    return out
+
+
+def test_matches_do_not_depend_on_how_the_two_topics_interleave() -> None:
+    """Each topic in its own (event-time) order, merged in any interleaving where neither is
+    read more than the TTL ahead of the other (a catch-up, a slow partition, a restart): the
+    same predictions are matched, exactly those whose label comes within the TTL of them,
+    and once both topics are past every TTL the counters are the same too."""
+    ttl = 100.0
+    preds = [("P", f"p{i}", 10.0 * i) for i in range(60)]
+    delays = {f"p{i}": float((i * 37) % 160) for i in range(60) if i % 7}  # 0-150 s late
+    labels = sorted(
+        [("L", pid, 10.0 * int(pid[1:]) + d) for pid, d in delays.items()]
+        + [("L", f"x{i}", 50.0 * i) for i in range(8)],  # labels of unknown predictions
+        key=lambda e: e[2],
+    )
+    expected = {pid for pid, d in delays.items() if d <= ttl}
+    assert 0 < len(expected) < len(delays)
+    results = set()
+    for order in _within(preds, labels, ttl):
+        assert [e for e in order if e[0] == "P"] == preds  # each topic in its own order
+        j = JoinBuffer(ttl_s=ttl)
+        joined = set()
+        for kind, pid, ts in order:
+            r = j.add_prediction(pid, rec(pid, ts)) if kind == "P" else j.add_label(pid, 0, ts)
+            if r is not None:
+                joined.add(r["prediction_id"])
+        assert joined == expected
+        j.add_prediction("end", rec("end", 1e6))
+        j.add_label("end-label", 0, 1e6)
+        results.add(tuple(sorted(j.counters.as_dict().items())))
+    assert len(results) == 1
+    counters = dict(results.pop())
+    assert counters["matched"] == len(expected)
+    assert counters["expired_unlabeled"] == 60 - len(expected)
+    assert counters["orphan_labels"] == 8 + len(delays) - len(expected)
+
+
+def test_a_prediction_waits_for_the_label_topic_not_for_newer_predictions() -> None:
+    """The predictions topic read a TTL ahead of the labels topic does not expire the
+    waiting predictions: only the labels passing a prediction's time plus the TTL does (and
+    likewise only newer predictions expire a waiting label)."""
+    day = 86400.0
+    j = JoinBuffer(ttl_s=7 * day)
+    j.add_prediction("p1", rec("p1", 0.0))
+    j.add_prediction("p2", rec("p2", 8 * day))
+    assert j.pending_predictions == 2 and j.counters.expired_unlabeled == 0
+    joined = j.add_label("p1", 1, 1 * day)
+    assert joined is not None and joined["label"] == 1
+    j.add_label("x", 0, 9 * day)  # the labels are past p1 + TTL, not past p2 + TTL
+    assert j.pending_predictions == 1 and j.counters.expired_unlabeled == 0
+    j.add_label("y", 0, 15 * day + 1)  # past p2 + TTL
+    assert j.pending_predictions == 0 and j.counters.expired_unlabeled == 1
+    assert j.pending_labels == 2  # x and y wait: no prediction is past their time + TTL
+    j.add_prediction("p3", rec("p3", 16 * day + 1))  # past x + TTL
+    assert j.pending_labels == 1 and j.counters.orphan_labels == 1
+
+
+def test_redelivered_copies_after_a_match_are_duplicates() -> None:
+    """A prediction or label delivered again after its pair was matched (an at-least-once
+    producer's retry) is counted as a duplicate: it neither waits (to expire as unlabeled or
+    orphan later) nor joins a second time."""
+    for seq, dups in (
+        ("PLP", (1, 0)),
+        ("PLL", (0, 1)),
+        ("PLPL", (1, 1)),
+        ("LPLP", (1, 1)),
+        ("PPLL", (1, 1)),
+        ("LLPP", (1, 1)),
+    ):
+        j = JoinBuffer(ttl_s=100)
+        joined = 0
+        for kind in seq:
+            r = j.add_prediction("a", rec("a", 1.0)) if kind == "P" else j.add_label("a", 0, 5.0)
+            joined += r is not None
+        j.add_prediction("later", rec("later", 1000.0))  # both topics past the TTL
+        j.add_label("later-label", 0, 1000.0)
+        c = j.counters
+        assert joined == 1 and (c.duplicate_predictions, c.duplicate_labels) == dups, seq
+        assert (c.expired_unlabeled, c.orphan_labels) == (0, 0), seq
+
+
+def test_a_topic_that_stops_leaves_the_other_two_ttls_of_its_entries() -> None:
+    """A model whose labels stop (or never come): its predictions expire by their own clock
+    two TTLs behind, not only when join.max_entries evicts them (the labels' clock no longer
+    moves); labels whose predictions stopped likewise."""
+    j = JoinBuffer(ttl_s=10.0)
+    for i in range(100):
+        j.add_prediction(f"p{i}", rec(f"p{i}", float(i)))
+    assert j.pending_predictions == 21  # 79..99: within two TTLs of 99
+    assert j.counters.expired_unlabeled == 79
+    k = JoinBuffer(ttl_s=10.0)
+    for i in range(100):
+        k.add_label(f"q{i}", 0, float(i))
+    assert k.pending_labels == 21 and k.counters.orphan_labels == 79
+
+
+def test_matched_ids_are_forgotten_after_the_ttl_and_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The ids of matched pairs are kept until both topics are a TTL past the pair (then a
+    copy is a new prediction again), and at most ``MATCHED_KEEP`` of them, the oldest first."""
+    from driftwarden.daemon import join
+
+    monkeypatch.setattr(join, "MATCHED_KEEP", 3)
+    j = JoinBuffer(ttl_s=10, max_entries=3)
+    j.add_prediction("a", rec("a", 0.0))
+    j.add_label("a", 1, 2.0)
+    j.add_prediction("b", rec("b", 13.0))  # labels still at 2: "a" is remembered
+    assert j.add_label("a", 1, 3.0) is None and j.counters.duplicate_labels == 1
+    j.add_label("z", 0, 12.5)  # both topics past 2 + 10: "a" is forgotten
+    assert j.add_prediction("a", rec("a", 13.0)) is None
+    assert j.counters.duplicate_predictions == 0 and j.pending_predictions == 2
+    k = JoinBuffer(ttl_s=1e9, max_entries=3)
+    for i in range(5):
+        k.add_prediction(f"p{i}", rec(f"p{i}", float(i)))
+        k.add_label(f"p{i}", 0, float(i))
+    assert k.add_prediction("p0", rec("p0", 0.0)) is None  # evicted: a new prediction
+    assert k.add_prediction("p4", rec("p4", 4.0)) is None  # remembered: a duplicate
+    assert k.counters.duplicate_predictions == 1 and k.pending_predictions == 1
+
+
+def test_version_4_state_loads_with_its_one_watermark_for_both_topics() -> None:
+    """A version 4 state (one watermark for both topics, no matched ids) restores: its
+    watermark is each topic's, and the restored buffer expires and matches as the new one."""
+    j = JoinBuffer(ttl_s=10)
+    j.add_prediction("a", rec("a", 5.0))
+    j.add_label("z", 0, 8.0)
+    state = orjson.loads(orjson.dumps(j.state()))
+    assert state["version"] == 5 and state["matched"] == []
+    assert (state["pred_watermark"], state["label_watermark"]) == (5.0, 8.0)
+    old = {k: v for k, v in state.items() if k not in ("pred_watermark", "label_watermark")}
+    del old["matched"]
+    old.update(version=4, watermark=8.0)
+    restored = JoinBuffer.from_state(old, ttl_s=10, max_entries=10)
+    assert (restored.pred_watermark, restored.label_watermark) == (8.0, 8.0)
+    restored.add_label("y", 0, 15.5)  # labels past a + TTL
+    assert restored.counters.expired_unlabeled == 1 and restored.pending_predictions == 0
+    matched = JoinBuffer(ttl_s=10)
+    matched.add_prediction("m", rec("m", 1.0))
+    matched.add_label("m", 0, 2.0)
+    again = JoinBuffer.from_state(
+        orjson.loads(orjson.dumps(matched.state())), ttl_s=10, max_entries=10
+    )
+    assert again.add_prediction("m", rec("m", 1.0)) is None
+    assert again.counters.duplicate_predictions == 1

@@ -49,7 +49,10 @@ def test_every_record_is_fed_once() -> None:
     w = Windower(WindowSpec(duration_s=5, lateness_s=3))
     ts = [0, 1, 7, 2, 6, 11, 8, 20, 13, 25, 19, 40]
     fed = sum(len(f) for f, _ in w.add_many(recs(*ts)))
-    assert fed + w.late == len(ts)
+    # 40 waits: window 7 is open until 43 (lateness) and windows are fed one at a time.
+    assert fed + w.late + sum(map(len, w.future.values())) == len(ts)
+    fed += sum(len(f) for f, _ in w.add_many([], watermark=1000.0))
+    assert fed + w.late == len(ts) and not w.future
 
 
 def test_state_round_trip() -> None:
@@ -122,3 +125,35 @@ def test_first_window_waits_for_the_watermark() -> None:
     steps = w.add_many([{"timestamp": 3.0}, {"timestamp": 14.0}], watermark=40.0)
     assert w.late == 0
     assert [(c.index, c.count) for _, c in steps if c is not None] == [(0, 1), (1, 1), (2, 1)]
+
+
+def test_lateness_holds_for_a_window_after_an_empty_one() -> None:
+    """After a window closes, the next one is the first whose end plus lateness the watermark
+    has not passed, even when the window before it was empty and a record of a later one
+    waits: a record within the lateness is kept, and the empty window is not reported."""
+    w = Windower(WindowSpec(duration_s=10, lateness_s=5))
+    steps = w.add_many(recs(1, 22))  # watermark 22: window 0 closes; window 1 open until 25
+    steps += w.add_many(recs(18, 40))
+    assert closes(steps) == [(0, 1), (1, 1), (2, 1)] and w.late == 0
+    # An external watermark (the labeled stream), nothing waiting: the same.
+    o = Windower(WindowSpec(duration_s=10, lateness_s=5, ordered=True))
+    steps = o.add_many([{"timestamp": 1.0, "prediction_id": "a"}], watermark=1.0)
+    steps += o.add_many([], watermark=22.0)
+    steps += o.add_many([{"timestamp": 18.0, "prediction_id": "b"}], watermark=23.0)
+    steps += o.add_many([], watermark=100.0)
+    assert closes(steps) == [(0, 1), (1, 1)] and o.late == 0
+    # Past the lateness, a gap is still jumped over in one go, with no empty windows.
+    g = Windower(WindowSpec(duration_s=10, lateness_s=5))
+    assert closes(g.add_many(recs(1, 2, 105, 106, 300))) == [(0, 2), (10, 2)]
+    assert g.index == 29 and closes(g.add_many(recs(298))) == [] and g.late == 0
+
+
+def test_a_record_ahead_of_the_watermark_does_not_close_the_windows_before_it() -> None:
+    """With an external watermark, a record of a later window waiting does not make the
+    windows between the closed one and it late: they are still open (no lateness)."""
+    w = Windower(WindowSpec(duration_s=10, ordered=True))
+    steps = w.add_many([{"timestamp": 5.0, "prediction_id": "a"}], watermark=5.0)
+    steps += w.add_many([{"timestamp": 47.0, "prediction_id": "b"}], watermark=25.0)
+    steps += w.add_many([{"timestamp": 27.0, "prediction_id": "c"}], watermark=30.0)
+    steps += w.add_many([], watermark=100.0)
+    assert closes(steps) == [(0, 1), (2, 1), (4, 1)] and w.late == 0
