@@ -28,6 +28,15 @@ def _fail(msg: str, code: int = 2) -> int:
     return code
 
 
+def _mlflow_fails_fast() -> None:
+    """MLflow's client retries one request for minutes by default (``approve`` against a server
+    that is down waited ~4 minutes); the daemon's outbox retries every action with backoff and
+    an operator can run a command again, so an outage should fail fast (the operator's own
+    ``MLFLOW_HTTP_REQUEST_*`` settings win). Every subcommand that talks to MLflow calls this."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+
 def _settings(args: argparse.Namespace) -> Any:
     from .settings import load_settings
 
@@ -44,11 +53,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     configure(settings["log"]["level"], bool(settings["log"]["json"]))
-    # MLflow's client retries one request for minutes by default; the outbox already retries
-    # every action with backoff, so a registry outage should fail an attempt fast (the
-    # operator's own MLFLOW_HTTP_REQUEST_* settings win).
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    _mlflow_fails_fast()
     daemon = _build_or_explain(build_daemon, settings, args.events)
     # Long-lived objects built at start-up (policies, profiles, imports) never need scanning
     # again, and the loop allocates many short-lived dicts: fewer, larger young collections.
@@ -142,7 +147,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     policy_paths: dict[Path, str] = {}  # resolved -> as given (each checked once)
     paths = args.paths
     if not paths:  # the daemon's own config (and the policies it names), and config/policies
-        config = os.environ.get("DRIFTWARDEN_CONFIG") or "config/driftwarden.yaml"
+        from_env = os.environ.get("DRIFTWARDEN_CONFIG")
+        config = from_env or "config/driftwarden.yaml"
+        if from_env and not Path(from_env).is_file():
+            # `run` refuses to start without it; only the implicit default may be absent.
+            errors.append(f"{from_env}: config file not found (named by DRIFTWARDEN_CONFIG)")
         paths = [config, "config/policies"] if Path(config).is_file() else ["config/policies"]
     for p in paths:
         path = Path(p)
@@ -282,8 +291,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     for p in (args.windows, args.decisions):
         if not Path(p).is_file():
             return _fail(f"{p} does not exist.")
-    decisions = [d for d in load_jsonl(args.decisions) if d.get("record") is None]
-    path = build_report(load_jsonl(args.windows), decisions, args.out, title=args.title)
+    try:  # a line that is not a JSON object: named as file:line
+        decisions = [d for d in load_jsonl(args.decisions) if d.get("record") is None]
+        windows = load_jsonl(args.windows)
+    except (ValueError, OSError) as exc:
+        return _fail(str(exc))
+    try:
+        path = build_report(windows, decisions, args.out, title=args.title)
+    except OSError as exc:
+        return _fail(f"cannot write {args.out}: {exc.strerror or exc}.")
     print(f"report → {path}")
     return 0
 
@@ -353,34 +369,47 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
     if not Path(args.data).is_file():
         return _fail(f"data file {args.data} does not exist.")
-    df = read_table(args.data)
+    try:
+        df = read_table(args.data)
+    except (ValueError, OSError) as exc:  # not CSV/parquet, or not parseable (pandas, pyarrow)
+        msg = " ".join(str(exc).split())
+        return _fail(msg if args.data in msg else f"{args.data}: cannot read the table: {msg}")
     missing = [
         c for c in [args.target, args.prediction, args.score, *args.segment] if c and c not in df
     ]
     if missing:
         return _fail(f"{args.data}: column(s) not in the table: {', '.join(missing)}.")
-    profile = build_profile(
-        df,
-        args.model,
-        target=args.target,
-        prediction=args.prediction,
-        score=args.score,
-        segments=args.segment,
-        model_version=args.model_version,
-    )
+    try:
+        profile = build_profile(
+            df,
+            args.model,
+            target=args.target,
+            prediction=args.prediction,
+            score=args.score,
+            segments=args.segment,
+            model_version=args.model_version,
+        )
+    except ValueError as exc:  # a table the profile cannot describe
+        return _fail(f"{args.data}: {exc}")
     if args.out:
         profile.save(args.out)
         print(
             f"profile of {args.model} ({len(profile.features)} features, {profile.n_rows} rows) → {args.out}"
         )
     else:
+        from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
         if not args.tracking_uri:
             return _fail("--run-id needs --tracking-uri or MLFLOW_TRACKING_URI.")
-        MlflowClient(args.tracking_uri).log_text(
-            args.run_id, profile.to_json(), "driftwarden/profile.json"
-        )
+        _mlflow_fails_fast()
+        try:
+            MlflowClient(args.tracking_uri).log_text(
+                args.run_id, profile.to_json(), "driftwarden/profile.json"
+            )
+        except (MlflowException, OSError) as exc:  # server down, no such run
+            msg = " ".join(str(exc).split())
+            return _fail(f"could not log the profile to MLflow run {args.run_id}: {msg}")
         print(f"profile of {args.model} logged to run {args.run_id} as driftwarden/profile.json")
     return 0
 
@@ -392,6 +421,7 @@ def _registry(args: argparse.Namespace) -> Any:
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
         raise SystemExit(_fail("set --tracking-uri or MLFLOW_TRACKING_URI."))
+    _mlflow_fails_fast()
     return Registry(uri)
 
 
@@ -485,6 +515,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         return _fail(
             "retraining needs MLflow: set mlflow.tracking_uri, --tracking-uri or MLFLOW_TRACKING_URI."
         )
+    _mlflow_fails_fast()
     policies = load_policy_set(d["policies"])
     policy = policies.for_model(args.model)
     if policy is None:
@@ -749,6 +780,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .events import InvalidEvent
     from .monitor import ProfileMissing
     from .settings import ConfigError
+    from .sinks import SinkError
     from .sources import SourceFenced
 
     args = build_parser().parse_args(argv)
@@ -768,10 +800,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         InvalidEvent,
         FileNotFoundError,
         SourceFenced,
+        SinkError,
     ) as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        # RegistryError (Unavailable included): a missing version or alias, MLflow down. Its
+        # module imports mlflow (~1.5 s), so it is looked up only if a command loaded it.
+        registry = sys.modules.get("driftwarden.retrain.registry")
+        if registry is not None and isinstance(exc, registry.RegistryError):
+            return _fail(" ".join(str(exc).split()))
+        raise
 
 
 if __name__ == "__main__":

@@ -12,8 +12,9 @@ directory, before the offsets that produced them are committed. The main loop ca
   attempt after an exponential backoff (``base_s * 2**(attempts-1)``, capped at ``cap_s``)
   scaled by a jitter in [0.5, 1) derived from the key and attempt, so runs are reproducible
   and many jobs failing together do not retry in lock-step;
-* non-retryable failure, or ``max_attempts`` reached → the job is ``dead`` with its error
-  (:meth:`Outbox.dead` lists them, :meth:`Outbox.retry_dead` revives one by hand).
+* non-retryable failure, or ``max_attempts`` reached (unbounded by default: the daemon
+  retries a job until it is delivered, as ``actions.*`` documents) → the job is ``dead`` with
+  its error (:meth:`Outbox.dead` lists them, :meth:`Outbox.retry_dead` revives one by hand).
 
 Delivery guarantee: **at least once, with an idempotency key**. A job is marked done only
 after its handler returned ok, so a crash between a successful send and that mark repeats
@@ -102,7 +103,9 @@ def backoff_delay(key: str, attempts: int, *, base_s: float = 1.0, cap_s: float 
     ``min(cap_s, base_s * 2**(attempts-1))`` times a jitter factor in [0.5, 1) that is a
     hash of the key and the attempt number: deterministic, but different across jobs.
     """
-    raw = min(cap_s, base_s * 2.0 ** max(0, attempts - 1))
+    # The exponent is bounded: with unbounded attempts, 2.0**1024 would overflow (OverflowError)
+    # after ~3.5 days at the 5-minute cap.
+    raw = min(cap_s, base_s * 2.0 ** min(max(0, attempts - 1), 64))
     digest = hashlib.sha256(f"{key}\x00{attempts}".encode()).digest()
     frac = int.from_bytes(digest[:8], "big") / 2.0**64
     return raw * (0.5 + 0.5 * frac)
@@ -112,8 +115,8 @@ class Outbox:
     """A durable queue of actions keyed by idempotency key (see the module docstring).
 
     ``path`` is the SQLite file (its directory is created). ``base_s``/``cap_s`` shape the
-    retry backoff; ``max_attempts`` (``None`` = unbounded) turns a job that keeps failing
-    into a dead one.
+    retry backoff; ``max_attempts`` (``None``, the default = unbounded: retried until
+    delivered) turns a job that keeps failing retryably into a dead one.
     """
 
     def __init__(
@@ -122,7 +125,7 @@ class Outbox:
         *,
         base_s: float = 1.0,
         cap_s: float = 300.0,
-        max_attempts: int | None = 50,
+        max_attempts: int | None = None,
     ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)

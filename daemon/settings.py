@@ -1,7 +1,9 @@
 """Daemon settings: ``config/driftwarden.yaml`` plus ``DRIFTWARDEN_*`` environment overrides.
 
 Nested keys are joined with a double underscore in the environment:
-``DRIFTWARDEN_KAFKA__BOOTSTRAP_SERVERS=broker:9092`` sets ``kafka.bootstrap_servers``. Unknown
+``DRIFTWARDEN_KAFKA__BOOTSTRAP_SERVERS=broker:9092`` sets ``kafka.bootstrap_servers``. An
+environment value is read as YAML only where the setting is a number, a boolean or a mapping;
+anywhere else it is the exact string (a topic ``2024``, a group id ``no``). Unknown
 keys are errors (a typo must not silently fall back to a default); every error names where the
 value came from (``file:line``, or the environment variable) and the key path.
 """
@@ -9,15 +11,18 @@ value came from (``file:line``, or the environment variable) and the key path.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+
+from driftwarden.policies.alerts import FIRING_HOLD_S
 
 __all__ = ["ConfigError", "Settings", "key_lines", "load_settings", "parse_duration"]
 
@@ -94,12 +99,27 @@ DEFAULTS: dict[str, Any] = {
     # The labeled store retrains draw their recent rows from (per model, newest kept).
     # labeled_retention: how long the topic kafka.topics.labeled keeps them (state.backend kafka).
     "retrain": {"labeled_rows": 50000, "labeled_max_age": None, "labeled_retention": "30d"},
+    # Intervals (> 0). alert_resend stays below FIRING_HOLD_S (5m): each firing send holds the
+    # alert in Alertmanager that long, so a longer gap resolves it between resends.
     "scheduler": {"policy_reload": "10s", "outbox": "2s", "alert_resend": "60s", "freshness": "5m"},
     # Retry backoff of undeliverable actions (receiver or registry down): base * 2**(attempt-1)
-    # with jitter, capped at retry_max; a job is retried until delivered.
+    # with jitter, capped at retry_max; a job is retried until delivered (no attempt limit).
     "actions": {"retry_base": "1s", "retry_max": "5m"},
     "log": {"level": "info", "json": True},
 }
+
+# Settings that may be null: an environment value ``null`` (or ``~``) sets them to null.
+_NULLABLE = frozenset(
+    {
+        "kafka.group_instance_id",
+        "file.events",
+        "state.replica_id",
+        "mlflow.tracking_uri",
+        "retrain.labeled_max_age",
+        "limits.max_future_skew",
+    }
+)
+_MISSING = object()  # no default: not a setting (merging reports the unknown key)
 
 _TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
@@ -112,7 +132,12 @@ class ConfigError(ValueError):
 
 def parse_duration(value: Any, where: str = "duration") -> float:
     """``"30s"``, ``"5m"``, ``"1h"``, ``"7d"`` or a number of seconds → seconds."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+    if (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and value >= 0
+        and math.isfinite(value)  # .inf: a timer that never fires (Event.wait overflows)
+    ):
         return float(value)
     m = _DURATION.match(str(value)) if isinstance(value, str) else None
     if not m:
@@ -161,16 +186,21 @@ def _merge(
             known = ", ".join(sorted(base))
             errors.append(f"{where(dotted)}: {dotted}: unknown key (known here: {known})")
             continue
-        if key == "security" and isinstance(value, Mapping):
-            # Opaque kafka-python settings: merged key by key (file, then environment).
-            base[key] = {**base[key], **value}
-        elif isinstance(base[key], dict) and key != "security":
+        if isinstance(base[key], dict):
             if not isinstance(value, Mapping):
                 errors.append(
                     f"{where(dotted)}: {dotted}: must be a mapping, got {type(value).__name__}"
                 )
                 continue
-            _merge(base[key], value, dotted + ".", errors, where)
+            if key == "security":
+                # Opaque kafka-python settings: merged key by key (file, then environment).
+                base[key] = {**base[key], **value}
+            else:
+                _merge(base[key], value, dotted + ".", errors, where)
+        elif isinstance(value, Mapping):
+            # A key under a value (DRIFTWARDEN_KAFKA__GROUP_ID__X): named where it was set.
+            sub = f"{dotted}.{next(iter(value))}" if value else dotted
+            errors.append(f"{where(sub)}: {sub}: unknown key ({dotted} is a value, not a section)")
         else:
             base[key] = value
 
@@ -229,26 +259,92 @@ def _closest(by_path: Mapping[str, _T], dotted: str) -> _T | None:
     return None
 
 
-def _env_overrides(env: Mapping[str, str], names: dict[str, str]) -> dict[str, Any]:
+def _env_overrides(
+    env: Mapping[str, str], names: dict[str, str], errors: list[str]
+) -> dict[str, Any]:
     """The ``DRIFTWARDEN_*`` overrides as a nested mapping; ``names`` gets each one's variable
-    by dotted path."""
+    by dotted path, ``errors`` a sentence for each value YAML cannot read."""
     out: dict[str, Any] = {}
     for name, raw in env.items():
         if not name.startswith("DRIFTWARDEN_") or name == "DRIFTWARDEN_CONFIG":
             continue
         parts = name[len("DRIFTWARDEN_") :].lower().split("__")
-        names[".".join(parts)] = name
+        dotted = ".".join(parts)
+        names[dotted] = name
         node = out
         for p in parts[:-1]:
             node = node.setdefault(p, {})
-        if parts[:-1] == ["kafka", "security"]:
-            # A secret stays the string it is ("12345", "yes", "0x1f" are passwords too).
-            key = parts[-1]
-            flag = {"true": True, "false": False}.get(raw.strip().lower())
-            node[key] = raw if flag is None or "password" in key else flag
-        else:
-            node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else raw
+        try:
+            node[parts[-1]] = _env_value(parts, raw)
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or exc
+            errors.append(f"environment ({name}): {dotted}: not valid YAML ({problem})")
     return out
+
+
+def _env_value(parts: list[str], raw: str) -> Any:
+    """One environment value, typed by the setting's default: YAML only where that is a
+    number, a boolean or a mapping; the exact string elsewhere (YAML would make the topic
+    ``2024`` an int, the group id ``no`` False, and refuse ``@driftwarden``)."""
+    dotted = ".".join(parts)
+    if parts[:-1] == ["kafka", "security"]:
+        return _security_value(parts[-1], raw)
+    default = _default(parts)
+    if dotted in _NULLABLE and raw.strip() in ("null", "Null", "NULL", "~"):
+        return None
+    if default is _MISSING or default is None or isinstance(default, str):
+        return raw
+    if not raw.strip():
+        return raw  # refused by the checks, naming the variable
+    if isinstance(default, dict):
+        node = yaml.compose(raw, Loader=yaml.SafeLoader)
+        return None if node is None else _typed(node, default, dotted)
+    return yaml.safe_load(raw)
+
+
+def _security_value(key: str, raw: str) -> Any:
+    """A ``kafka.security`` value from the environment: a string, but ``true``/``false`` are
+    booleans (``ssl_check_hostname``) except in a password ("yes", "0x1f" are passwords too)."""
+    flag = {"true": True, "false": False}.get(raw.strip().lower())
+    return raw if flag is None or "password" in key else flag
+
+
+def _default(parts: Sequence[str]) -> Any:
+    """The default of the setting at ``parts`` (``_MISSING`` for no setting)."""
+    node: Any = DEFAULTS
+    for p in parts:
+        if not isinstance(node, dict) or p not in node:
+            return _MISSING
+        node = node[p]
+    return node
+
+
+def _typed(node: yaml.Node, default: Any, dotted: str) -> Any:
+    """A mapping from the environment (``DRIFTWARDEN_KAFKA='{group_id: 123}'``) read as the
+    YAML it is, except that a string setting gets its scalar's text and ``kafka.security`` the
+    same strings as its per-key variables (a password ``123456`` stays that string)."""
+    if isinstance(default, dict) and isinstance(node, yaml.MappingNode):
+        out: dict[Any, Any] = {}
+        for knode, vnode in node.value:
+            key = _construct(knode)
+            sub = f"{dotted}.{key}"
+            if dotted == "kafka.security" and isinstance(vnode, yaml.ScalarNode):
+                out[key] = _security_value(str(key), vnode.value)
+            elif key in default:
+                out[key] = _typed(vnode, default[key], sub)
+            else:
+                out[key] = _construct(vnode)
+        return out
+    if (default is None or isinstance(default, str)) and isinstance(node, yaml.ScalarNode):
+        if node.tag == "tag:yaml.org,2002:null" and dotted in _NULLABLE:
+            return None
+        return node.value
+    return _construct(node)
+
+
+def _construct(node: yaml.Node) -> Any:
+    """The Python value of a composed YAML node (as ``yaml.safe_load`` would give it)."""
+    return yaml.SafeLoader("").construct_document(node)
 
 
 def load_settings(
@@ -279,7 +375,7 @@ def load_settings(
             raise ConfigError(f"{p}: the config must be a mapping at the top level")
         origins = _Origins(src, lines)
         _merge(data, loaded, "", errors, origins.file)
-    overrides = _env_overrides(env, origins.env)
+    overrides = _env_overrides(env, origins.env, errors)
     _merge(data, overrides, "", errors, origins.environment)
     _check(data, errors, origins)
     if errors:
@@ -297,6 +393,11 @@ def _line_order(src: str, error: str) -> tuple[int, int]:
     return (0, int(head[1])) if len(head) > 2 and head[1].isdigit() else (1, 0)
 
 
+def _text(value: Any) -> bool:
+    """A non-empty string (YAML reads 5, yes, [a] as other types)."""
+    return isinstance(value, str) and bool(value.strip())
+
+
 def _check(data: dict[str, Any], errors: list[str], where: Callable[[str], str]) -> None:
     """Check values; each error starts with where the value came from (``where``)."""
 
@@ -309,7 +410,35 @@ def _check(data: dict[str, Any], errors: list[str], where: Callable[[str], str])
         bad("file.events", "the file source needs an events file (JSONL)")
     if data["state"]["backend"] not in ("local", "kafka"):
         bad("state.backend", f"must be local or kafka (got {data['state']['backend']!r})")
-    durations = [
+    # Types the loader does not get from YAML for free: `validate` must refuse what `run`
+    # would crash on ("verbose") or silently read the other way (http.enabled: "false").
+    level = data["log"]["level"]
+    if not isinstance(level, str) or level.lower() not in ("debug", "info", "warning", "error"):
+        bad("log.level", f"must be one of debug, info, warning, error, got {level!r}")
+    reset = data["kafka"]["auto_offset_reset"]
+    if reset not in ("earliest", "latest"):
+        bad("kafka.auto_offset_reset", f"must be earliest or latest, got {reset!r}")
+    servers = data["kafka"]["bootstrap_servers"]
+    if not _text(servers) and not (
+        isinstance(servers, list) and servers and all(_text(s) for s in servers)
+    ):  # kafka-python takes "h1:9092,h2:9092" or a list
+        bad("kafka.bootstrap_servers", f"must be host:port (or a list of them), got {servers!r}")
+    for dotted, what in (
+        ("kafka.group_id", "a string"),
+        ("kafka.client_id", "a string"),
+        ("policies", "a path"),
+        ("file.events", "a path or null"),
+        ("file.out_dir", "a path"),
+        ("state.dir", "a path"),
+        ("state.replica_id", "a string or null"),
+        ("http.host", "a host name or address"),
+        ("mlflow.tracking_uri", "a URI or null"),
+    ):
+        section, _, key = dotted.rpartition(".")
+        v = data[section][key] if section else data[key]
+        if not _text(v) and not (v is None and what.endswith("or null")):
+            bad(dotted, f"must be {what}, got {v!r}")
+    durations: list[tuple[str, str]] = [
         ("checkpoint", "every"),
         ("join", "ttl"),
         ("scheduler", "policy_reload"),
@@ -324,23 +453,67 @@ def _check(data: dict[str, Any], errors: list[str], where: Callable[[str], str])
         durations.insert(0, ("retrain", "labeled_max_age"))
     if data["limits"]["max_future_skew"] is not None:
         durations.append(("limits", "max_future_skew"))
+    seconds: dict[str, float] = {}
     for section, key in durations:
         dotted = f"{section}.{key}"
         try:
-            parse_duration(data[section][key], f"{where(dotted)}: {dotted}")
+            seconds[dotted] = parse_duration(data[section][key], f"{where(dotted)}: {dotted}")
         except ConfigError as exc:
             errors.append(str(exc))
-    for section, key in (("kafka", "create_topics"), ("join", "compress")):
+    # Intervals of 0 are no setting an operator means: the action thread would spin
+    # (scheduler.outbox), every model would be stale at once (freshness), a failed action
+    # retried at once forever (actions.*); join.ttl 0 expires each prediction as soon as a later
+    # label arrives, so no label would ever join its prediction.
+    for dotted in (
+        "checkpoint.every",
+        "join.ttl",
+        "scheduler.policy_reload",
+        "scheduler.outbox",
+        "scheduler.alert_resend",
+        "scheduler.freshness",
+        "actions.retry_base",
+        "actions.retry_max",
+    ):
+        if seconds.get(dotted, 1.0) <= 0:
+            section, _, key = dotted.partition(".")
+            bad(dotted, f"must be longer than 0, got {data[section][key]!r}")
+    # Each firing send holds the alert in Alertmanager for FIRING_HOLD_S (endsAt): resent any
+    # less often, it resolves and fires again between two sends.
+    if seconds.get("scheduler.alert_resend", 0.0) >= FIRING_HOLD_S:
+        bad(
+            "scheduler.alert_resend",
+            f"must be below {FIRING_HOLD_S:g}s (Alertmanager keeps a firing alert that long "
+            f"after each send), got {data['scheduler']['alert_resend']!r}",
+        )
+    base, cap = seconds.get("actions.retry_base"), seconds.get("actions.retry_max")
+    if base and cap and base > cap:  # (a 0 is reported above)
+        bad(
+            "actions.retry_base",
+            f"must not be longer than actions.retry_max ({data['actions']['retry_max']!r}), "
+            f"got {data['actions']['retry_base']!r}",
+        )
+    for section, key in (
+        ("kafka", "create_topics"),
+        ("join", "compress"),
+        ("http", "enabled"),
+        ("log", "json"),
+    ):
         if not isinstance(data[section][key], bool):
             bad(f"{section}.{key}", f"must be true or false, got {data[section][key]!r}")
     share = data["checkpoint"]["max_share"]
     if isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share <= 1:
         bad("checkpoint.max_share", f"must be a number in (0, 1], got {share!r}")
     # Counts and sizes of 0 are no setting an operator means: no records per poll (kafka-python
-    # refuses it at the first poll), a fetch wait of 0 (an idle consumer fetching in a busy
-    # loop), every event too large for the dead-letter topic, no join or labeled rows kept.
+    # refuses it at the first poll), a fetch or poll wait of 0 (an idle consumer fetching in a
+    # busy loop), every event too large for the dead-letter topic, no join or labeled rows
+    # kept, no checkpoint record small enough; the Kafka timeouts are milliseconds kafka-python
+    # takes as whole numbers.
     for section, key in (
         ("kafka", "max_poll_records"),
+        ("kafka", "poll_timeout_ms"),
+        ("kafka", "session_timeout_ms"),
+        ("kafka", "max_poll_interval_ms"),
+        ("state", "max_bytes"),
         ("kafka", "fetch_max_wait_ms"),
         ("kafka", "metadata_max_age_ms"),
         ("kafka", "max_partition_fetch_bytes"),

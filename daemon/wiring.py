@@ -199,6 +199,9 @@ class Scheduler:
         down must not stall monitoring). A run that raises is logged; the next one still runs.
         """
 
+        if not seconds > 0:  # Event.wait(0) would spin a core (settings refuse 0 intervals)
+            raise ValueError(f"{name}: the interval must be longer than 0, got {seconds!r}")
+
         def loop() -> None:
             while not self._stop.wait(seconds):
                 try:

@@ -3,8 +3,9 @@
 A receiver turns :class:`~driftwarden.policies.alerts.Alert` objects into one notification
 and answers with a :class:`Delivery`, in the style of Alertmanager's notifiers: ``ok``, or a
 failure that is ``retryable`` (connection error, timeout, HTTP 5xx or 429) or not (any other
-4xx, a payload the other side refuses). The outbox retries retryable failures and marks the
-others dead.
+4xx, a redirect, a payload the other side refuses). The outbox retries retryable failures and
+marks the others dead. Redirects are not followed: urllib would send the POST again as a GET
+without its body, and that GET's 200 is no delivery.
 
 Receiver specs come from the ``receivers:`` block of a policy (environment variables are
 already expanded)::
@@ -26,8 +27,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.error import HTTPError, URLError
-from urllib.parse import urlsplit
-from urllib.request import Request, urlopen
+from urllib.parse import urljoin, urlsplit
+from urllib.request import HTTPRedirectHandler, Request, build_opener
 
 if TYPE_CHECKING:
     from ..alerts import Alert
@@ -178,6 +179,18 @@ def classify_status(status: int, where: str) -> Delivery:
     return Delivery.dead(error)
 
 
+class _NoRedirects(HTTPRedirectHandler):
+    """Answer a redirect with an ``HTTPError`` (its 3xx) instead of following it: urllib turns
+    a POST redirected by 301/302/303 into a GET without the body, whose 200 (any page) would
+    count as delivered though the alert reached no one."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = build_opener(_NoRedirects)
+
+
 def post_json(
     url: str, body: Any, *, headers: Mapping[str, str] | None = None, timeout_s: float
 ) -> Delivery:
@@ -188,10 +201,20 @@ def post_json(
     for k, v in (headers or {}).items():
         req.add_header(k, v)
     try:
-        with urlopen(req, timeout=timeout_s) as resp:  # noqa: S310
+        with _OPENER.open(req, timeout=timeout_s) as resp:
             resp.read()
             return classify_status(resp.status, url)
     except HTTPError as exc:
+        if 300 <= exc.code < 400:
+            # Final, as any status but 2xx, 429 and 5xx (classify_status): a url that moved
+            # does not come back by retrying; the operator fixes the receiver's url.
+            location = exc.headers.get("Location") if exc.headers is not None else None
+            target = urljoin(url, location) if location else "no Location given"
+            return Delivery.dead(
+                f"{url} answered HTTP {exc.code}, a redirect ({target}); redirects are not "
+                "followed (the alert would arrive as a GET without its body): set the "
+                "receiver's url to the final address."
+            )
         detail = ""
         try:
             detail = exc.read(300).decode("utf-8", "replace").strip()

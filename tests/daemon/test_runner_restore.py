@@ -19,7 +19,7 @@ def test_restored_offsets_are_committed_without_new_input(tmp_path: Path) -> Non
     cfg.write_text(
         f"source: file\nfile: {{events: {ROOT / 'config/examples/events.jsonl.gz'}}}\n"
         f"policies: {ROOT / 'config/embedded/policies'}\nstate: {{dir: {tmp_path / 'state'}}}\n"
-        "checkpoint: {every: 0s}\nhttp: {enabled: false}\n"
+        "checkpoint: {every: 1ms}\nhttp: {enabled: false}\n"
     )
     settings = load_settings(cfg, env={})
     first = build_daemon(settings, sink=MemorySink())
