@@ -42,7 +42,7 @@ from driftwarden.daemon.events import (
     decode,
     format_time,
 )
-from driftwarden.daemon.sinks import dead_letter
+from driftwarden.daemon.sinks import DLQ_VALUE_MAX_BYTES, dead_letter
 
 FUZZ = settings(
     max_examples=200,
@@ -117,7 +117,10 @@ def _check_dead_letter(raw: bytes, reason: str) -> None:
         timestamp_ms=1_764_000_000_000,
     )
     doc = orjson.loads(value)
-    assert base64.b64decode(doc["value_b64"]) == raw
+    # The whole event, or its first DLQ_VALUE_MAX_BYTES marked (the record must fit 1 MiB).
+    assert base64.b64decode(doc["value_b64"]) == raw[:DLQ_VALUE_MAX_BYTES]
+    assert doc.get("value_truncated", False) == (len(raw) > DLQ_VALUE_MAX_BYTES)
+    assert len(value) < 1_000_000
     assert doc["value_bytes"] == len(raw) and doc["reason"] == reason
     assert doc["source"] == {"topic": "predictions", "partition": 3, "offset": 12345}
     hdr = dict(headers)
