@@ -512,13 +512,7 @@ class Registry:
                 check_version=False,
             )
         )
-        if self.version_by_alias(model, "challenger") == version:
-            removed = self.delete_alias(
-                model, "challenger", actor=actor, reason=f"promoted to champion: {reason}"
-            )
-            if removed is not None:
-                moves.append(removed)
-        return moves
+        return moves + self._drop_challenger(model, version, actor, reason)
 
     def _finish_approval(
         self,
@@ -548,13 +542,18 @@ class Registry:
                     before=version,
                 )
             )
-        if self.version_by_alias(model, "challenger") == version:
-            removed = self.delete_alias(
-                model, "challenger", actor=actor, reason=f"promoted to champion: {reason}"
-            )
-            if removed is not None:
-                moves.append(removed)
-        return moves
+        return moves + self._drop_challenger(model, version, actor, reason)
+
+    def _drop_challenger(
+        self, model: str, version: str, actor: str, reason: str
+    ) -> list[AliasMove]:
+        """Remove ``challenger`` if it points at ``version``, now the champion."""
+        if self.version_by_alias(model, "challenger") != version:
+            return []
+        removed = self.delete_alias(
+            model, "challenger", actor=actor, reason=f"promoted to champion: {reason}"
+        )
+        return [] if removed is None else [removed]
 
     def rollback(
         self, model: str, actor: str, reason: str, *, decision_key: str | None = None
