@@ -486,10 +486,8 @@ class Registry:
         version = str(version)
         mv = self.model_version(model, version)
         current = self.version_by_alias(model, "champion")
-        if current == version:
-            return self._finish_approval(model, version, mv, actor, reason, decision_key)
         moves: list[AliasMove] = []
-        if current is not None:
+        if current is not None and current != version:
             moves.append(
                 self.set_alias(
                     model,
@@ -501,35 +499,9 @@ class Registry:
                     check_version=False,
                 )
             )
-        moves.append(
-            self.set_alias(
-                model,
-                "champion",
-                version,
-                actor=actor,
-                reason=reason,
-                decision_key=decision_key,
-                check_version=False,
-            )
-        )
-        return moves + self._drop_challenger(model, version, actor, reason)
-
-    def _finish_approval(
-        self,
-        model: str,
-        version: str,
-        mv: ModelVersion,
-        actor: str,
-        reason: str,
-        decision_key: str | None,
-    ) -> list[AliasMove]:
-        """The rest of an approval of ``version``, already the champion (see :meth:`approve`).
-
-        Its ``.set_by`` tag is written last of a move's tags: without it, the champion alias
-        moved but its who/why/when were never written.
-        """
-        moves: list[AliasMove] = []
-        if f"driftwarden.alias.champion{_SET_BY}" not in (mv.tags or {}):
+        # The move's .set_by tag is written last: a champion without it on this version moved
+        # here in an approval that was cut short before its who/why/when were written.
+        if current != version or f"driftwarden.alias.champion{_SET_BY}" not in (mv.tags or {}):
             moves.append(
                 self.set_alias(
                     model,
@@ -539,7 +511,7 @@ class Registry:
                     reason=reason,
                     decision_key=decision_key,
                     check_version=False,
-                    before=version,
+                    before=current,
                 )
             )
         return moves + self._drop_challenger(model, version, actor, reason)
