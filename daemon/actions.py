@@ -624,8 +624,10 @@ class ActionExecutor:
         return report
 
     def _finished(self, key: str) -> bool:
+        # Done or dead only: a released job (its partition revoked) runs again if this replica
+        # gets the partition back (adopt, ours), and what follows it must still wait for it.
         job = self.outbox.get(key)
-        return job is not None and job.state != "pending"
+        return job is not None and job.state in ("done", "dead")
 
     def _resends(self, now: float) -> int:
         due = self.book.due_resends(now, self.resend_every_s)

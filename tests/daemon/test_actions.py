@@ -703,3 +703,60 @@ def test_fallback_with_mlflow_down_is_retried_then_delivered_once(
     assert registry.version_by_alias(model, "champion") == v2
     assert [(r["action"], r["version"]) for r in sink.values("dw.routing")] == [("fallback", v1)]
     ex.close()
+
+
+class _DownThenUp:
+    """A receiver down until ``up_at`` (the test's clock), recording what it got after."""
+
+    wants_resends = False
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock, self.up_at, self.got = clock, float("inf"), []
+
+    def send(self, alerts: Any, key: Any = None) -> Any:
+        if self.clock.t < self.up_at:
+            return Delivery.retry("receiver down")
+        self.got.append(alerts[0].status)
+        return Delivery.success()
+
+    def close(self) -> None:
+        return None
+
+
+@pytest.mark.parametrize("tick_between", [False, True])
+def test_a_released_job_stays_first_in_its_stream_when_the_partition_comes_back(
+    tmp_path: Path, tick_between: bool
+) -> None:
+    """Revoked, then given back to this replica: its released firing notification runs again,
+    and the resolve that follows must wait for it. The action thread's tick in between took the
+    released job for a finished one and forgot the stream, so the resolve overtook it."""
+    policy = make_policy(tmp_path, broken_actions="{alert: oncall}")
+    clock = Clock()
+    ex = executor(tmp_path, policy, clock)
+    receiver = _DownThenUp(clock)
+    ex._receivers[policy.source]["oncall"] = receiver
+    w = Windows(policy, "churn")
+    try:
+        ex.on_decisions(w.next("quality"))  # firing; the receiver is down
+        ex.tick()
+        state = ex.handover_state({"churn"})
+        ex.release({"churn"})
+        if tick_between:
+            clock.t += 1
+            ex.tick()
+        clock.t += 1
+        ex.adopt({"churn"}, state, ours=True)
+        resolved: list[Any] = []
+        for _ in range(3):
+            resolved += w.next()
+        ex.on_decisions(resolved)
+        [firing] = [j for j in ex.outbox.pending() if j.kind == "alert"]
+        [resolve] = [j for j in ex.outbox.pending() if j.kind == "resolve"]
+        assert resolve.payload.get("after") == firing.key
+        receiver.up_at = clock.t + 5
+        for _ in range(60):
+            clock.t += 1
+            ex.tick()
+        assert receiver.got == ["firing", "resolved"]
+    finally:
+        ex.close()
